@@ -1,0 +1,93 @@
+"""Training tiles cut from images of any size, with the paper's mirrored context.
+
+An unpadded ("valid") U-Net predicts an output tile smaller than its input: the input tile
+carries `(input_size - output_size) // 2` pixels of context on each side. The paper fills the
+context that falls outside the image by mirroring the image at its border, so that every image
+pixel can be predicted with full context. Sampling works the same way: an output window is
+drawn inside the labelled image and its context is read from the mirrored image.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def _reflect(indices: np.ndarray, n: int) -> np.ndarray:
+    """Map any integer positions onto 0..n-1 by reflecting at the ends without repeating the edge.
+
+    This is `np.pad(mode="reflect")` applied as often as needed: period 2(n-1).
+    """
+    if n == 1:
+        return np.zeros_like(indices)
+    period = 2 * (n - 1)
+    folded = np.mod(indices, period)
+    return np.where(folded < n, folded, period - folded)
+
+
+def mirror_crop(array: np.ndarray, top: int, left: int, height: int, width: int) -> np.ndarray:
+    """The window [top, top+height) x [left, left+width) of `array` [H, W, ...], mirrored where it runs outside.
+
+    Reads only the window, so cutting a tile from a large image costs the tile, not the image.
+    """
+    rows = _reflect(np.arange(top, top + height), array.shape[0])  # [height]
+    cols = _reflect(np.arange(left, left + width), array.shape[1])  # [width]
+    return array[rows[:, None], cols[None, :]]  # [height, width, ...]
+
+
+def mirror_pad(array: np.ndarray, top: int, bottom: int, left: int, right: int) -> np.ndarray:
+    """`array` [H, W, ...] grown by mirroring, equal to `np.pad(..., mode="reflect")` on the first two axes.
+
+    Pads larger than the image repeat the reflection, as np.pad does.
+    """
+    if min(top, bottom, left, right) < 0:
+        raise ValueError(f"pads must be non-negative, got {(top, bottom, left, right)}")
+    h, w = array.shape[:2]
+    return mirror_crop(array, -top, -left, h + top + bottom, w + left + right)
+
+
+def sample_tiles(
+    images: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    rng: np.random.Generator,
+    batch_size: int,
+    input_size: int,
+    output_size: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A random batch of (input tile, label tile) pairs.
+
+    images: [H, W, C] each (a list, or a stack [N, H, W, C]); masks: [H, W] each.
+    Returns x float32 [B, input_size, input_size, C] and y int32 [B, output_size, output_size].
+
+    Each tile: an image is picked uniformly; an output window is picked uniformly among the
+    positions that lie inside the image; the input tile is the window grown by the context
+    margin on every side, mirrored where it leaves the image; the label is the mask under the
+    output window, so no label is invented. The one exception: a side shorter than
+    `output_size` cannot hold the window, so the window is placed uniformly among positions
+    that cover the whole side and the mask is mirrored too (labels of mirrored pixels are
+    the labels of the pixels they mirror). Deterministic given the state of `rng`.
+    """
+    if len(images) != len(masks) or len(images) == 0:
+        raise ValueError(f"need the same, non-zero number of images and masks, got {len(images)} and {len(masks)}")
+    context = input_size - output_size
+    if output_size < 1 or context < 0 or context % 2:
+        raise ValueError(
+            f"input size {input_size} and output size {output_size} don't fit a U-Net: "
+            "the input must exceed the output by an even number of pixels"
+        )
+    margin = context // 2
+    channels = images[0].shape[-1]
+    x = np.empty((batch_size, input_size, input_size, channels), np.float32)  # [B, Hin, Win, C]
+    y = np.empty((batch_size, output_size, output_size), np.int32)  # [B, Hout, Wout]
+    for b in range(batch_size):
+        i = int(rng.integers(len(images)))
+        image, mask = images[i], masks[i]
+        if image.shape[:2] != mask.shape or image.shape[-1] != channels:
+            raise ValueError(f"sample {i}: image {image.shape} and mask {mask.shape} don't match (or channels differ)")
+        h, w = mask.shape
+        top = int(rng.integers(min(0, h - output_size), max(0, h - output_size) + 1))
+        left = int(rng.integers(min(0, w - output_size), max(0, w - output_size) + 1))
+        x[b] = mirror_crop(image, top - margin, left - margin, input_size, input_size)
+        y[b] = mirror_crop(mask, top, left, output_size, output_size)
+    return x, y

@@ -1,0 +1,71 @@
+"""Small building blocks of the Flax U-Net whose semantics must match PyTorch exactly."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+from jax import lax
+
+
+def max_pool_2x2(x):
+    """2x2 max-pool, stride 2, as a reshape + max.  # [N, H, W, C] -> [N, H/2, W/2, C]
+
+    Unlike `nn.max_pool` this lowers to a plain reduction, whose gradient is not a
+    select-and-scatter: it stays usable under XLA's deterministic-ops mode. Ties inside a
+    window only happen at exact zeros after a ReLU, where both frameworks' gradients are 0.
+    """
+    n, h, w, c = x.shape
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def center_crop(skip, height: int, width: int):
+    """The paper's copy-and-crop: the centre `height x width` window of `skip`.  # [N, H, W, C]"""
+    top = (skip.shape[1] - height) // 2
+    left = (skip.shape[2] - width) // 2
+    return skip[:, top : top + height, left : left + width, :]
+
+
+class BatchNorm(nn.Module):
+    """BatchNorm2d with PyTorch's semantics, so ported statistics keep their meaning.
+
+    Differs from `flax.linen.BatchNorm` in one way that matters for parity: the running
+    variance is updated with the *unbiased* batch variance (n / (n - 1)), as PyTorch does;
+    normalisation itself uses the biased variance in both. `momentum` is PyTorch's
+    (running = (1 - momentum) * running + momentum * batch), i.e. Flax's 0.9 is 0.1 here.
+    `num_batches_tracked` is kept only so that torch -> flax -> torch is lossless.
+    """
+
+    momentum: float = 0.1
+    epsilon: float = 1e-5
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        channels = x.shape[-1]
+        stats_dtype = jnp.promote_types(self.param_dtype, jnp.float32)  # float32 under bf16, float64 for references
+        scale = self.param("scale", nn.initializers.ones, (channels,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (channels,), self.param_dtype)
+        running_mean = self.variable("batch_stats", "mean", jnp.zeros, (channels,), stats_dtype)
+        running_var = self.variable("batch_stats", "var", jnp.ones, (channels,), stats_dtype)
+        batches_tracked = self.variable("batch_stats", "num_batches_tracked", jnp.zeros, (), jnp.int32)
+
+        if train:
+            x_wide = x.astype(jnp.promote_types(x.dtype, stats_dtype))  # statistics never in bf16
+            mean = x_wide.mean(axis=(0, 1, 2))
+            var = jnp.square(x_wide - mean).mean(axis=(0, 1, 2))
+            if not self.is_initializing():
+                count = x.size // channels
+                running_mean.value = (1 - self.momentum) * running_mean.value + self.momentum * mean
+                running_var.value = (1 - self.momentum) * running_var.value + self.momentum * var * (
+                    count / max(count - 1, 1)
+                )
+                batches_tracked.value = batches_tracked.value + 1
+        else:
+            mean, var = running_mean.value, running_var.value
+
+        dtype = self.dtype or x.dtype
+        multiplier = (lax.rsqrt(var + self.epsilon) * scale).astype(dtype)
+        return (x - mean.astype(dtype)) * multiplier + bias.astype(dtype)

@@ -1,0 +1,124 @@
+"""The U-Net of Ronneberger et al. (2015) as a Flax Linen module, NHWC.
+
+Layer names are explicit and stable, because checkpoints and the torch<->flax table
+(`unet_jax.port`) address them:
+
+    down{l}/conv{1,2}, down{l}/norm{1,2}   encoder level l = 1 .. depth
+    bottom/conv{1,2},  bottom/norm{1,2}    bottleneck
+    upconv{j}, up{j}/conv{1,2}, ...        decoder step j = 1 .. depth (j = 1 is the deepest)
+    head                                   1x1 conv to num_classes logits
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from unet_jax.config import UNetConfig
+from unet_jax.layers import BatchNorm, center_crop, max_pool_2x2
+
+# The paper initialises from N(0, sqrt(2 / fan_in)) (He et al.); biases start at zero.
+he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+
+class ConvBlock(nn.Module):
+    """Two 3x3 convolutions, each followed by (optional BatchNorm and) ReLU."""
+
+    features: int
+    config: UNetConfig
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        batch_norm = self.config.norm == "batch"
+        for i in (1, 2):
+            x = nn.Conv(
+                self.features,
+                (3, 3),
+                padding=self.config.padding.upper(),
+                use_bias=not batch_norm,  # BatchNorm's shift makes a conv bias redundant
+                kernel_init=he_normal,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name=f"conv{i}",
+            )(x)
+            if batch_norm:
+                x = BatchNorm(dtype=self.dtype, param_dtype=self.param_dtype, name=f"norm{i}")(x, train)
+            x = nn.relu(x)
+        return x
+
+
+class UNet(nn.Module):
+    """U-Net mapping images `[N, H, W, in_channels]` to logits `[N, H', W', num_classes]`.
+
+    `dtype` is the compute dtype (e.g. `jnp.bfloat16` for mixed precision) and `param_dtype`
+    the storage dtype of the weights; the logits come back in at least float32 (float64 for a
+    float64 reference) so that losses are computed in full precision. With `norm="batch"`, call with `train=True` and
+    `mutable=["batch_stats"]` to use and update batch statistics.
+    """
+
+    config: UNetConfig = UNetConfig()
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        cfg = self.config
+        self._check_input(x)
+        block = dict(config=cfg, dtype=self.dtype, param_dtype=self.param_dtype)
+        x = x.astype(self.dtype)
+
+        skips = []
+        for level in range(1, cfg.depth + 1):
+            x = ConvBlock(cfg.channels(level - 1), **block, name=f"down{level}")(x, train)
+            skips.append(x)
+            x = max_pool_2x2(x)
+        x = ConvBlock(cfg.channels(cfg.depth), **block, name="bottom")(x, train)
+
+        for step in range(1, cfg.depth + 1):
+            features = cfg.channels(cfg.depth - step)
+            x = self._upsample(x, features, name=f"upconv{step}")  # [N, 2H, 2W, features]
+            skip = center_crop(skips[cfg.depth - step], x.shape[1], x.shape[2])
+            x = jnp.concatenate([skip, x], axis=-1)  # the seed's order: skip first
+            x = ConvBlock(features, **block, name=f"up{step}")(x, train)
+
+        logits = nn.Conv(
+            cfg.num_classes, (1, 1), kernel_init=he_normal, dtype=self.dtype, param_dtype=self.param_dtype, name="head"
+        )(x)
+        return logits.astype(jnp.promote_types(self.dtype, jnp.float32))
+
+    def _upsample(self, x, features: int, name: str):
+        if self.config.upsample == "transpose":
+            # Flax does not flip the kernel (PyTorch does); unet_jax.port flips it on import.
+            return nn.ConvTranspose(
+                features,
+                (2, 2),
+                strides=(2, 2),
+                padding="VALID",
+                kernel_init=he_normal,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name=name,
+            )(x)
+        n, h, w, c = x.shape
+        # Half-pixel bilinear, which for 2x upsampling equals PyTorch's align_corners=False.
+        x = jax.image.resize(x, (n, 2 * h, 2 * w, c), method="bilinear")
+        return nn.Conv(
+            features, (1, 1), kernel_init=he_normal, dtype=self.dtype, param_dtype=self.param_dtype, name=name
+        )(x)
+
+    def _check_input(self, x):
+        # Shapes are static under jit, so these are Python errors at trace time, not XLA ones.
+        if x.ndim != 4:
+            raise ValueError(f"UNet expects images as [N, H, W, C] (NHWC), got an array of shape {tuple(x.shape)}")
+        if x.shape[-1] != self.config.in_channels:
+            raise ValueError(
+                f"UNet was configured with in_channels={self.config.in_channels} but the input has "
+                f"{x.shape[-1]} channels (shape {tuple(x.shape)}, NHWC). Pass images with "
+                f"{self.config.in_channels} channel(s) in the last axis, or set in_channels={x.shape[-1]}."
+            )
+        self.config.check_input_size(x.shape[1], x.shape[2])

@@ -1,0 +1,248 @@
+"""Weights between PyTorch state_dicts and Flax variables, through one declarative table.
+
+`layer_table(config)` lists every layer once: its path (shared by both frameworks: the torch
+key is the path joined with dots, the Flax location is the path under a collection), its
+kind, and its channels. `PARAMS[kind]` says, for each tensor of a layer of that kind, its
+torch name, its Flax collection and leaf, its torch shape and the layout change each way.
+`torch_to_flax` and `flax_to_torch` both walk this same table.
+
+Layouts: Conv2d OIHW <-> Flax HWIO. ConvTranspose2d stores (in, out, kH, kW) and, being the
+gradient of a convolution, applies the kernel spatially flipped relative to Flax's
+`ConvTranspose` (which does not flip), so the kernel is flipped in H and W on the way.
+
+Pure numpy: no torch import here (file reading lives in `unet_jax.weights_io`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Mapping
+
+import numpy as np
+
+from unet_jax.config import UNetConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    path: tuple[str, ...]  # ("down1", "conv1"): torch "down1.conv1.*", Flax [collection]["down1"]["conv1"]
+    kind: str  # a key of PARAMS
+    in_channels: int
+    out_channels: int
+    kernel_size: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    torch_name: str  # suffix of the state_dict key
+    collection: str  # Flax variable collection
+    leaf: str  # Flax leaf name
+    torch_shape: Callable[[Layer], tuple[int, ...]]
+    to_flax: Callable[[np.ndarray], np.ndarray] = lambda a: a
+    to_torch: Callable[[np.ndarray], np.ndarray] = lambda a: a
+
+
+def _conv_shape(layer):
+    return (layer.out_channels, layer.in_channels, layer.kernel_size, layer.kernel_size)
+
+
+def _conv_transpose_shape(layer):
+    return (layer.in_channels, layer.out_channels, layer.kernel_size, layer.kernel_size)
+
+
+def _vector(layer):
+    return (layer.out_channels,)
+
+
+_WEIGHT = Param("weight", "params", "kernel", _conv_shape, lambda w: w.transpose(2, 3, 1, 0), lambda k: k.transpose(3, 2, 0, 1))
+_BIAS = Param("bias", "params", "bias", _vector)
+_TRANSPOSED_WEIGHT = Param(
+    "weight",
+    "params",
+    "kernel",
+    _conv_transpose_shape,
+    lambda w: np.flip(w.transpose(2, 3, 0, 1), (0, 1)),  # (in, out, kH, kW) -> flipped (kH, kW, in, out)
+    lambda k: np.flip(k, (0, 1)).transpose(2, 3, 0, 1),
+)
+
+PARAMS: dict[str, tuple[Param, ...]] = {
+    "conv": (_WEIGHT, _BIAS),
+    "conv_no_bias": (_WEIGHT,),
+    "conv_transpose": (_TRANSPOSED_WEIGHT, _BIAS),
+    "batch_norm": (
+        Param("weight", "params", "scale", _vector),
+        Param("bias", "params", "bias", _vector),
+        Param("running_mean", "batch_stats", "mean", _vector),
+        Param("running_var", "batch_stats", "var", _vector),
+        # torch counts in int64; JAX (without x64) in int32.
+        Param("num_batches_tracked", "batch_stats", "num_batches_tracked", lambda layer: (),
+              lambda n: n.astype(np.int32), lambda n: n.astype(np.int64)),
+    ),
+}
+
+
+def layer_table(config: UNetConfig) -> list[Layer]:
+    """Every layer of the network, in forward order."""
+    cfg = config
+    conv = "conv_no_bias" if cfg.norm == "batch" else "conv"
+    layers: list[Layer] = []
+
+    def block(name, in_channels, out_channels):
+        for i, cin in ((1, in_channels), (2, out_channels)):
+            layers.append(Layer((name, f"conv{i}"), conv, cin, out_channels, 3))
+            if cfg.norm == "batch":
+                layers.append(Layer((name, f"norm{i}"), "batch_norm", out_channels, out_channels))
+
+    for level in range(1, cfg.depth + 1):
+        block(f"down{level}", cfg.in_channels if level == 1 else cfg.channels(level - 2), cfg.channels(level - 1))
+    block("bottom", cfg.channels(cfg.depth - 1), cfg.channels(cfg.depth))
+    for step in range(1, cfg.depth + 1):
+        wide, narrow = cfg.channels(cfg.depth - step + 1), cfg.channels(cfg.depth - step)
+        if cfg.upsample == "transpose":
+            layers.append(Layer((f"upconv{step}",), "conv_transpose", wide, narrow, 2))
+        else:
+            layers.append(Layer((f"upconv{step}",), "conv", wide, narrow, 1))
+        block(f"up{step}", 2 * narrow, narrow)
+    layers.append(Layer(("head",), "conv", cfg.features, cfg.num_classes, 1))
+    return layers
+
+
+def seed_layer_names(config: UNetConfig) -> dict[str, str]:
+    """unet_torch layer name -> the seed `Unet` class's name for the same layer.
+
+    The seed numbers its 3x3 convs by level (conv1_1 .. conv9_2), its up-convs up_conv_1..4
+    and its head conv_10; the scheme extends to any depth. It has no BatchNorm and no
+    bilinear variant, so only those configs have seed names.
+    """
+    if config.norm is not None or config.upsample != "transpose":
+        raise ValueError(
+            "the seed's Unet naming exists only for norm=None, upsample='transpose'; "
+            f"this config has norm={config.norm!r}, upsample={config.upsample!r}"
+        )
+    d = config.depth
+    names = {}
+    for i in (1, 2):
+        for level in range(1, d + 1):
+            names[f"down{level}.conv{i}"] = f"conv{level}_{i}"
+        names[f"bottom.conv{i}"] = f"conv{d + 1}_{i}"
+        for step in range(1, d + 1):
+            names[f"up{step}.conv{i}"] = f"conv{d + 1 + step}_{i}"
+    for step in range(1, d + 1):
+        names[f"upconv{step}"] = f"up_conv_{step}"
+    names["head"] = f"conv_{2 * d + 2}"
+    return names
+
+
+class PortError(ValueError):
+    """Weights that do not fit the config; the message lists every mismatch at once."""
+
+
+def _torch_entries(config: UNetConfig, naming: str):
+    """(torch key, layer, param) for every tensor, in the requested naming."""
+    rename = seed_layer_names(config) if naming == "seed" else {}
+    if naming not in ("unet_torch", "seed"):
+        raise ValueError(f"naming must be 'unet_torch' or 'seed', got {naming!r}")
+    for layer in layer_table(config):
+        name = ".".join(layer.path)
+        for param in PARAMS[layer.kind]:
+            yield f"{rename.get(name, name)}.{param.torch_name}", layer, param
+
+
+def detect_naming(keys) -> str:
+    """'seed' for state_dicts of the seed's `Unet` class (conv1_1.weight ...), else 'unet_torch'."""
+    return "seed" if "conv1_1.weight" in keys else "unet_torch"
+
+
+def _strip_prefix(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    # nn.DataParallel / DistributedDataParallel save every key under "module.".
+    if state_dict and all(k.startswith("module.") for k in state_dict):
+        return {k[len("module.") :]: v for k, v in state_dict.items()}
+    return dict(state_dict)
+
+
+def _raise_mismatches(what: str, config: UNetConfig, missing, unexpected, misshaped):
+    if not (missing or unexpected or misshaped):
+        return
+    lines = [f"{what} does not match {config}:"]
+    lines += [f"  missing: {k} (expected shape {s})" for k, s in missing]
+    lines += [f"  unexpected: {k} (shape {s})" for k, s in unexpected]
+    lines += [f"  wrong shape: {k} is {got}, expected {want}" for k, got, want in misshaped]
+    lines.append("Check that the config (features, depth, in_channels, num_classes, norm, upsample) is the one the weights were trained with.")
+    raise PortError("\n".join(lines))
+
+
+def torch_to_flax(state_dict: Mapping[str, np.ndarray], config: UNetConfig) -> dict:
+    """A PyTorch state_dict (unet_torch's or the seed's naming) -> Flax variables (numpy leaves).
+
+    Strict: raises PortError listing every missing, unexpected and mis-shaped key.
+    """
+    state_dict = {k: np.asarray(v) for k, v in _strip_prefix(state_dict).items()}
+    naming = detect_naming(state_dict)
+    variables: dict = {}
+    missing, misshaped, seen = [], [], set()
+    for key, layer, param in _torch_entries(config, naming):
+        want = param.torch_shape(layer)
+        if key not in state_dict:
+            missing.append((key, want))
+            continue
+        seen.add(key)
+        value = state_dict[key]
+        if value.shape != want:
+            misshaped.append((key, value.shape, want))
+            continue
+        node = variables.setdefault(param.collection, {})
+        for part in layer.path:
+            node = node.setdefault(part, {})
+        node[param.leaf] = np.array(param.to_flax(value), order="C")  # a copy; keeps 0-d scalars 0-d
+    unexpected = [(k, v.shape) for k, v in state_dict.items() if k not in seen]
+    _raise_mismatches(f"PyTorch state_dict ({naming} naming)", config, missing, unexpected, misshaped)
+    return variables
+
+
+def flax_to_torch(variables: Mapping, config: UNetConfig, naming: str = "unet_torch") -> dict[str, np.ndarray]:
+    """Flax variables -> a PyTorch state_dict as numpy arrays (`torch.from_numpy` each to load).
+
+    Strict in the same way as `torch_to_flax`; `naming="seed"` writes the seed `Unet`'s keys.
+    """
+    flat = flatten_variables(variables)
+    state_dict: dict[str, np.ndarray] = {}
+    missing, misshaped, seen = [], [], set()
+    for key, layer, param in _torch_entries(config, naming):
+        location = "/".join((param.collection, *layer.path, param.leaf))
+        want = param.torch_shape(layer)
+        if location not in flat:
+            missing.append((location, want))
+            continue
+        seen.add(location)
+        value = param.to_torch(np.asarray(flat[location]))
+        if value.shape != want:
+            misshaped.append((location, value.shape, want))
+            continue
+        state_dict[key] = np.array(value, order="C")
+    unexpected = [(k, np.shape(v)) for k, v in flat.items() if k not in seen]
+    _raise_mismatches("Flax variables", config, missing, unexpected, misshaped)
+    return state_dict
+
+
+def flatten_variables(variables: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
+    """{"params": {"head": {"bias": x}}} -> {"params/head/bias": x}."""
+    flat = {}
+    for name, value in variables.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_variables(value, key + "/"))
+        else:
+            flat[key] = value
+    return flat
+
+
+def unflatten_variables(flat: Mapping[str, np.ndarray]) -> dict:
+    """Inverse of `flatten_variables`."""
+    nested: dict = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split("/")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested

@@ -1,0 +1,48 @@
+"""The seed's training step (Adam lr 1e-3, cross-entropy), made to work for any mask size.
+
+The seed's loop feeds masks straight to `CrossEntropyLoss`, which only works when they are
+already output-sized (388x388 for 572x572 tiles). Here masks of the input's size are
+centre-cropped to the logits, which is what the paper's overlap-tile training means.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+
+def crop_labels(masks: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Centre `height x width` window of class-index masks.  # [N, H, W] -> [N, height, width]"""
+    top = (masks.shape[-2] - height) // 2
+    left = (masks.shape[-1] - width) // 2
+    return masks[..., top : top + height, left : left + width]
+
+
+def make_optimizer(model: torch.nn.Module, name: str = "adam", learning_rate: float = 1e-3, momentum: float = 0.99):
+    """The seed's Adam(lr=1e-3), or the paper's SGD with momentum 0.99."""
+    if name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=learning_rate)
+    if name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=momentum)
+    raise ValueError(f"optimizer must be 'adam' or 'sgd', got {name!r}")
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,  # [N, C, H, W] float
+    masks: torch.Tensor,  # [N, H, W] (or already output-sized) int64 class indices
+    autocast_dtype: Optional[torch.dtype] = None,
+) -> torch.Tensor:
+    """One optimisation step; returns the (detached) mean cross-entropy of the batch."""
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(images.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        logits = model(images)
+    labels = crop_labels(masks, logits.shape[-2], logits.shape[-1])
+    loss = F.cross_entropy(logits.float(), labels)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
