@@ -1,0 +1,264 @@
+"""Shared machinery of the parity tests: both models from one config, ported weights,
+deterministic batches, precision modes and the error metric.
+
+This module (with `parity_tests/*` and `benchmarks/`) is the only place allowed to import
+both torch and jax; `unet_jax` and `unet_torch` stay independent of each other.
+
+The metric used everywhere is the relative error
+
+    rel_error(a, ref) = max|a - ref| / max|ref|
+
+(infinity norms, computed in float64): a tolerance then means "this fraction of the largest
+value", which is stable across layers whose values differ by orders of magnitude, and is not
+inflated by entries that happen to be near zero the way an element-wise relative error is.
+The reference is the torch model in float64 on the CPU (`reference_model`): both frameworks
+are measured against it, and against each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import math
+from typing import Any, Iterator, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+import unet_torch
+from unet_jax.config import UNetConfig
+from unet_jax.model import UNet as FlaxUNet
+from unet_jax.port import flatten_variables, torch_to_flax
+
+# Where each framework runs: whatever accelerator it finds, else the CPU.
+TORCH_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+JAX_BACKEND = jax.default_backend()  # "cpu", "gpu" or "tpu"
+ON_GPU = TORCH_DEVICE == "cuda" and JAX_BACKEND == "gpu"
+GPU_SKIP_REASON = "needs an NVIDIA GPU visible to both torch (torch.cuda.is_available()) and jax (jax.default_backend() == 'gpu')"
+
+MODES = ("strict", "default", "bf16")
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """A network and the input it is exercised with."""
+
+    name: str
+    config: UNetConfig
+    size: int  # input side length (square images)
+    batch: int
+
+
+# Small enough for a 2-core CPU, yet each switches on a different code path of the port and
+# the model (in/out channels differ from each other so that a transposed axis cannot hide).
+CASES = {
+    "seed": Case("seed", UNetConfig(), 188, 1),  # the paper's network at its smallest valid size
+    "features8": Case("features8", UNetConfig(features=8), 188, 2),
+    "same": Case("same", UNetConfig(features=8, depth=3, padding="same"), 64, 2),
+    "bilinear": Case("bilinear", UNetConfig(in_channels=3, num_classes=4, features=8, upsample="bilinear"), 188, 2),
+    "batchnorm": Case("batchnorm", UNetConfig(features=8, norm="batch"), 188, 2),
+}
+
+
+# ------------------------------------------------------------------------ precision
+@dataclasses.dataclass(frozen=True)
+class Precision:
+    """How each framework computes in a mode: the Flax compute dtype and torch's autocast."""
+
+    mode: str
+    flax_dtype: Any
+    autocast_dtype: Optional[torch.dtype]
+
+    def autocast(self, device: str):
+        return torch.autocast(device, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
+
+
+@contextlib.contextmanager
+def precision(mode: str) -> Iterator[Precision]:
+    """Set both frameworks to a precision mode for the duration of the block.
+
+    strict:  true float32: JAX "highest" matmul/conv precision, torch TF32 off.
+    default: each framework's out-of-the-box behaviour (on NVIDIA: TF32 convolutions).
+    bf16:    bfloat16 compute with float32 weights (Flax dtype, torch autocast).
+    The torch flags are global, so they are restored on exit.
+    """
+    if mode not in MODES:
+        raise ValueError(f"precision mode must be one of {MODES}, got {mode!r}")
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    try:
+        with contextlib.ExitStack() as stack:
+            if mode == "strict":
+                stack.enter_context(jax.default_matmul_precision("highest"))
+                torch.backends.cudnn.allow_tf32 = False
+                torch.backends.cuda.matmul.allow_tf32 = False
+            else:  # torch's documented defaults, in case an earlier test left them changed
+                torch.backends.cudnn.allow_tf32 = True
+                torch.backends.cuda.matmul.allow_tf32 = False
+            bf16 = mode == "bf16"
+            yield Precision(mode, jnp.bfloat16 if bf16 else jnp.float32, torch.bfloat16 if bf16 else None)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+# ------------------------------------------------------------------------ models
+def build_torch(config: UNetConfig, seed: int = 0) -> torch.nn.Module:
+    """unet_torch.UNet (float32, CPU) with the paper's He-normal weights and non-zero biases.
+
+    torch's default init shrinks the signal layer after layer, so the logits of a deep
+    network would be nearly its head bias and would hide errors; He init keeps them alive.
+    Biases and BatchNorm affine/running values are random so that every tensor's port shows.
+    """
+    model = unet_torch.UNet(**dataclasses.asdict(config))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.ConvTranspose2d):  # (in, out, 2, 2), stride 2: fan-in is `in`
+                module.weight.normal_(0.0, math.sqrt(2.0 / module.weight.shape[0]), generator=gen)
+            elif isinstance(module, torch.nn.Conv2d):  # (out, in, k, k)
+                fan_in = module.weight[0].numel()
+                module.weight.normal_(0.0, math.sqrt(2.0 / fan_in), generator=gen)
+            elif isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5, generator=gen)
+                module.running_mean.normal_(0.0, 0.1, generator=gen)
+                module.running_var.uniform_(0.5, 1.5, generator=gen)
+            if getattr(module, "bias", None) is not None:
+                module.bias.uniform_(-0.1, 0.1, generator=gen)
+    return model
+
+
+def reference_model(model: torch.nn.Module) -> torch.nn.Module:
+    """A float64 CPU copy of `model`: the reference both frameworks are measured against."""
+    return copy.deepcopy(model).to("cpu", torch.float64)
+
+
+def torch_state(model: torch.nn.Module) -> dict[str, np.ndarray]:
+    """state_dict as numpy arrays on the host (buffers included)."""
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def flax_model(config: UNetConfig, dtype=jnp.float32) -> FlaxUNet:
+    return FlaxUNet(config, dtype=dtype, param_dtype=jnp.float32)
+
+
+def port_to_flax(model: torch.nn.Module, config: UNetConfig) -> dict:
+    """Flax variables (device arrays) holding `model`'s weights, through unet_jax.port."""
+    return jax.tree.map(jnp.asarray, torch_to_flax(torch_state(model), config))
+
+
+def torch_grads_as_flax(model: torch.nn.Module, config: UNetConfig) -> dict[str, np.ndarray]:
+    """`model`'s parameter gradients in Flax layout, flat ("params/down1/conv1/kernel").
+
+    The port is a permutation of entries, so gradients map by the same table as weights.
+    """
+    state = torch_state(model)
+    for name, param in model.named_parameters():
+        state[name] = param.grad.detach().cpu().numpy()
+    flat = flatten_variables(torch_to_flax(state, config))
+    return {k: v for k, v in flat.items() if k.startswith("params/")}
+
+
+# ------------------------------------------------------------------------ data
+def make_batch(config: UNetConfig, size: int, batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(images [N, H, W, C] float32, masks [N, H, W] int64 class indices), reproducible."""
+    rng = np.random.default_rng(seed)
+    images = rng.standard_normal((batch, size, size, config.in_channels)).astype(np.float32)
+    masks = rng.integers(0, config.num_classes, (batch, size, size), dtype=np.int64)
+    return images, masks
+
+
+def to_nchw(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))  # [N, H, W, C] -> [N, C, H, W]
+
+
+def to_nhwc(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1))  # [N, C, H, W] -> [N, H, W, C]
+
+
+def torch_input(images: np.ndarray, model: torch.nn.Module) -> torch.Tensor:
+    """NHWC numpy images -> NCHW tensor on the model's device, in the model's dtype."""
+    param = next(model.parameters())
+    return torch.from_numpy(to_nchw(images)).to(param.device, param.dtype)
+
+
+# ------------------------------------------------------------------------ forward
+def torch_forward(model, images: np.ndarray, train: bool, prec: Optional[Precision] = None) -> np.ndarray:
+    """Logits as NHWC float64 numpy. In train mode BatchNorm uses and updates batch statistics."""
+    model.train(train)
+    device = next(model.parameters()).device.type
+    with torch.no_grad(), (prec.autocast(device) if prec else contextlib.nullcontext()):
+        logits = model(torch_input(images, model))
+    return to_nhwc(logits.double().cpu().numpy())
+
+
+def flax_forward(config: UNetConfig, variables, images: np.ndarray, train: bool, dtype=jnp.float32):
+    """(logits NHWC float64 numpy, updated batch_stats or None), through one jitted apply."""
+    model = flax_model(config, dtype)
+    if train and "batch_stats" in variables:
+        apply = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))
+        logits, updates = apply(variables, images)
+        return np.asarray(logits, np.float64), updates["batch_stats"]
+    logits = jax.jit(lambda v, x: model.apply(v, x, train=train))(variables, images)
+    return np.asarray(logits, np.float64), None
+
+
+# ------------------------------------------------------------------------ gradients
+def torch_loss(model, images: np.ndarray, masks: np.ndarray, prec: Optional[Precision] = None) -> torch.Tensor:
+    """Mean cross-entropy with labels centre-cropped to the logits (unet_torch.train_step's loss).
+
+    The loss is taken in at least float32 and in float64 for the float64 reference.
+    """
+    device = next(model.parameters()).device
+    with prec.autocast(device.type) if prec else contextlib.nullcontext():
+        logits = model(torch_input(images, model))
+    labels = unet_torch.crop_labels(torch.from_numpy(masks).to(device), logits.shape[-2], logits.shape[-1])
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return torch.nn.functional.cross_entropy(logits, labels)
+
+
+def torch_loss_and_grads(model, config, images, masks, prec: Optional[Precision] = None):
+    """(loss, flat Flax-layout gradients) of one train-mode forward/backward."""
+    model.train()
+    model.zero_grad(set_to_none=True)
+    loss = torch_loss(model, images, masks, prec)
+    loss.backward()
+    return float(loss), torch_grads_as_flax(model, config)
+
+
+def flax_loss_and_grads(config: UNetConfig, variables, images, masks, dtype=jnp.float32):
+    """(loss, flat gradients) from `unet_jax.train_step.loss_and_logits` under jax.grad."""
+    from unet_jax.losses import cross_entropy
+    from unet_jax.train_step import loss_and_logits
+
+    model = flax_model(config, dtype)
+
+    def loss(params, batch_stats):
+        return loss_and_logits(params, batch_stats, model.apply, images, masks, cross_entropy)[0]
+
+    value, grads = jax.jit(jax.value_and_grad(loss))(variables["params"], variables.get("batch_stats"))
+    return float(value), {f"params/{k}": np.asarray(v) for k, v in flatten_variables(grads).items()}
+
+
+# ------------------------------------------------------------------------ metric
+def rel_error(a, ref) -> float:
+    """max|a - ref| / max|ref|, in float64; 0 when both are all zero."""
+    a = np.asarray(a, np.float64)
+    ref = np.asarray(ref, np.float64)
+    if a.shape != ref.shape:
+        raise ValueError(f"shapes differ: {a.shape} vs reference {ref.shape}")
+    scale = np.abs(ref).max(initial=0.0)
+    diff = np.abs(a - ref).max(initial=0.0)
+    if scale == 0.0:
+        return 0.0 if diff == 0.0 else math.inf
+    return float(diff / scale)
+
+
+def max_rel_error(tensors: Mapping[str, Any], refs: Mapping[str, Any]) -> tuple[float, str]:
+    """(largest per-tensor rel_error, the tensor it came from); keys must match exactly."""
+    if set(tensors) != set(refs):
+        raise ValueError(f"tensor names differ: {sorted(set(tensors) ^ set(refs))}")
+    errors = {k: rel_error(tensors[k], refs[k]) for k in refs}
+    worst = max(errors, key=errors.get)
+    return errors[worst], worst

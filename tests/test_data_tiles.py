@@ -1,0 +1,91 @@
+"""Tile sampling: labels are the mask under the output window, inputs the mirrored context around it."""
+
+import numpy as np
+import pytest
+
+from unet_jax.config import UNetConfig
+from unet_jax.data import mirror_crop, mirror_pad, sample_tiles
+
+CONFIG = UNetConfig(features=8, depth=2)
+INPUT = CONFIG.nearest_valid_input_sizes(60)[1]
+OUTPUT = CONFIG.output_size(INPUT)
+MARGIN = (INPUT - OUTPUT) // 2
+
+
+def _coordinate_image(h, w):
+    """An image whose two channels hold each pixel's row and column, and a mask of unique ids."""
+    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    image = np.stack([rows, cols], axis=-1).astype(np.float32)  # [H, W, 2]
+    return image, (rows * w + cols).astype(np.int32)  # [H, W]
+
+
+def test_config_sizes_are_what_the_tests_assume():
+    assert (INPUT, OUTPUT, MARGIN) == (60, 20, 20)
+
+
+@pytest.mark.parametrize("shape", [(5,), (5, 7), (5, 7, 3), (1, 4)])
+@pytest.mark.parametrize("pads", [(0, 0, 0, 0), (2, 3, 1, 4), (9, 12, 17, 6)])
+def test_mirror_pad_equals_numpy_reflect_even_past_one_reflection(shape, pads):
+    array = np.arange(np.prod(shape) * 6).reshape(shape[:1] + (6,) + shape[1:])  # [H, W, ...]
+    top, bottom, left, right = pads
+    widths = [(top, bottom), (left, right)] + [(0, 0)] * (array.ndim - 2)
+    np.testing.assert_array_equal(mirror_pad(array, *pads), np.pad(array, widths, mode="reflect"))
+
+
+def test_mirror_crop_inside_is_a_plain_crop():
+    image, _ = _coordinate_image(30, 40)
+    np.testing.assert_array_equal(mirror_crop(image, 3, 5, 10, 20), image[3:13, 5:25])
+
+
+def test_labels_are_the_mask_window_and_inputs_its_mirrored_context():
+    h, w = 70, 90
+    image, mask = _coordinate_image(h, w)
+    padded = np.pad(image, [(MARGIN, MARGIN), (MARGIN, MARGIN), (0, 0)], mode="reflect")
+    x, y = sample_tiles([image], [mask], np.random.default_rng(0), 200, INPUT, OUTPUT)
+    assert x.shape == (200, INPUT, INPUT, 2) and x.dtype == np.float32
+    assert y.shape == (200, OUTPUT, OUTPUT) and y.dtype == np.int32
+    tops = []
+    for xb, yb in zip(x, y):
+        top, left = divmod(int(yb[0, 0]), w)
+        tops.append(top)
+        assert 0 <= top <= h - OUTPUT and 0 <= left <= w - OUTPUT
+        np.testing.assert_array_equal(yb, mask[top : top + OUTPUT, left : left + OUTPUT])
+        np.testing.assert_array_equal(xb[MARGIN:-MARGIN, MARGIN:-MARGIN], image[top : top + OUTPUT, left : left + OUTPUT])
+        np.testing.assert_array_equal(xb, padded[top : top + INPUT, left : left + INPUT])
+    assert min(tops) <= 3 and max(tops) >= h - OUTPUT - 3  # windows reach the borders, so mirroring was exercised
+
+
+def test_images_smaller_than_the_output_tile_are_mirrored_mask_and_all():
+    image, mask = _coordinate_image(12, 15)
+    x, y = sample_tiles([image], [mask], np.random.default_rng(1), 20, INPUT, OUTPUT)
+    assert x.shape == (20, INPUT, INPUT, 2) and y.shape == (20, OUTPUT, OUTPUT)
+    for xb, yb in zip(x, y):
+        # The window covers the whole image: locate it by where pixel (0, 0) first appears.
+        top, left = (-int(np.argmax(xb[MARGIN:-MARGIN, MARGIN, 0] == 0)), -int(np.argmax(xb[MARGIN, MARGIN:-MARGIN, 1] == 0)))
+        np.testing.assert_array_equal(yb, mirror_crop(mask, top, left, OUTPUT, OUTPUT))
+        np.testing.assert_array_equal(xb, mirror_crop(image, top - MARGIN, left - MARGIN, INPUT, INPUT))
+        assert set(np.unique(yb)) == set(np.unique(mask))  # every pixel is in the window
+
+
+def test_images_of_different_sizes_and_determinism():
+    images, masks = zip(*(_coordinate_image(h, w) for h, w in [(30, 80), (64, 64), (100, 25)]))
+    first = sample_tiles(list(images), list(masks), np.random.default_rng(7), 16, INPUT, OUTPUT)
+    again = sample_tiles(list(images), list(masks), np.random.default_rng(7), 16, INPUT, OUTPUT)
+    other = sample_tiles(list(images), list(masks), np.random.default_rng(8), 16, INPUT, OUTPUT)
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(first[1], other[1])
+
+
+def test_stacked_arrays_work_like_lists():
+    image, mask = _coordinate_image(40, 40)
+    x, y = sample_tiles(image[None], mask[None], np.random.default_rng(0), 3, INPUT, OUTPUT)
+    assert x.shape == (3, INPUT, INPUT, 2) and y.shape == (3, OUTPUT, OUTPUT)
+
+
+def test_sizes_that_no_unet_produces_are_refused():
+    image, mask = _coordinate_image(40, 40)
+    with pytest.raises(ValueError, match="even"):
+        sample_tiles([image], [mask], np.random.default_rng(0), 1, 61, 20)
+    with pytest.raises(ValueError):
+        sample_tiles([image], [mask[:30]], np.random.default_rng(0), 1, INPUT, OUTPUT)

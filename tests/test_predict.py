@@ -1,0 +1,204 @@
+"""Overlap-tile prediction: tiling changes memory and speed, never the answer, on any image size."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from unet_jax.config import UNetConfig
+from unet_jax.data import DataError, Normalization, mirror_pad
+from unet_jax.model import UNet
+from unet_jax.predict import (
+    Predictor,
+    activation_bytes,
+    default_tile_size,
+    predict_files,
+    predict_probabilities,
+    tile_geometry,
+)
+from unet_jax.weights_io import load_variables, save_flax_weights
+
+CONFIG = UNetConfig(features=4, depth=2)  # valid sizes 4k >= 44, output = input - 40
+MARGIN = 20
+
+
+def _variables(config, seed=0):
+    """He-initialised weights with random (not zero) biases, so every layer's offset is exercised."""
+    size = 16 if config.padding == "same" else config.nearest_valid_input_sizes(60)[1]
+    x = jnp.zeros((1, size, size, config.in_channels))
+    params = UNet(config).init(jax.random.key(seed), x)["params"]
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
+    leaves = [leaf if leaf.ndim > 1 else 0.1 * jax.random.normal(k, leaf.shape) for leaf, k in zip(leaves, keys)]
+    return {"params": jax.tree.unflatten(tree, leaves)}
+
+
+def _image(h, w, channels=1, seed=0):
+    return np.random.default_rng(seed).normal(size=(h, w, channels)).astype(np.float32)  # [H, W, C]
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    return Predictor(CONFIG, _variables(CONFIG))
+
+
+def _whole(predictor, padded):
+    """One forward pass over a whole padded image [H, W, C] -> probabilities [H', W', K]."""
+    logits = predictor.model.apply(predictor.variables, padded[None], train=False)
+    return np.asarray(jax.nn.softmax(logits, axis=-1))[0]
+
+
+def _relative_max_error(actual, expected):
+    return float(np.abs(actual - expected).max() / np.abs(expected).max())
+
+
+# ------------------------------------------------------------------ the overlap-tile equality
+def test_tiled_prediction_equals_one_whole_image_pass(predictor):
+    image = _image(76, 100)  # padded by the margin: 116 x 140, both valid, output 76 x 100
+    with jax.default_matmul_precision("highest"):
+        whole = _whole(predictor, mirror_pad(image, MARGIN, MARGIN, MARGIN, MARGIN))
+        # tile 60 -> 20 output pixels: 4 x 5 = 20 tiles, batches of 3 (the last holds 2)
+        tiled = predict_probabilities(predictor, image, tile_size=60, batch_size=3)
+    assert tiled.shape == (76, 100, 2) and tiled.dtype == np.float32
+    # Measured 0.0 on CPU (jax 0.10.2): the same convolutions on the same pixels.
+    assert _relative_max_error(tiled, whole) <= 1e-6
+
+
+def test_tiles_start_on_the_pool_grid_at_depth_3():
+    """Depth 3 outputs are 4 (mod 8), so the stride is rounded down; without that the pools of
+    neighbouring tiles would group different pixel pairs and the result would change."""
+    config = UNetConfig(features=4, depth=3)
+    predictor = Predictor(config, _variables(config))
+    geometry = tile_geometry(config, 108)  # output 20 -> stride 16
+    assert (geometry.context, geometry.stride) == (44, 16)
+    image = _image(48, 40, seed=1)  # + 2 * 44 = 136 x 128, valid
+    with jax.default_matmul_precision("highest"):
+        whole = _whole(predictor, mirror_pad(image, 44, 44, 44, 44))
+        tiled = predict_probabilities(predictor, image, tile_size=108, batch_size=4)  # 3 x 3 tiles
+    assert _relative_max_error(tiled, whole) <= 1e-6  # measured 0.0 on CPU
+
+
+# ------------------------------------------------------------------ sizes, batches, padding
+@pytest.mark.parametrize("shape", [(1, 1), (7, 3), (37, 91), (19, 19)])
+def test_any_image_size_gives_a_prediction_of_that_size(predictor, shape):
+    probs = predict_probabilities(predictor, _image(*shape), tile_size=60, batch_size=2)
+    assert probs.shape == (*shape, 2) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+
+
+def test_batch_size_does_not_change_the_result(predictor):
+    image = _image(50, 45, seed=2)  # 3 x 3 = 9 tiles of output 20
+    one = predict_probabilities(predictor, image, tile_size=60, batch_size=1)
+    for batch_size in (2, 4, 9, 32):
+        np.testing.assert_allclose(predict_probabilities(predictor, image, 60, batch_size), one, atol=1e-6)
+
+
+def test_same_padding_tiles_without_margin_equal_per_tile_passes():
+    config = UNetConfig(features=4, depth=2, padding="same")
+    predictor = Predictor(config, _variables(config))
+    image = _image(32, 48, seed=3)  # 2 x 3 abutting tiles of 16
+    tiled = predict_probabilities(predictor, image, tile_size=16, batch_size=4, same_padding_margin=0)
+    for top in (0, 16):
+        for left in (0, 16, 32):
+            expected = _whole(predictor, image[top : top + 16, left : left + 16])
+            np.testing.assert_allclose(tiled[top : top + 16, left : left + 16], expected, atol=1e-6)
+    # The default margin (2**depth = 4 px) overlaps the tiles: stride 16 - 2 * 4 = 8.
+    assert tile_geometry(config, 16).stride == 8
+    probs = predict_probabilities(predictor, _image(21, 13), tile_size=16)
+    assert probs.shape == (21, 13, 2)
+
+
+def test_invalid_tile_sizes_name_the_valid_ones(predictor):
+    with pytest.raises(ValueError, match="Nearest valid input sizes: 48 or 52"):
+        predict_probabilities(predictor, _image(30, 30), tile_size=50)
+    with pytest.raises(ValueError, match="at least 100"):  # depth 3: 92 is valid but outputs only 4 px
+        tile_geometry(UNetConfig(features=4, depth=3), 92)
+
+
+def test_default_tile_size_covers_a_small_image_and_respects_the_memory_budget():
+    assert default_tile_size(CONFIG, 30, 20) == 72  # the first tile whose 32-px stride covers 30
+    budget = 3 * activation_bytes(CONFIG, 80)
+    size = default_tile_size(CONFIG, 1000, 1000, batch_size=3, budget_bytes=budget)
+    assert CONFIG.is_valid_input_size(size) and 3 * activation_bytes(CONFIG, size) <= budget
+    assert default_tile_size(CONFIG, 1000, 1000, budget_bytes=1) == 44  # nothing fits: the smallest
+
+
+# ------------------------------------------------------------------ files
+def test_predict_files_writes_masks_and_probabilities(tmp_path, predictor):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (23, 31), dtype=np.uint8)).save(inputs / "a.png")
+    tifffile.imwrite(inputs / "b.tif", rng.integers(0, 65536, (17, 9), dtype=np.uint16))
+    out = tmp_path / "out" / "nested"
+    written = predict_files(predictor, [inputs / "a.png", inputs / "b.tif"], out, save_probabilities=True, tile_size=60)
+    assert [w["mask"].name for w in written] == ["a_mask.png", "b_mask.png"]
+    mask = np.array(Image.open(out / "a_mask.png"))
+    probs = np.load(out / "a_probs.npy")
+    assert mask.shape == (23, 31) and mask.dtype == np.uint8
+    assert probs.shape == (23, 31, 2) and probs.dtype == np.float32
+    np.testing.assert_array_equal(mask, probs.argmax(-1))
+    assert np.load(out / "b_probs.npy").shape == (17, 9, 2)
+
+    predict_files(predictor, [inputs / "a.png"], out, mask_format="tiff", tile_size=60)
+    np.testing.assert_array_equal(tifffile.imread(out / "a_mask.tif"), mask)
+
+
+def test_predict_files_refuses_clashes_and_names_bad_files(tmp_path, predictor):
+    for name in ("a.png", "a_mask.png"):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / name)
+    with pytest.raises(ValueError, match="is one of the input images"):
+        predict_files(predictor, [tmp_path / "a.png", tmp_path / "a_mask.png"], tmp_path)
+    (tmp_path / "x").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "x" / "a.png")
+    with pytest.raises(ValueError, match="share the stem 'a'"):
+        predict_files(predictor, [tmp_path / "a.png", tmp_path / "x" / "a.png"], tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        predict_files(predictor, [tmp_path / "nope.png"], tmp_path / "out")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8) + np.arange(3, dtype=np.uint8)).save(tmp_path / "rgb.png")
+    with pytest.raises(DataError, match="rgb.png: has 3 channel"):
+        predict_files(predictor, [tmp_path / "rgb.png"], tmp_path / "out")
+    with pytest.raises(ValueError, match="mask_format"):
+        predict_files(predictor, [tmp_path / "a.png"], tmp_path / "out", mask_format="jpg")
+
+
+# ------------------------------------------------------------------ weights files
+def test_predictor_from_a_run_directory_uses_its_normalization(tmp_path):
+    variables = _variables(CONFIG)
+    save_flax_weights(jax.device_get(variables), CONFIG, tmp_path / "weights.safetensors")
+    normalization = Normalization(mean=(0.5,), std=(0.25,))
+    (tmp_path / "normalization.json").write_text(json.dumps(normalization.to_dict()))
+    predictor = Predictor.from_weights(tmp_path)
+    assert predictor.config == CONFIG and predictor.normalization == normalization
+    image = _image(30, 30)
+    expected = predict_probabilities(Predictor(CONFIG, variables), image, 60)
+    np.testing.assert_allclose(predict_probabilities(predictor, image, 60), expected, atol=1e-6)
+    np.testing.assert_allclose(predictor.normalize(np.full((2, 2, 1), 0.75)), 1.0)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="without weights.safetensors"):
+        Predictor.from_weights(tmp_path / "empty")
+
+
+def test_predictor_from_a_pytorch_state_dict_matches_torch(tmp_path):
+    torch = pytest.importorskip("torch")
+    from unet_torch import UNet as TorchUNet
+
+    torch.manual_seed(0)
+    model = TorchUNet(features=4, depth=2).eval()
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    variables, config = load_variables(tmp_path / "model.pt", CONFIG)
+    predictor = Predictor.from_weights(tmp_path / "model.pt", CONFIG)
+    assert predictor.normalization is None and config == CONFIG
+    image = _image(36, 44, seed=4)
+    with jax.default_matmul_precision("highest"):
+        tiled = predict_probabilities(predictor, image, tile_size=60, batch_size=3)
+    padded = mirror_pad(image, MARGIN, MARGIN, MARGIN, MARGIN)  # [76, 84, 1], valid
+    with torch.no_grad():
+        logits = model(torch.from_numpy(padded.transpose(2, 0, 1)[None].copy()))  # [1, K, 36, 44]
+    expected = torch.softmax(logits, 1)[0].numpy().transpose(1, 2, 0)  # [36, 44, K]
+    # Two frameworks, float32, strict precision: measured 6e-8 on CPU.
+    assert _relative_max_error(tiled, expected) <= 1e-6

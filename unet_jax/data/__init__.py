@@ -1,0 +1,23 @@
+"""Data for training a U-Net: synthetic cells, a user's folder, tiling, and on-device augmentation.
+
+Everything but `augment` is plain numpy on the host; `augment` is JAX, for the jitted train step.
+"""
+
+from unet_jax.data.augment import augment
+from unet_jax.data.cells import make_cells
+from unet_jax.data.folder import DataError, load_folder
+from unet_jax.data.samples import Normalization, Samples, split_validation
+from unet_jax.data.tiles import mirror_crop, mirror_pad, sample_tiles
+
+__all__ = [
+    "DataError",
+    "Normalization",
+    "Samples",
+    "augment",
+    "load_folder",
+    "make_cells",
+    "mirror_crop",
+    "mirror_pad",
+    "sample_tiles",
+    "split_validation",
+]

@@ -1,0 +1,219 @@
+"""Reading a user's images and masks from disk, with an error that says what to fix for every bad file.
+
+Layouts:
+  DIR/images/*.{png,tif,tiff} and DIR/masks/*.{png,tif,tiff}, paired by file stem; a mask
+  stem may carry a `_mask` suffix (`a.png` <-> `a.tif` or `a_mask.png`).
+  DIR/train-volume.tif + DIR/train-labels.tif (ISBI 2012): one sample per slice; or point
+  `path` at any `*-volume.tif` whose `*-labels.tif` sits beside it.
+
+Images are scaled to [0, 1] by their dtype's maximum (255 for 8-bit, 65535 for 16-bit; float
+TIFFs as stored); standardise them afterwards with `Normalization` (fitted on the training part).
+
+Mask rule (`_to_mask`), in order, for the values v of one mask file:
+  1. all v < num_classes: class indices, used as they are.
+  2. v only 0 and 255 (or 0 and 65535 in a 16-bit file): a binary mask, 255 -> class 1. This is
+     how ISBI labels mark the cell interior, and how most tools save binary masks.
+  3. num_classes == 2 and the file holds more than 8 bits per pixel (16-bit PNG/TIFF, 32-bit or
+     integer-valued float TIFF): an instance mask, 0 background and 1..N objects; the class is
+     id > 0 and the ids are kept in `Samples.instances`.
+  4. anything else is an error. An 8-bit mask such as {0, 1, 2} for a 2-class model is far more
+     often a 3-class mask than a label image, so we ask instead of guessing.
+Colour masks whose channels are all equal are read as grey; a constant, opaque alpha channel is
+dropped from images and masks; an RGB image whose channels are equal is accepted as grey.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import tifffile
+from PIL import Image
+
+from unet_jax.data.samples import Samples
+
+SUFFIXES = (".png", ".tif", ".tiff")
+MASK_SUFFIX = "_mask"
+
+
+class DataError(ValueError):
+    """A data set on disk that can't be used as it is; the message names the file and the fix."""
+
+
+def load_folder(path: Union[str, Path], in_channels: int, num_classes: int) -> Samples:
+    """All samples under `path` (see the module docstring for layouts and rules), sorted by name.
+
+    Images are float32 [H, W, in_channels] in [0, 1] and masks int32 [H, W]; sizes may differ
+    between samples, so the fields are lists.
+    """
+    path = Path(path)
+    if path.is_file():
+        if "-volume" not in path.stem:
+            raise DataError(
+                f"{path}: a file must be an ISBI-style '*-volume.tif' stack with its '*-labels.tif' beside it. "
+                "Fix: or point at a folder holding images/ and masks/"
+            )
+        return _load_stack(path, path.with_name(path.name.replace("-volume", "-labels")), in_channels, num_classes)
+    if not path.is_dir():
+        raise DataError(f"{path}: no such folder. Fix: point at a folder holding images/ and masks/ subfolders")
+    images_dir, masks_dir = path / "images", path / "masks"
+    if images_dir.is_dir() or masks_dir.is_dir() or not (path / "train-volume.tif").is_file():
+        for sub in (images_dir, masks_dir):
+            if not sub.is_dir():
+                raise DataError(
+                    f"{sub}: missing. Fix: put the images in {images_dir} and their masks, with the same "
+                    f"file names, in {masks_dir} (or use an ISBI pair train-volume.tif + train-labels.tif)"
+                )
+        return _load_pairs(images_dir, masks_dir, in_channels, num_classes)
+    return _load_stack(path / "train-volume.tif", path / "train-labels.tif", in_channels, num_classes)
+
+
+def _list(folder: Path) -> dict[str, Path]:
+    """Supported files in `folder` by stem; hidden files are skipped, anything else is an error."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    unsupported = [p.name for p in files if p.suffix.lower() not in SUFFIXES]
+    if unsupported:
+        raise DataError(f"{folder}: unsupported file types {unsupported}. Fix: use PNG or TIFF, or move these files out")
+    by_stem: dict[str, Path] = {}
+    for p in files:
+        if p.stem in by_stem:
+            raise DataError(f"{folder}: {by_stem[p.stem].name} and {p.name} share a name. Fix: keep one of them")
+        by_stem[p.stem] = p
+    return by_stem
+
+
+def _load_pairs(images_dir: Path, masks_dir: Path, in_channels: int, num_classes: int) -> Samples:
+    images = _list(images_dir)
+    masks: dict[str, Path] = {}
+    for stem, p in _list(masks_dir).items():
+        key = stem[: -len(MASK_SUFFIX)] if stem.endswith(MASK_SUFFIX) and stem[: -len(MASK_SUFFIX)] in images else stem
+        if key in masks:
+            raise DataError(f"{masks_dir}: {masks[key].name} and {p.name} both claim image '{key}'. Fix: keep one of them")
+        masks[key] = p
+    if not images:
+        raise DataError(f"{images_dir}: no PNG or TIFF images. Fix: put the training images there")
+    problems = [f"  {images[s]}: no mask (expected {masks_dir}/{s}.png, .tif or {s}{MASK_SUFFIX}.*)" for s in images if s not in masks]
+    problems += [f"  {masks[s]}: no image (expected {images_dir}/{s}.png or .tif)" for s in masks if s not in images]
+    if problems:
+        raise DataError(
+            f"{len(problems)} unpaired file(s); every image needs a mask with the same name and vice versa:\n" + "\n".join(problems)
+        )
+    loaded = []
+    for stem in sorted(images):
+        image = _to_image(_read(images[stem], palette_to_rgb=True), images[stem], in_channels)
+        mask, ids = _to_mask(_read(masks[stem], palette_to_rgb=False), masks[stem], num_classes)
+        if image.shape[:2] != mask.shape:
+            raise DataError(
+                f"{images[stem]} is {image.shape[0]}x{image.shape[1]} but its mask {masks[stem]} is "
+                f"{mask.shape[0]}x{mask.shape[1]}. Fix: save the mask at the image's size"
+            )
+        loaded.append((image, mask, ids, str(images[stem])))
+    return _samples(loaded)
+
+
+def _samples(loaded: list) -> Samples:
+    images, masks, ids, names = zip(*loaded)
+    return Samples(images=list(images), masks=list(masks), instances=list(ids), names=tuple(names))
+
+
+def _load_stack(volume_path: Path, labels_path: Path, in_channels: int, num_classes: int) -> Samples:
+    """ISBI-2012 style: a multi-page image TIFF and a label TIFF with one page per slice."""
+    for p in (volume_path, labels_path):
+        if not p.is_file():
+            raise DataError(f"{p}: missing. Fix: an ISBI volume needs its label stack beside it ({volume_path.name} + {labels_path.name})")
+    volume, labels = _read(volume_path, palette_to_rgb=True), _read(labels_path, palette_to_rgb=False)
+    volume = volume[None] if volume.ndim == 2 else volume  # [N, H, W] or [N, H, W, C]
+    labels = labels[None] if labels.ndim == 2 else labels  # [N, H, W]
+    if len(volume) != len(labels) or volume.shape[1:3] != labels.shape[1:3]:
+        raise DataError(
+            f"{volume_path} holds {volume.shape[:3]} (slices, H, W) but {labels_path} holds {labels.shape[:3]}. "
+            "Fix: use matching stacks, one label page per image page"
+        )
+    loaded = []
+    for k in range(len(volume)):
+        name = f"{volume_path}[slice {k}]"
+        mask, ids = _to_mask(labels[k], f"{labels_path}[slice {k}]", num_classes)
+        loaded.append((_to_image(volume[k], name, in_channels), mask, ids, name))
+    return _samples(loaded)
+
+
+def _read(path: Path, palette_to_rgb: bool) -> np.ndarray:
+    """The pixels as stored (uint8, uint16, float, bool, ...), [H, W], [H, W, C] or a TIFF stack."""
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            return np.asarray(tifffile.imread(path))
+        with Image.open(path) as im:
+            im.load()  # decodes now, so a truncated file fails here
+            if im.mode == "P" and palette_to_rgb:
+                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+            elif im.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+                im = im.convert("RGB")
+            return np.array(im)
+    except Exception as error:  # every reader failure means the same thing to the user
+        raise DataError(f"{path}: cannot be read ({type(error).__name__}: {error}). Fix: re-save the file or remove it") from error
+
+
+def _to_image(raw: np.ndarray, path: Union[str, Path], in_channels: int) -> np.ndarray:
+    """float32 [H, W, in_channels] in [0, 1] (floats as stored) from stored pixels."""
+    if raw.dtype == np.uint8:
+        image = raw.astype(np.float32) / 255
+    elif raw.dtype == np.uint16:
+        image = raw.astype(np.float32) / 65535
+    elif raw.dtype == bool or np.issubdtype(raw.dtype, np.floating):
+        image = raw.astype(np.float32)
+    else:
+        raise DataError(f"{path}: pixel type {raw.dtype} is not supported. Fix: save as 8- or 16-bit unsigned, or float")
+    if image.ndim == 2:
+        image = image[:, :, None]  # [H, W, 1]
+    elif image.ndim == 3 and image.shape[-1] > 4 and image.shape[0] <= 4:
+        image = np.moveaxis(image, 0, -1)  # planar TIFF [C, H, W] -> [H, W, C]
+    if image.ndim != 3:
+        raise DataError(f"{path}: shape {raw.shape} is not one image. Fix: save a single 2-D image (grey or RGB) per file")
+    if not np.all(np.isfinite(image)):
+        raise DataError(f"{path}: holds NaN or infinite values. Fix: replace them before training")
+    channels = image.shape[-1]
+    if channels != in_channels and channels in (2, 4):  # grey + alpha, RGB + alpha
+        if not np.all(image[..., -1] == 1):
+            raise DataError(f"{path}: has a transparency channel that is not fully opaque. Fix: flatten the image")
+        image = image[..., :-1]
+    if image.shape[-1] == 3 and in_channels == 1 and np.all(image == image[..., :1]):
+        image = image[..., :1]  # grey saved as RGB
+    if image.shape[-1] != in_channels:
+        want = "grey" if in_channels == 1 else f"{in_channels}-channel"
+        raise DataError(
+            f"{path}: has {image.shape[-1]} channel(s) but the model expects in_channels={in_channels}. "
+            f"Fix: convert the images to {want}, or set in_channels={image.shape[-1]}"
+        )
+    return np.ascontiguousarray(image, dtype=np.float32)
+
+
+def _to_mask(raw: np.ndarray, path: Union[str, Path], num_classes: int) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """(class mask int32 [H, W], instance ids int32 [H, W] or None) by the rule in the module docstring."""
+    if raw.ndim == 3 and raw.shape[-1] in (1, 2, 3, 4):
+        colour = raw[..., :3] if raw.shape[-1] >= 3 else raw[..., :1]
+        if not np.all(colour == colour[..., :1]):
+            raise DataError(f"{path}: a colour mask. Fix: save masks as grey images of class indices (or instance ids)")
+        raw = colour[..., 0]
+    if raw.ndim != 2:
+        raise DataError(f"{path}: mask shape {raw.shape} is not one 2-D mask. Fix: save one grey mask per image")
+    wide = raw.dtype != bool and raw.dtype.itemsize > 1  # more than 8 bits per pixel
+    if np.issubdtype(raw.dtype, np.floating) and not np.all(np.isfinite(raw) & (raw == np.round(raw))):
+        raise DataError(f"{path}: mask holds non-integer values. Fix: save class indices or instance ids as integers")
+    values = raw.astype(np.int64)
+    if values.size == 0 or values.min() < 0:
+        raise DataError(f"{path}: mask is empty or holds negative values. Fix: use 0 for background and 1.. for classes")
+    top = int(values.max())
+    if top < num_classes:
+        return values.astype(np.int32), None
+    if top in (255, 65535) and np.all((values == 0) | (values == top)):
+        return (values > 0).astype(np.int32), None
+    if num_classes == 2 and wide and top < 2**31:
+        ids = values.astype(np.int32)
+        return (ids > 0).astype(np.int32), ids
+    preview = np.unique(values)[:8].tolist()
+    raise DataError(
+        f"{path}: mask values {preview}{'...' if len(np.unique(values)) > 8 else ''} reach {top}, but num_classes="
+        f"{num_classes} allows 0..{num_classes - 1}. Fix: for a class mask set num_classes={top + 1}; for binary masks "
+        "use 0/1 or 0/255; for an instance mask (0 background, 1..N objects, 2-class model) save it as 16-bit PNG or TIFF"
+    )

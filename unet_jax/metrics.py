@@ -1,0 +1,51 @@
+"""Segmentation metrics from summed per-class counts, so that they add up over batches.
+
+Dice and IoU are computed from counts accumulated over a whole evaluation set (not averaged
+per tile), which is what "Dice on the held-out images" means.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+
+def segmentation_counts(logits, labels):
+    """Per-class true-positive, predicted and true pixel counts.  # each [C]"""
+    num_classes = logits.shape[-1]
+    predicted = jnp.argmax(logits, axis=-1)
+    classes = jnp.arange(num_classes)
+    is_pred = predicted[..., None] == classes  # [N, H, W, C]
+    is_true = labels[..., None] == classes
+    return {
+        "true_positive": (is_pred & is_true).sum(axis=(0, 1, 2)),
+        "predicted": is_pred.sum(axis=(0, 1, 2)),
+        "actual": is_true.sum(axis=(0, 1, 2)),
+    }
+
+
+def add_counts(total, counts):
+    if total is None:
+        return {k: np.asarray(v, np.int64) for k, v in counts.items()}
+    return {k: total[k] + np.asarray(v, np.int64) for k, v in counts.items()}
+
+
+def scores_from_counts(counts) -> dict:
+    """dice / iou averaged over the foreground classes, per class, and pixel accuracy.
+
+    A class absent from both prediction and truth scores 1 (nothing to find, nothing found).
+    """
+    tp = np.asarray(counts["true_positive"], np.float64)
+    pred = np.asarray(counts["predicted"], np.float64)
+    true = np.asarray(counts["actual"], np.float64)
+    union = pred + true - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dice = np.where(pred + true > 0, 2 * tp / (pred + true), 1.0)
+        iou = np.where(union > 0, tp / union, 1.0)
+    return {
+        "dice": float(dice[1:].mean()),
+        "iou": float(iou[1:].mean()),
+        "pixel_accuracy": float(tp.sum() / true.sum()),
+        "dice_per_class": [float(d) for d in dice],
+        "iou_per_class": [float(i) for i in iou],
+    }

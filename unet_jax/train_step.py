@@ -1,0 +1,106 @@
+"""The train state and the pure, jit-compiled `(state, batch) -> (state, metrics)` step."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+
+from unet_jax.metrics import segmentation_counts
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+class TrainState(train_state.TrainState):
+    """params, optimizer state and step (from Flax), plus BatchNorm statistics and the
+    on-device augmentation key, so that the whole run state is one checkpointable pytree."""
+
+    batch_stats: Any = None
+    rng: Optional[jax.Array] = None
+
+
+def make_optimizer(name: str = "adam", learning_rate: float = 1e-3, momentum: float = 0.99):
+    """optax twins of the torch reference: Adam (same formula as torch.optim.Adam) or SGD
+    with heavy-ball momentum (optax's trace equals torch's momentum buffer)."""
+    if name == "adam":
+        return optax.adam(learning_rate)
+    if name == "sgd":
+        return optax.sgd(learning_rate, momentum=momentum)
+    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
+
+
+def create_train_state(model: nn.Module, tx, rng: jax.Array, input_size: int) -> TrainState:
+    """Fresh parameters for `model` from `rng` (He init), and the optimizer state."""
+    init_rng, data_rng = jax.random.split(rng)
+    sample = jnp.zeros((1, input_size, input_size, model.config.in_channels), model.dtype)
+    variables = jax.jit(model.init)(init_rng, sample)
+    return TrainState.create(
+        apply_fn=model.apply, params=variables["params"], tx=tx, batch_stats=variables.get("batch_stats"), rng=data_rng
+    )
+
+
+def state_from_variables(model: nn.Module, tx, variables, rng: jax.Array) -> TrainState:
+    """A train state that starts from given (e.g. ported) variables."""
+    return TrainState.create(
+        apply_fn=model.apply, params=variables["params"], tx=tx, batch_stats=variables.get("batch_stats"), rng=rng
+    )
+
+
+def crop_to(labels, height: int, width: int):
+    """Centre crop of labels `[N, H, W]` to the logits' size (a no-op when already equal)."""
+    top = (labels.shape[1] - height) // 2
+    left = (labels.shape[2] - width) // 2
+    return labels[:, top : top + height, left : left + width]
+
+
+def loss_and_logits(params, batch_stats, apply_fn, images, masks, loss_fn, train: bool = True):
+    """(loss, (logits, labels, new batch_stats)): the differentiable heart of a train step."""
+    variables = {"params": params}
+    if batch_stats is not None:
+        variables["batch_stats"] = batch_stats
+        logits, updates = apply_fn(variables, images, train=train, mutable=["batch_stats"])
+        batch_stats = updates["batch_stats"]
+    else:
+        logits = apply_fn(variables, images, train=train)
+    labels = crop_to(masks, logits.shape[1], logits.shape[2])
+    return loss_fn(logits, labels), (logits, labels, batch_stats)
+
+
+def make_train_step(loss_fn: Callable, augment: Optional[Callable] = None, jit: bool = True):
+    """`step(state, images [N,H,W,C], masks [N,H',W']) -> (state, metrics)`.
+
+    `augment(key, images, masks)` runs inside the compiled step, on the device. The state
+    is donated: the caller must use the returned state, never the one passed in.
+    """
+
+    def train_step(state: TrainState, images, masks):
+        rng, augment_key = jax.random.split(state.rng)
+        if augment is not None:
+            images, masks = augment(augment_key, images, masks)
+        grad_fn = jax.value_and_grad(loss_and_logits, has_aux=True)
+        (loss, (logits, labels, batch_stats)), grads = grad_fn(
+            state.params, state.batch_stats, state.apply_fn, images, masks, loss_fn
+        )
+        state = state.apply_gradients(grads=grads, batch_stats=batch_stats, rng=rng)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **segmentation_counts(logits, labels)}
+        return state, metrics
+
+    return jax.jit(train_step, donate_argnums=0) if jit else train_step
+
+
+def make_eval_step(jit: bool = True):
+    """`step(state, images, masks) -> metrics` in inference mode (running BatchNorm stats)."""
+
+    def eval_step(state: TrainState, images, masks):
+        variables = {"params": state.params}
+        if state.batch_stats is not None:
+            variables["batch_stats"] = state.batch_stats
+        logits = state.apply_fn(variables, images, train=False)
+        labels = crop_to(masks, logits.shape[1], logits.shape[2])
+        return segmentation_counts(logits, labels)
+
+    return jax.jit(eval_step) if jit else eval_step
