@@ -86,7 +86,7 @@ def make_train_step(loss_fn: Callable, augment: Optional[Callable] = None, jit: 
             state.params, state.batch_stats, state.apply_fn, images, masks, loss_fn
         )
         state = state.apply_gradients(grads=grads, batch_stats=batch_stats, rng=rng)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **segmentation_counts(logits, labels)}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **segmentation_counts(logits, labels)}
         return state, metrics
 
     return jax.jit(train_step, donate_argnums=0) if jit else train_step

@@ -51,8 +51,8 @@ def load_folder(path: Union[str, Path], in_channels: int, num_classes: int) -> S
     if path.is_file():
         if "-volume" not in path.stem:
             raise DataError(
-                f"{path}: a file must be an ISBI-style '*-volume.tif' stack with its '*-labels.tif' beside it. "
-                "Fix: or point at a folder holding images/ and masks/"
+                f"{path}: not an ISBI-style '*-volume.tif' stack. Fix: point at such a stack (with its "
+                "'*-labels.tif' beside it), or at a folder holding images/ and masks/"
             )
         return _load_stack(path, path.with_name(path.name.replace("-volume", "-labels")), in_channels, num_classes)
     if not path.is_dir():

@@ -1,0 +1,37 @@
+# One entry point for people and CI. `make demo` trains on built-in data; `make test` runs the suite.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: install demo test test-fast parity-report bench-quick gpu-check clean
+
+# Pinned versions (constraints.txt) keep CI repeatable; pyproject.toml keeps ranges for users.
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e ".[torch,dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/unet-jax train --preset demo
+
+test: install
+	$(PY) -m pytest -q --durations=10
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+parity-report: install
+	$(PY) -m parity_tests.run_report --out parity_tests/results/cpu
+
+bench-quick: install
+	$(PY) -m benchmarks.run --quick --out benchmarks/results/cpu-quick
+
+# On a GPU machine (no install: its python3 has the packages): parity suite + benchmarks.
+gpu-check:
+	bash scripts/gpu_check.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache runs

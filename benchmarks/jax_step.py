@@ -1,0 +1,132 @@
+"""One JAX variant at one batch size, in this process: build, compile, warm up, time.
+
+Benchmarks the product's own step (`unet_jax.train_step.make_train_step`, which donates the
+state) rather than a hand-written one, so the numbers are what users get. Compilation is
+timed explicitly as `lower()` + `compile()` before the first call, so compile time never
+mixes with step time. Usage: `python -m benchmarks.jax_step --variant jax-bf16 --batch 16`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import jax
+import jax.numpy as jnp
+
+from benchmarks import devices, timing
+from benchmarks.variants import VARIANTS
+from unet_jax.config import UNetConfig
+from unet_jax.losses import make_loss
+from unet_jax.model import UNet
+from unet_jax.train_step import create_train_state, make_optimizer, make_train_step
+
+
+def compile_timed(jitted, *args) -> tuple:
+    """(executable, {lower_s, xla_compile_s, compile_s}), with the parent told when it starts."""
+    timing.phase("compile-start")
+    start = time.perf_counter()
+    lowered = jitted.lower(*args)
+    lowered_at = time.perf_counter()
+    compiled = lowered.compile()
+    done = time.perf_counter()
+    timing.phase("compile-done")
+    return compiled, {
+        "lower_s": lowered_at - start,
+        "xla_compile_s": done - lowered_at,
+        "compile_s": done - start,
+        "compile_method": "jitted.lower(...) + .compile() timed before the first call",
+    }
+
+
+def synthetic_batch(config: UNetConfig, batch: int, size: int):
+    """Images [N, H, W, C] float32 and input-sized class masks [N, H, W], already on the device."""
+    image_key, mask_key = jax.random.split(jax.random.key(1))
+    images = jax.random.normal(image_key, (batch, size, size, config.in_channels), jnp.float32)
+    masks = jax.random.randint(mask_key, (batch, size, size), 0, config.num_classes, jnp.int32)
+    return jax.block_until_ready(jax.device_put((images, masks)))
+
+
+def bench_train(model: UNet, images, masks, warmup: int, steps: int) -> dict:
+    tx = make_optimizer("adam", 1e-3)
+    state = create_train_state(model, tx, jax.random.key(0), images.shape[1])
+    step = make_train_step(make_loss("ce"))
+    compiled, compile_info = compile_timed(step, state, images, masks)
+    box = {"state": state}
+
+    def one_step():
+        # The step donates its state: always feed back the one it returned.
+        box["state"], metrics = compiled(box["state"], images, masks)
+        jax.block_until_ready((box["state"], metrics))
+
+    return {**compile_info, **timing.warmup_and_time(one_step, warmup, steps)}
+
+
+def bench_predict(model: UNet, images, warmup: int, steps: int) -> dict:
+    params = jax.jit(model.init)(jax.random.key(0), images[:1])["params"]
+    predict = jax.jit(lambda params, x: model.apply({"params": params}, x, train=False))
+    compiled, compile_info = compile_timed(predict, params, images)
+
+    def one_call():
+        jax.block_until_ready(compiled(params, images))
+
+    return {**compile_info, **timing.warmup_and_time(one_call, warmup, steps)}
+
+
+def peak_memory(device) -> dict:
+    stats = device.memory_stats()
+    if stats and "peak_bytes_in_use" in stats:
+        return {"peak_memory_bytes": int(stats["peak_bytes_in_use"]),
+                "peak_memory_source": "jax device.memory_stats()['peak_bytes_in_use']"}
+    return {"peak_memory_bytes": None,
+            "peak_memory_null_reason": f"jax {device.platform} backend reports no memory_stats; see process_peak_rss_bytes"}
+
+
+def matmul_ceiling(n: int) -> dict:
+    """bf16 n^3 matmul rate in this process: the achievable tensor-core ceiling for MFU."""
+    a, b = jax.random.normal(jax.random.key(2), (2, n, n), jnp.bfloat16)
+    matmul = jax.jit(jnp.matmul).lower(a, b).compile()
+    for _ in range(3):
+        jax.block_until_ready(matmul(a, b))
+    times = timing.timed_calls(lambda: jax.block_until_ready(matmul(a, b)), 20)
+    return timing.matmul_tflops(times, n)
+
+
+def runtime_info(device) -> dict:
+    return {
+        "framework": "jax",
+        "device_name": device.device_kind,
+        "device_platform": device.platform,
+        "device_count": jax.device_count(),
+        "backend_platform_version": device.client.platform_version,
+        "jax_config": devices.jax_config_values(),
+    }
+
+
+def main() -> None:
+    args = timing.child_parser(__doc__).parse_args()
+    variant = VARIANTS[args.variant]
+    assert variant.framework == "jax", variant
+    # Cold compiles on every run: a persistent cache would make compile time meaningless.
+    jax.config.update("jax_enable_compilation_cache", False)
+    device = jax.devices()[0]
+    config = UNetConfig(features=args.features, depth=args.depth)
+    model = UNet(config, dtype=jnp.bfloat16 if variant.dtype == "bf16" else jnp.float32)
+    images, masks = synthetic_batch(config, args.batch, args.size)
+    precision = jax.default_matmul_precision(variant.precision) if variant.precision else contextlib.nullcontext()
+    with precision:  # a trace-time setting: it must wrap lower(), which it does
+        if variant.task == "train":
+            result = bench_train(model, images, masks, args.warmup, args.steps)
+        else:
+            result = bench_predict(model, images, args.warmup, args.steps)
+    result.update(peak_memory(device))
+    result["process_peak_rss_bytes"] = timing.process_peak_rss_bytes()
+    result["matmul_precision"] = variant.precision or "default"
+    result["runtime"] = runtime_info(device)
+    if args.ceiling_n:
+        result["matmul_ceiling"] = matmul_ceiling(args.ceiling_n)
+    timing.emit(result)
+
+
+if __name__ == "__main__":
+    main()

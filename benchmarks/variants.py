@@ -1,0 +1,91 @@
+"""The variants: one declarative table, read by the runner, the step scripts and the report.
+
+A *variant* fixes framework, task, compute precision, layout and (torch) compile mode; a *job*
+is a variant at one batch size, run in its own process. `peak` names the datasheet column an
+MFU is taken against: default-precision float32 convolutions run as TF32 on NVIDIA tensor
+cores in both frameworks, so their honest ceiling is the TF32 peak, not the FP32 one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    name: str
+    framework: str  # "jax" | "torch"
+    task: str  # "train" (Adam + cross-entropy step) | "predict" (forward, inference mode)
+    dtype: str  # compute dtype: "fp32" | "bf16" (parameters stay float32 in both)
+    peak: str  # datasheet column for MFU: "tf32" | "fp32" | "bf16"
+    layout: str  # "NHWC" (jax) | "NCHW" | "channels_last" (torch)
+    precision: Optional[str] = None  # jax: "highest" for strict float32 convs and matmuls
+    compile_mode: Optional[str] = None  # torch.compile mode; None = eager
+    description: str = ""
+
+
+_TABLE = (
+    Variant("jax-fp32", "jax", "train", "fp32", "tf32", "NHWC", description="jax.jit, fp32 at default precision"),
+    Variant("jax-fp32-highest", "jax", "train", "fp32", "fp32", "NHWC", precision="highest",
+            description="jax.jit under default_matmul_precision('highest'): strict fp32"),
+    Variant("jax-bf16", "jax", "train", "bf16", "bf16", "NHWC", description="UNet(dtype=bfloat16), float32 params"),
+    Variant("torch-fp32", "torch", "train", "fp32", "tf32", "NCHW", description="eager, fp32 with TF32 allowed"),
+    Variant("torch-fp32-cl", "torch", "train", "fp32", "tf32", "channels_last", description="eager, TF32, channels_last"),
+    Variant("torch-bf16", "torch", "train", "bf16", "bf16", "NCHW", description="eager, bf16 autocast"),
+    Variant("torch-bf16-cl", "torch", "train", "bf16", "bf16", "channels_last",
+            description="eager, bf16 autocast, channels_last"),
+    Variant("torch-compile-bf16-cl", "torch", "train", "bf16", "bf16", "channels_last", compile_mode="default",
+            description="torch.compile(whole step), bf16 autocast, channels_last"),
+    Variant("torch-compile-fp32", "torch", "train", "fp32", "tf32", "NCHW", compile_mode="default",
+            description="torch.compile(whole step), fp32 with TF32"),
+    Variant("torch-compile-autotune-bf16-cl", "torch", "train", "bf16", "bf16", "channels_last",
+            compile_mode="max-autotune-no-cudagraphs",
+            description="torch.compile(whole step, max-autotune-no-cudagraphs), bf16 autocast, channels_last"),
+    Variant("predict-jax-fp32", "jax", "predict", "fp32", "tf32", "NHWC", description="jit(model.apply), train=False"),
+    Variant("predict-jax-bf16", "jax", "predict", "bf16", "bf16", "NHWC", description="jit(model.apply), bf16 compute"),
+    Variant("predict-torch-fp32", "torch", "predict", "fp32", "tf32", "NCHW", description="inference_mode, TF32"),
+    Variant("predict-torch-bf16-cl", "torch", "predict", "bf16", "bf16", "channels_last",
+            description="inference_mode, bf16 autocast, channels_last"),
+)
+VARIANTS = {v.name: v for v in _TABLE}
+
+# The GPU run, most informative first: the runner stops starting jobs when its time budget
+# would be exceeded and records the rest as skipped. Each entry: (variant names, batches).
+FULL_PLAN = (
+    (("torch-fp32", "torch-bf16-cl", "jax-fp32", "jax-bf16", "torch-compile-bf16-cl"), (16, 1)),
+    (("predict-jax-fp32", "predict-jax-bf16", "predict-torch-fp32", "predict-torch-bf16-cl"), (16,)),
+    (("torch-compile-autotune-bf16-cl",), (16,)),
+    (("jax-fp32-highest", "torch-fp32-cl", "torch-bf16"), (16,)),
+    (("torch-fp32", "torch-bf16-cl", "jax-fp32", "jax-bf16", "torch-compile-bf16-cl"), (4,)),
+    (("jax-fp32-highest", "torch-fp32-cl", "torch-bf16"), (1, 4)),
+    (("predict-jax-fp32", "predict-jax-bf16", "predict-torch-fp32", "predict-torch-bf16-cl"), (1, 4)),
+    (("torch-compile-fp32",), (16, 1, 4)),
+)
+
+# The CPU smoke test: two train and one predict variant per framework, no torch.compile
+# (inductor's C++ build alone would blow the 60 s bound on two cores).
+QUICK_PLAN = (
+    (("jax-fp32", "jax-bf16", "torch-fp32", "torch-bf16-cl", "predict-jax-fp32", "predict-torch-fp32"), (1,)),
+)
+
+
+def jobs(plan, variants: Optional[list] = None, batches: Optional[list] = None) -> list[tuple[Variant, int]]:
+    """(variant, batch) pairs of `plan` in its order, filtered, without repeats.
+
+    A variant asked for by name runs at every requested batch (or every batch of the plan)
+    even where the plan does not pair them, after the plan's own pairs; likewise a requested
+    batch runs every selected variant.
+    """
+    unknown = sorted(set(variants or ()) - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; known: {sorted(VARIANTS)}")
+    pairs = [(name, batch) for names, plan_batches in plan for batch in plan_batches for name in names]
+    all_batches = list(dict.fromkeys(batch for _, batch in pairs))
+    if variants:
+        pairs = [p for p in pairs if p[0] in variants]
+        pairs += [(name, batch) for name in variants for batch in (batches or all_batches)]
+    if batches:
+        names = list(dict.fromkeys(name for name, _ in pairs))
+        pairs = [p for p in pairs if p[1] in batches] + [(name, batch) for batch in batches for name in names]
+    return [(VARIANTS[name], batch) for name, batch in dict.fromkeys(pairs)]
