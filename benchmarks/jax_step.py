@@ -13,13 +13,14 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from benchmarks import devices, timing
 from benchmarks.variants import VARIANTS
 from unet_jax.config import UNetConfig
 from unet_jax.losses import make_loss
 from unet_jax.model import UNet
-from unet_jax.train_step import create_train_state, make_optimizer, make_train_step
+from unet_jax.train_step import make_optimizer, make_train_step, state_from_variables
 
 
 def compile_timed(jitted, *args) -> tuple:
@@ -40,16 +41,40 @@ def compile_timed(jitted, *args) -> tuple:
 
 
 def synthetic_batch(config: UNetConfig, batch: int, size: int):
-    """Images [N, H, W, C] float32 and input-sized class masks [N, H, W], already on the device."""
-    image_key, mask_key = jax.random.split(jax.random.key(1))
-    images = jax.random.normal(image_key, (batch, size, size, config.in_channels), jnp.float32)
-    masks = jax.random.randint(mask_key, (batch, size, size), 0, config.num_classes, jnp.int32)
+    """Images [N, H, W, C] float32 and input-sized class masks [N, H, W], already on the device.
+
+    Drawn with numpy: compiling jax.random for 4-D shapes takes seconds on XLA:CPU.
+    """
+    rng = np.random.default_rng(1)
+    images = rng.standard_normal((batch, size, size, config.in_channels), dtype=np.float32)
+    masks = rng.integers(0, config.num_classes, (batch, size, size), dtype=np.int32)
     return jax.block_until_ready(jax.device_put((images, masks)))
+
+
+def he_normal_variables(model: UNet, size: int) -> dict:
+    """He-normal kernels and zero biases for `model`, drawn on the host.
+
+    The same distribution as the model's initialisers, without `jax.jit(model.init)`: with
+    jax_threefry_partitionable (the default) XLA:CPU needs ~1 s per 4-D kernel to compile it
+    (23 s for the seed network), which would dwarf the small --quick runs. The values never
+    affect the timing.
+    """
+    sample = jax.ShapeDtypeStruct((1, size, size, model.config.in_channels), jnp.float32)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), sample)
+    rng = np.random.default_rng(0)
+
+    def draw(leaf):
+        if leaf.ndim < 2:  # biases
+            return np.zeros(leaf.shape, leaf.dtype)
+        fan_in = int(np.prod(leaf.shape[:-1]))  # HWIO: receptive field x input channels
+        return (rng.standard_normal(leaf.shape) * np.sqrt(2.0 / fan_in)).astype(leaf.dtype)
+
+    return jax.device_put(jax.tree.map(draw, shapes))
 
 
 def bench_train(model: UNet, images, masks, warmup: int, steps: int) -> dict:
     tx = make_optimizer("adam", 1e-3)
-    state = create_train_state(model, tx, jax.random.key(0), images.shape[1])
+    state = state_from_variables(model, tx, he_normal_variables(model, images.shape[1]), jax.random.key(0))
     step = make_train_step(make_loss("ce"))
     compiled, compile_info = compile_timed(step, state, images, masks)
     box = {"state": state}
@@ -63,7 +88,7 @@ def bench_train(model: UNet, images, masks, warmup: int, steps: int) -> dict:
 
 
 def bench_predict(model: UNet, images, warmup: int, steps: int) -> dict:
-    params = jax.jit(model.init)(jax.random.key(0), images[:1])["params"]
+    params = he_normal_variables(model, images.shape[1])["params"]
     predict = jax.jit(lambda params, x: model.apply({"params": params}, x, train=False))
     compiled, compile_info = compile_timed(predict, params, images)
 

@@ -1,7 +1,6 @@
 """The torch<->flax table: strict mismatch reports, prefixes, seed naming, layouts.
 
-Pure numpy state_dicts here (built from the table's documented rule: torch key = layer path
-joined with dots + tensor name); tests/test_model.py checks that rule against unet_torch.
+Pure numpy state_dicts here (see conftest.random_state_dict); no torch needed.
 """
 
 import flax.linen as nn
@@ -22,23 +21,6 @@ from unet_jax.port import (
 )
 
 
-def numpy_state_dict(cfg, seed=0):
-    """A random state_dict in unet_torch's naming, with torch's dtypes."""
-    rng = np.random.default_rng(seed)
-    sd = {}
-    for layer in layer_table(cfg):
-        for param in PARAMS[layer.kind]:
-            key = ".".join(layer.path) + "." + param.torch_name
-            shape = param.torch_shape(layer)
-            if param.torch_name == "num_batches_tracked":
-                sd[key] = np.array(7, np.int64)
-            elif param.torch_name == "running_var":
-                sd[key] = rng.uniform(0.5, 2, shape).astype(np.float32)
-            else:
-                sd[key] = rng.normal(size=shape).astype(np.float32)
-    return sd
-
-
 def assert_trees_equal(a, b):
     assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
@@ -55,8 +37,8 @@ CONFIGS = [
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=["plain", "batchnorm", "bilinear", "bn-bilinear-same"])
-def test_round_trip_is_exact_and_keeps_dtypes(cfg):
-    sd = numpy_state_dict(cfg)
+def test_round_trip_is_exact_and_keeps_dtypes(cfg, make_state_dict):
+    sd = make_state_dict(cfg)
     variables = torch_to_flax(sd, cfg)
     assert set(variables) == ({"params", "batch_stats"} if cfg.norm else {"params"})
     if cfg.norm:
@@ -69,9 +51,9 @@ def test_round_trip_is_exact_and_keeps_dtypes(cfg):
         np.testing.assert_array_equal(back[key], sd[key])
 
 
-def test_conv_kernel_is_oihw_to_hwio():
+def test_conv_kernel_is_oihw_to_hwio(make_state_dict):
     cfg = UNetConfig(features=4, depth=1)
-    sd = numpy_state_dict(cfg)
+    sd = make_state_dict(cfg)
     kernel = torch_to_flax(sd, cfg)["params"]["down1"]["conv2"]["kernel"]
     weight = sd["down1.conv2.weight"]  # [O, I, kH, kW]
     assert kernel.shape == (3, 3, 4, 4)
@@ -121,9 +103,9 @@ def test_ported_conv_transpose_computes_torch_conv_transpose_with_a_non_symmetri
     assert not np.allclose(run(weight.transpose(2, 3, 0, 1)), expected, atol=1e-3)
 
 
-def test_port_error_lists_missing_unexpected_and_misshaped_at_once():
+def test_port_error_lists_missing_unexpected_and_misshaped_at_once(make_state_dict):
     cfg = UNetConfig(features=8)
-    sd = numpy_state_dict(cfg)
+    sd = make_state_dict(cfg)
     del sd["up4.conv1.bias"]  # up4 is the last decoder block: features channels
     sd["junk.weight"] = np.zeros((3, 3), np.float32)
     sd["down3.conv2.weight"] = sd["down3.conv2.weight"].reshape(32, 32, 9, 1)
@@ -136,10 +118,10 @@ def test_port_error_lists_missing_unexpected_and_misshaped_at_once():
     assert message.count("\n  ") == 3  # exactly these three, nothing else
 
 
-def test_weights_of_another_config_list_every_mismatched_key():
+def test_weights_of_another_config_list_every_mismatched_key(make_state_dict):
     small, big = UNetConfig(features=8), UNetConfig(features=16)
-    sd = numpy_state_dict(big)
-    small_sd = numpy_state_dict(small)
+    sd = make_state_dict(big)
+    small_sd = make_state_dict(small)
     # Every tensor's shape depends on `features` except the head's bias (num_classes,).
     mismatched = [k for k in sd if sd[k].shape != small_sd[k].shape]
     assert set(sd) - set(mismatched) == {"head.bias"}
@@ -152,9 +134,9 @@ def test_weights_of_another_config_list_every_mismatched_key():
     assert "features=8" in message  # the config it was checked against
 
 
-def test_flax_to_torch_is_strict_too():
+def test_flax_to_torch_is_strict_too(make_state_dict):
     cfg = UNetConfig(features=4, depth=2, norm="batch")
-    variables = torch_to_flax(numpy_state_dict(cfg), cfg)
+    variables = torch_to_flax(make_state_dict(cfg), cfg)
     del variables["batch_stats"]["up1"]["norm2"]["var"]
     variables["params"]["extra"] = {"kernel": np.zeros(2)}
     variables["params"]["head"]["kernel"] = np.zeros((1, 1, 4, 3), np.float32)
@@ -166,15 +148,15 @@ def test_flax_to_torch_is_strict_too():
     assert "wrong shape: params/head/kernel" in message
 
 
-def test_wrong_norm_config_is_reported_not_ignored():
+def test_wrong_norm_config_is_reported_not_ignored(make_state_dict):
     cfg = UNetConfig(features=4, depth=2, norm="batch")
     with pytest.raises(PortError, match="unexpected: down1.norm1.running_var"):
-        torch_to_flax(numpy_state_dict(cfg), UNetConfig(features=4, depth=2))
+        torch_to_flax(make_state_dict(cfg), UNetConfig(features=4, depth=2))
 
 
-def test_module_prefix_is_stripped():
+def test_module_prefix_is_stripped(make_state_dict):
     cfg = UNetConfig(features=4, depth=2, norm="batch")
-    sd = numpy_state_dict(cfg)
+    sd = make_state_dict(cfg)
     wrapped = {"module." + k: v for k, v in sd.items()}  # nn.DataParallel's keys
     assert_trees_equal(torch_to_flax(wrapped, cfg), torch_to_flax(sd, cfg))
     # Only a prefix that every key has is a wrapper's; a partial one is reported.
@@ -201,9 +183,9 @@ def test_seed_layer_names_for_the_seed_config():
     assert names["head"] == "conv_10"
 
 
-def test_seed_naming_is_detected_and_ports_like_unet_torch_naming():
+def test_seed_naming_is_detected_and_ports_like_unet_torch_naming(make_state_dict):
     cfg = UNetConfig(features=4)  # depth 4 like the seed, small channels
-    sd = numpy_state_dict(cfg)
+    sd = make_state_dict(cfg)
     names = seed_layer_names(cfg)
     seed_sd = {}
     for key, value in sd.items():
@@ -227,16 +209,16 @@ def test_seed_naming_refuses_configs_the_seed_does_not_have(cfg, named):
     assert named in str(info.value)
 
 
-def test_unknown_naming_is_refused():
+def test_unknown_naming_is_refused(make_state_dict):
     cfg = UNetConfig(features=4, depth=1)
     with pytest.raises(ValueError, match="naming"):
-        flax_to_torch(torch_to_flax(numpy_state_dict(cfg), cfg), cfg, naming="timm")
+        flax_to_torch(torch_to_flax(make_state_dict(cfg), cfg), cfg, naming="timm")
 
 
-def test_ported_variables_run_in_the_flax_model():
+def test_ported_variables_run_in_the_flax_model(make_state_dict):
     from unet_jax.model import UNet
 
     cfg = UNetConfig(features=4, depth=1, norm="batch")
-    variables = jax.tree_util.tree_map(jnp.asarray, torch_to_flax(numpy_state_dict(cfg), cfg))
+    variables = jax.tree_util.tree_map(jnp.asarray, torch_to_flax(make_state_dict(cfg), cfg))
     logits = jax.jit(UNet(cfg).apply)(variables, jnp.ones((1, 20, 20, 1)))
     assert logits.shape == (1, 4, 4, 2) and np.isfinite(np.asarray(logits)).all()

@@ -45,7 +45,7 @@ def scores_from_counts(counts) -> dict:
     return {
         "dice": float(dice[1:].mean()),
         "iou": float(iou[1:].mean()),
-        "pixel_accuracy": float(tp.sum() / true.sum()),
+        "pixel_accuracy": float(tp.sum() / true.sum()) if true.sum() else 1.0,
         "dice_per_class": [float(d) for d in dice],
         "iou_per_class": [float(i) for i in iou],
     }

@@ -136,7 +136,7 @@ def train(
 
     model = UNet(cfg.model, dtype=jnp.dtype(cfg.dtype))
     tx = make_optimizer(cfg.optimizer, cfg.learning_rate, cfg.momentum)
-    state = create_train_state(model, tx, jax.random.PRNGKey(cfg.seed), cfg.tile_size)
+    state = create_train_state(model, tx, cfg.seed, cfg.tile_size)
     checkpointer = Checkpointer(run_dir / "checkpoints", keep=cfg.keep_checkpoints)
     if resume:
         state = checkpointer.restore(state)

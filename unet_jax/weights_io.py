@@ -97,7 +97,8 @@ def _read_torch_pickle(path: Path) -> dict[str, np.ndarray]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        if "weights_only" in str(error) or "Weights only" in str(error):
+        # torch prefixes every weights-only failure alike; only a disallowed global means "code".
+        if "unsupported global" in str(error).lower():
             raise WeightsFileError(
                 f"{path} holds pickled objects other than tensors (which could run code), so it was refused. "
                 "If you trust it, re-save just its weights: torch.save(model.state_dict(), 'clean.pt')."

@@ -1,0 +1,154 @@
+"""The human-readable outputs of a run: a markdown table and an img/s bar plot.
+
+Both are rebuilt from `results.json` alone, so a run that was killed half-way can still be
+reported: `python -m benchmarks.report benchmarks/results/nvidia-h200`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+RESULTS_JSON, RESULTS_MD, PLOT_PNG = "results.json", "results.md", "img_per_s.png"
+GIB = 2.0**30
+
+
+def _num(value, fmt: str, missing: str = "–") -> str:
+    return missing if value is None else format(value, fmt)
+
+
+def _memory(record: dict) -> str:
+    if record.get("peak_memory_bytes") is not None:
+        return f"{record['peak_memory_bytes'] / GIB:.2f} GiB"
+    if record.get("process_peak_rss_bytes") is not None:
+        return f"RSS {record['process_peak_rss_bytes'] / GIB:.2f} GiB (process)"
+    return "–"
+
+
+def _row(r: dict) -> str:
+    ok = r["status"] == "ok"
+    step = r.get("step_ms") or {}
+    timing = f"{step['median']:.2f} ({step['p10']:.2f}–{step['p90']:.2f})" if ok else "–"
+    status = "ok" if ok else f"{r['status']}: {r.get('status_detail', '')}"
+    cells = [
+        r["task"], f"`{r['variant']}`", str(r["batch"]), status, timing,
+        _num(r.get("img_per_s"), ".1f"), _num(r.get("achieved_tflops"), ".2f"),
+        _num(r.get("mfu_datasheet"), ".1%"), _num(r.get("mfu_measured_bf16_ceiling"), ".1%"),
+        _num(r.get("compile_s"), ".1f"), _num(r.get("warmup_s"), ".1f"), _memory(r) if ok else "–",
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def ceiling_summary(results: list[dict]) -> dict:
+    """Median measured bf16 matmul TFLOP/s per framework over the run's jobs."""
+    by_framework: dict = {}
+    for r in results:
+        ceiling = r.get("matmul_ceiling")
+        if ceiling:
+            by_framework.setdefault(r["framework"], []).append(ceiling["median_tflops"])
+    return {fw: sorted(v)[len(v) // 2] for fw, v in by_framework.items()}
+
+
+def markdown(doc: dict) -> str:
+    device, env, cfg = doc["device"], doc["environment"], doc["config"]
+    versions = env["versions"]
+    ceilings = ceiling_summary(doc["results"])
+    peaks = device.get("datasheet_peaks_tflops")
+    n = cfg.get("ceiling_n")
+    lines = [
+        f"# U-Net benchmark: {device['name']}" + (" (quick smoke run: not a measurement)" if doc["quick"] else ""),
+        "",
+        f"- Model: UNetConfig(features={cfg['features']}, depth={cfg['depth']}), {cfg['size']}×{cfg['size']} tiles; "
+        "train = Adam(1e-3) + cross-entropy step, predict = forward in inference mode; synthetic data on the device.",
+        f"- FLOPs per image (analytic, `benchmarks/flops.py`): forward {doc['flops']['forward_per_image'] / 1e9:.2f} "
+        f"GFLOP, train {doc['flops']['train_per_image'] / 1e9:.2f} GFLOP (3× forward).",
+        f"- Method: one process per row; warm-up excluded; median of {cfg['steps']} synchronised steps, "
+        f"spread p10–p90; {cfg['warmup']} warm-up calls.",
+        "- Datasheet peaks: " + (
+            f"{peaks['card']}: bf16 {peaks['bf16']}, tf32 {peaks['tf32']}, fp32 {peaks['fp32']} TFLOP/s dense "
+            f"({peaks['source']})" if peaks else "none for this device, so no datasheet MFU."),
+        f"- Measured bf16 matmul ceiling ({n}³, median over rows): "
+        + (", ".join(f"{fw} {v:.2f} TFLOP/s" for fw, v in sorted(ceilings.items())) or "not measured"),
+        "- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v is not None),
+        f"- XLA_FLAGS: `{env['xla']['XLA_FLAGS'] or '(empty)'}`; jax config: "
+        + ", ".join(f"{k}={v}" for k, v in env.get("jax_config", {}).items()),
+        f"- Run: {doc['started_utc']}, {doc.get('wall_s', 0):.0f} s wall, budget "
+        f"{_num(doc.get('budget_s'), '.0f', 'none')}{' s' if doc.get('budget_s') else ''}; "
+        f"command `{doc['command']}`.",
+        "",
+        "| task | variant | batch | status | step ms median (p10–p90) | img/s | TFLOP/s | MFU datasheet "
+        "| MFU vs bf16 matmul | compile s | warm-up s | peak memory |",
+        "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    lines += [_row(r) for r in doc["results"]]
+    lines += [
+        "",
+        "compile s: JAX `lower()+compile()` before the first call; torch.compile: warm-up time beyond "
+        "steady-state steps; eager: none. warm-up s: wall time of the untimed calls. Peak memory: "
+        "device allocator peak (jax `peak_bytes_in_use`, `torch.cuda.max_memory_allocated`), or on CPU the "
+        "process RSS peak, labelled.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot(doc: dict, path: str) -> None:
+    """Grouped bars: img/s per variant, one bar per batch, train and predict side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t in ("train", "predict") if any(r["task"] == t for r in doc["results"])]
+    batches = sorted({r["batch"] for r in doc["results"]})
+    fig, axes = plt.subplots(1, max(1, len(tasks)), figsize=(7 * max(1, len(tasks)), 5), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        rows = [r for r in doc["results"] if r["task"] == task]
+        names = list(dict.fromkeys(r["variant"] for r in rows))
+        width = 0.8 / len(batches)
+        for i, batch in enumerate(batches):
+            for j, name in enumerate(names):
+                r = next((r for r in rows if r["variant"] == name and r["batch"] == batch), None)
+                x = j + (i - (len(batches) - 1) / 2) * width
+                if r is not None and r["status"] == "ok":
+                    ax.bar(x, r["img_per_s"], width, color=f"C{i}", label=f"batch {batch}" if j == 0 else None)
+                elif r is not None:
+                    ax.text(x, 0, r["status"].replace("_", " "), rotation=90, ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("img/s (median step)")
+        ax.set_title(f"{task}: {doc['config']['size']}×{doc['config']['size']}")
+        handles, labels = ax.get_legend_handles_labels()
+        if labels:
+            ax.legend()
+    fig.suptitle(doc["device"]["name"] + (" (quick smoke run)" if doc["quick"] else ""))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(doc: dict, out_dir: str, with_plot: bool = True) -> None:
+    """results.json and results.md (and the plot): called after every job, so partial runs stay reported."""
+    os.makedirs(out_dir, exist_ok=True)
+    tmp = os.path.join(out_dir, RESULTS_JSON + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=1)
+    os.replace(tmp, os.path.join(out_dir, RESULTS_JSON))  # never a half-written JSON
+    with open(os.path.join(out_dir, RESULTS_MD), "w") as f:
+        f.write(markdown(doc))
+    if with_plot:
+        plot(doc, os.path.join(out_dir, PLOT_PNG))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Rebuild results.md and the plot from results.json.")
+    parser.add_argument("out_dir")
+    args = parser.parse_args()
+    with open(os.path.join(args.out_dir, RESULTS_JSON)) as f:
+        doc = json.load(f)
+    write(doc, args.out_dir)
+    print(f"wrote {args.out_dir}/{RESULTS_MD} and {PLOT_PNG}")
+
+
+if __name__ == "__main__":
+    main()

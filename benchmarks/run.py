@@ -1,0 +1,205 @@
+"""`python -m benchmarks.run`: plan the jobs, run each in its own process, write the results.
+
+    python -m benchmarks.run                     # the GPU run (~7 min budget), 572x572 seed network
+    python -m benchmarks.run --quick --out DIR   # CPU smoke run (< 60 s): small network, few steps
+    python -m benchmarks.run --variants jax-bf16 torch-bf16-cl --batch 16 --steps 50
+    python -m benchmarks.run --dry-run           # print the plan and time estimate only
+
+This process never imports torch or starts a JAX backend (JAX would preallocate the GPU);
+the children do the work and print one JSON line each. results.json / results.md are rewritten
+after every job, so a run cut short still leaves everything measured so far.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import shlex
+import shutil
+import signal
+import sys
+import tempfile
+import time
+
+from benchmarks import devices, flops, plan, report, subproc
+from benchmarks.derive import derived_figures
+from benchmarks.variants import FULL_PLAN, QUICK_PLAN, VARIANTS, jobs
+from unet_jax.config import UNetConfig
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FULL = {"steps": 30, "warmup": 3, "size": 572, "features": 64, "depth": 4, "budget_s": 420.0}
+QUICK = {"steps": 8, "warmup": 2, "size": 188, "features": 8, "depth": 4, "budget_s": 50.0, "ceiling_n": 512}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="CPU smoke subset: small network, few steps, no torch.compile")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--out", help="directory for results.json/.md/.png (default: --out-root/<device slug>)")
+    where.add_argument("--out-root", default=os.path.join(REPO_ROOT, "benchmarks", "results"))
+    p.add_argument("--variants", nargs="+", metavar="NAME", help=f"subset of: {' '.join(VARIANTS)}")
+    p.add_argument("--batch", nargs="+", type=int, help="batch sizes (default: the plan's 16 1 4)")
+    p.add_argument("--steps", type=int, help="timed steps per job (default 30; quick 8)")
+    p.add_argument("--warmup", type=int, help="untimed calls after compilation (default 3; quick 2)")
+    p.add_argument("--compile-timeout", type=float, default=150.0, help="bound on one job's compilation, s")
+    p.add_argument("--budget-s", type=float, help="stop starting jobs past this wall time (default 420; quick 50; 0: none)")
+    p.add_argument("--size", type=int, help="input tile side (default 572; quick 188)")
+    p.add_argument("--features", type=int, help="UNetConfig.features (default 64; quick 8)")
+    p.add_argument("--depth", type=int, help="UNetConfig.depth (default 4)")
+    p.add_argument("--ceiling-n", type=int, help="side of the bf16 matmul ceiling (default 8192 on GPU, 512 on CPU)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and estimate, run nothing")
+    p.add_argument("--assume-gpu", action="store_true", help="estimate with the GPU priors (for --dry-run on a CPU)")
+    args = p.parse_args(argv)
+    defaults = QUICK if args.quick else FULL
+    for key, value in defaults.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    return args
+
+
+def environment(host: dict) -> dict:
+    versions = devices.package_versions()
+    versions["nvidia_driver"] = host.get("driver")
+    versions["driver_cuda"] = host.get("driver_cuda_version")
+    return {
+        "versions": versions,
+        "xla": devices.xla_environment(),
+        "jax_config": devices.jax_config_values(),
+        "jax_config_all": devices.jax_config_values(subset=False),
+    }
+
+
+def child_command(variant, batch: int, args) -> list[str]:
+    module = "benchmarks.jax_step" if variant.framework == "jax" else "benchmarks.torch_step"
+    options = {"variant": variant.name, "batch": batch, "steps": args.steps, "warmup": args.warmup,
+               "size": args.size, "features": args.features, "depth": args.depth, "ceiling-n": args.ceiling_n}
+    return [sys.executable, "-m", module] + [str(x) for k, v in options.items() for x in (f"--{k}", v)]
+
+
+def child_env(variant) -> tuple[dict, list[str]]:
+    """The parent's environment, the repo on PYTHONPATH, and (torch.compile) empty caches,
+    so that every compile time is a cold one."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p)
+    scratch = []
+    if variant.compile_mode is not None:
+        cache = tempfile.mkdtemp(prefix="unet-bench-inductor-")
+        env["TORCHINDUCTOR_CACHE_DIR"] = cache
+        env["TRITON_CACHE_DIR"] = os.path.join(cache, "triton")
+        scratch.append(cache)
+    return env, scratch
+
+
+def job_record(variant, batch: int, outcome: dict, doc: dict) -> dict:
+    record = {
+        "variant": variant.name, "framework": variant.framework, "task": variant.task, "batch": batch,
+        "dtype": variant.dtype, "layout": variant.layout, "matmul_precision_setting": variant.precision,
+        "compile_mode": variant.compile_mode, "description": variant.description,
+        "status": outcome["status"], "status_detail": outcome.get("status_detail", ""),
+        "wall_s": outcome.get("wall_s"),
+    }
+    child = outcome.get("result")
+    if child:
+        record.update(child)
+        flops_per_image = doc["flops"]["train_per_image" if variant.task == "train" else "forward_per_image"]
+        record.update(derived_figures(variant, batch, child["step_ms"], flops_per_image,
+                                      doc["device"].get("datasheet_peaks_tflops"), child.get("matmul_ceiling")))
+    elif outcome.get("output_tail"):
+        record["output_tail"] = outcome["output_tail"]
+    runtime = record.get("runtime", {})
+    record["device"] = {k: doc["device"].get(k) for k in ("name", "slug", "kind")}
+    record["device"]["framework_device"] = runtime.get("device_name")
+    record["versions"] = {**doc["environment"]["versions"],
+                          **{k: runtime[k] for k in ("torch_cuda", "cudnn", "backend_platform_version") if k in runtime}}
+    record["xla"] = {"XLA_FLAGS": doc["environment"]["xla"]["XLA_FLAGS"], "jax_config": runtime.get("jax_config")}
+    return record
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: kill the child, keep results
+    started = time.monotonic()
+    host = devices.host_device()
+    config = UNetConfig(features=args.features, depth=args.depth)
+    if args.ceiling_n is None:
+        args.ceiling_n = 8192 if host["kind"] == "gpu" else 512
+    out_dir = args.out or os.path.join(args.out_root, host["slug"] + ("-quick" if args.quick else ""))
+    if args.quick and not args.out and host["kind"] == "cpu":
+        out_dir = os.path.join(args.out_root, "cpu-quick")
+    flop_counts = {"forward_per_image": flops.forward_flops(config, args.size),
+                   "train_per_image": flops.train_flops(config, args.size), "train_multiplier": flops.TRAIN_MULTIPLIER}
+    todo = jobs(QUICK_PLAN if args.quick else FULL_PLAN, args.variants, args.batch)
+    budget = args.budget_s or None
+    planner = plan.Planner(host["kind"] == "gpu" or args.assume_gpu,
+                           {"train": flop_counts["train_per_image"], "predict": flop_counts["forward_per_image"]},
+                           args.steps, args.warmup, args.compile_timeout)
+    estimates = [planner.estimate(v, b) for v, b in todo]
+    fits, planned_s = 0, 0.0
+    for estimate in estimates:  # the runner skips a job that doesn't fit and tries the next
+        if planned_s + estimate <= (budget or float("inf")):
+            fits, planned_s = fits + 1, planned_s + estimate
+    print(f"device: {host['name']} -> {out_dir}")
+    print(f"plan: {len(todo)} jobs, estimated {sum(estimates):.0f} s in total; budget "
+          f"{'none' if budget is None else f'{budget:.0f} s'}: about {fits} fit (~{planned_s:.0f} s), "
+          "the rest are recorded as skipped")
+    for (v, b), est in zip(todo, estimates):
+        print(f"  {v.name:32s} batch {b:3d}  ~{est:5.0f} s")
+    if args.dry_run:
+        return 0
+
+    doc = {
+        "schema": "unet-bench/1",
+        "started_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": shlex.join([os.path.basename(sys.executable), "-m", "benchmarks.run"] + sys.argv[1:]),
+        "quick": args.quick, "budget_s": budget, "device": host, "environment": environment(host),
+        "config": {**{k: getattr(args, k) for k in ("size", "features", "depth", "steps", "warmup", "ceiling_n",
+                                                    "compile_timeout")},
+                   "model": {f: getattr(config, f) for f in ("in_channels", "num_classes", "features", "depth",
+                                                               "padding", "upsample", "norm")}},
+        "flops": flop_counts,
+        "plan": {"jobs": len(todo), "estimate_s": sum(estimates)},
+        "results": [],
+    }
+    os.makedirs(os.path.join(out_dir, "logs"), exist_ok=True)
+    try:
+        for index, (variant, batch) in enumerate(todo, 1):
+            remaining = None if budget is None else budget - (time.monotonic() - started)
+            decision = planner.decide(variant, batch, remaining)
+            label = f"[{index}/{len(todo)}] {variant.name} batch {batch}"
+            if not decision.run:
+                outcome = {"status": "skipped", "status_detail": decision.reason}
+            else:
+                print(f"{label}: running (estimate {decision.estimate_s:.0f} s, compile bound "
+                      f"{decision.compile_bound_s:.0f} s)", flush=True)
+                env, scratch = child_env(variant)
+                try:
+                    outcome = subproc.run_child(
+                        child_command(variant, batch, args), env, REPO_ROOT, decision.compile_bound_s,
+                        decision.timeout_s, os.path.join(out_dir, "logs", f"{variant.name}-b{batch}.log"))
+                except BaseException:  # SIGTERM / Ctrl-C: record what was cut, then unwind
+                    doc["results"].append(job_record(variant, batch, {"status": "interrupted"}, doc))
+                    raise
+                finally:
+                    for path in scratch:
+                        shutil.rmtree(path, ignore_errors=True)
+            record = job_record(variant, batch, outcome, doc)
+            doc["results"].append(record)
+            if outcome["status"] == "ok":
+                planner.learn(variant, batch, outcome["wall_s"], record)
+                print(f"{label}: ok in {outcome['wall_s']:.0f} s: {record['step_ms']['median']:.2f} ms/step, "
+                      f"{record['img_per_s']:.1f} img/s, {record['achieved_tflops']:.2f} TFLOP/s", flush=True)
+            else:
+                print(f"{label}: {outcome['status']}: {outcome.get('status_detail', '')}", flush=True)
+            doc["wall_s"] = time.monotonic() - started
+            report.write(doc, out_dir, with_plot=False)
+    finally:
+        doc["wall_s"] = time.monotonic() - started
+        report.write(doc, out_dir, with_plot=True)
+        print(f"wrote {out_dir}/{report.RESULTS_JSON}, {report.RESULTS_MD}, {report.PLOT_PNG} "
+              f"after {doc['wall_s']:.0f} s")
+    return 0 if any(r["status"] == "ok" for r in doc["results"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

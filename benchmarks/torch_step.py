@@ -1,0 +1,171 @@
+"""One PyTorch variant at one batch size, in this process: build, warm up, time.
+
+Eager variants run the reference step `unet_torch.train_step.train_step` as it is. Compiled
+variants wrap that same whole step (zero_grad, forward under autocast, loss, backward, Adam)
+in `torch.compile`, so compilation happens lazily inside the first warm-up calls; the parent
+bounds that phase with its own timeout. Usage:
+`python -m benchmarks.torch_step --variant torch-bf16-cl --batch 16`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from benchmarks import timing
+from benchmarks.variants import VARIANTS
+from unet_torch.model import UNet
+from unet_torch.train_step import make_optimizer, train_step
+
+
+def allow_tf32() -> dict:
+    """TF32 for float32 convolutions and matmuls (both frameworks' GPU default for convs).
+
+    torch >= 2.9 has per-backend `fp32_precision` settings and warns about mixing them with
+    the old `allow_tf32` flags, so the new API is used where it exists.
+    """
+    if hasattr(torch.backends.cudnn, "conv") and hasattr(torch.backends.cudnn.conv, "fp32_precision"):
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        return {"cudnn.conv.fp32_precision": "tf32", "cuda.matmul.fp32_precision": "tf32"}
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    return {"cudnn.allow_tf32": True, "cuda.matmul.allow_tf32": True}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def synthetic_batch(model: UNet, batch: int, size: int, device, channels_last: bool):
+    """Images [N, C, H, W] float32 and input-sized int64 masks [N, H, W], on the device."""
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randn(batch, model.config.in_channels, size, size, generator=generator)
+    masks = torch.randint(0, model.config.num_classes, (batch, size, size), generator=generator)
+    images, masks = images.to(device), masks.to(device)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, masks
+
+
+def build_train_call(variant, model, images, masks, device):
+    optimizer = make_optimizer(model, "adam", 1e-3)
+    autocast = torch.bfloat16 if variant.dtype == "bf16" else None
+
+    def whole_step(images, masks):
+        return train_step(model, optimizer, images, masks, autocast_dtype=autocast)
+
+    step = whole_step if variant.compile_mode is None else torch.compile(whole_step, mode=variant.compile_mode)
+
+    def one_step():
+        step(images, masks)
+        synchronize(device)
+
+    return one_step
+
+
+def build_predict_call(variant, model, images, device):
+    model.eval()
+    autocast = torch.bfloat16 if variant.dtype == "bf16" else None
+
+    def one_call():
+        with torch.inference_mode(), torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+            model(images)
+        synchronize(device)
+
+    return one_call
+
+
+def peak_memory(device) -> dict:
+    if device.type == "cuda":
+        return {
+            "peak_memory_bytes": int(torch.cuda.max_memory_allocated(device)),
+            "peak_memory_source": "torch.cuda.max_memory_allocated",
+            "peak_memory_reserved_bytes": int(torch.cuda.max_memory_reserved(device)),
+        }
+    return {"peak_memory_bytes": None,
+            "peak_memory_null_reason": "no device allocator on CPU; see process_peak_rss_bytes"}
+
+
+def matmul_ceiling(n: int, device) -> dict:
+    """bf16 n^3 matmul rate in this process: the achievable tensor-core ceiling for MFU."""
+    generator = torch.Generator().manual_seed(2)
+    a, b = (torch.randn(n, n, generator=generator).to(device, torch.bfloat16) for _ in range(2))
+
+    def one_matmul():
+        torch.mm(a, b)
+        synchronize(device)
+
+    timing.timed_calls(one_matmul, 3)
+    return timing.matmul_tflops(timing.timed_calls(one_matmul, 20), n)
+
+
+def dynamo_counters() -> dict:
+    """Graphs, graph breaks and recompiles of the compiled step: a recompile inside the timed
+    steps would show here (and as an outlier in max)."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:  # private API: absent is not an error
+        return {}
+    return {
+        "unique_graphs": counters["stats"].get("unique_graphs", 0),
+        "graph_breaks": sum(counters["graph_break"].values()),
+        "recompiles": sum(counters["recompiles"].values()) if "recompiles" in counters else None,
+    }
+
+
+def runtime_info(device, tf32: dict) -> dict:
+    return {
+        "framework": "torch",
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch_cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "tf32": tf32,
+        "num_threads": torch.get_num_threads(),
+    }
+
+
+def main() -> None:
+    args = timing.child_parser(__doc__).parse_args()
+    variant = VARIANTS[args.variant]
+    assert variant.framework == "torch", variant
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tf32 = allow_tf32()
+    torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
+    torch.manual_seed(0)
+    channels_last = variant.layout == "channels_last"
+    model = UNet(features=args.features, depth=args.depth).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    images, masks = synthetic_batch(model, args.batch, args.size, device, channels_last)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    if variant.task == "train":
+        call = build_train_call(variant, model, images, masks, device)
+    else:
+        call = build_predict_call(variant, model, images, device)
+    if variant.compile_mode is not None:
+        timing.phase("compile-start")  # lazy: compiles inside the warm-up calls, ends at timing-start
+    result = timing.warmup_and_time(call, args.warmup, args.steps)
+    if variant.compile_mode is not None:
+        result["compile_s"] = result["warmup_excess_s"]
+        result["compile_method"] = (
+            "torch.compile is lazy: wall time of the warm-up calls beyond the same number of steady-state steps"
+        )
+    else:
+        result["compile_s"] = None
+        result["compile_method"] = "eager: nothing compiled (warm-up includes cudnn.benchmark autotuning)"
+    if variant.compile_mode is not None:
+        result["dynamo"] = dynamo_counters()
+    result.update(peak_memory(device))
+    result["process_peak_rss_bytes"] = timing.process_peak_rss_bytes()
+    result["runtime"] = runtime_info(device, tf32)
+    if args.ceiling_n:
+        result["matmul_ceiling"] = matmul_ceiling(args.ceiling_n, device)
+    timing.emit(result)
+
+
+if __name__ == "__main__":
+    main()

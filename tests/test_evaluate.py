@@ -1,0 +1,123 @@
+"""Whole-image evaluation: perfect where the masks are the model's own predictions, hand-checked Dice
+on a model that predicts one class everywhere, and weights for another network refused loudly."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from unet_jax.config import UNetConfig
+from unet_jax.data import load_folder
+from unet_jax.evaluate import class_counts, evaluate
+from unet_jax.metrics import segmentation_counts
+from unet_jax.model import UNet
+from unet_jax.port import PortError
+from unet_jax.predict import Predictor, predict_probabilities
+from unet_jax.weights_io import save_flax_weights
+
+CONFIG = UNetConfig(features=4, depth=2)  # valid sizes 4k >= 44, output = input - 40
+TILE = 60  # output 20: several tiles per test image
+
+
+def _variables(config, seed=0):
+    """Random weights in `init`'s shapes, drawn with numpy (compiling `init` takes ~20 s here)."""
+    x = jax.ShapeDtypeStruct((1, 60, 60, config.in_channels), jnp.float32)
+    shapes = jax.eval_shape(UNet(config).init, jax.random.key(0), x)
+    rng = np.random.default_rng(seed)
+
+    def draw(leaf):
+        std = np.sqrt(2 / np.prod(leaf.shape[:-1])) if len(leaf.shape) > 1 else 0.1
+        return (std * rng.normal(size=leaf.shape)).astype(np.float32)
+
+    return jax.tree.map(draw, shapes)
+
+
+def _write_pair(root, stem, image, mask):
+    for sub, array in (("images", image), ("masks", mask)):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(array).save(root / sub / f"{stem}.png")
+
+
+def test_masks_made_by_the_model_score_perfectly(tmp_path):
+    rng = np.random.default_rng(0)
+    images = {"a": rng.integers(0, 256, (30, 41), dtype=np.uint8), "b": rng.integers(0, 256, (25, 25), dtype=np.uint8)}
+    normalization = {"mean": [0.5], "std": [0.3]}
+    variables = _variables(CONFIG)
+    # Shift the head's class-1 bias so that about half of the pixels are class 1: a model that
+    # predicts one class everywhere would score 1 on any mask of that class alone.
+    probe = Predictor(CONFIG, variables)
+    p1 = np.sort(predict_probabilities(probe, (images["a"][..., None] / 255 - 0.5) / 0.3, TILE)[..., 1], axis=None)
+    median = float(p1[p1.size // 2 - 1 : p1.size // 2 + 1].mean())  # between two pixels, so none sits on 0.5
+    variables["params"]["head"]["bias"] = variables["params"]["head"]["bias"] - np.array(
+        [0.0, np.log(median / (1 - median))], np.float32
+    )
+    run = tmp_path / "run"
+    save_flax_weights(variables, CONFIG, run / "weights.safetensors")
+    (run / "normalization.json").write_text(json.dumps(normalization))
+
+    predictor = Predictor.from_weights(run)
+    data = tmp_path / "data"
+    for stem, image in images.items():
+        _write_pair(data, stem, image, np.zeros_like(image))  # placeholder masks, replaced below
+    for stem, image in zip("ab", load_folder(data, 1, 2).images):
+        probs = predict_probabilities(predictor, predictor.normalize(image), TILE)  # [H, W, 2]
+        assert np.abs(probs[..., 1] - 0.5).min() > 1e-5  # no argmax that float rounding could flip
+        labels = probs.argmax(-1)
+        assert 0 < labels.mean() < 1  # both classes occur
+        mask = (labels * (255 if stem == "b" else 1)).astype(np.uint8)  # class indices and 0/255 both read
+        Image.fromarray(mask).save(data / "masks" / f"{stem}.png")
+
+    for tile_size in (TILE, None):  # None: the default tile size, one tile per image here
+        scores = evaluate(run, data, tile_size=tile_size, batch_size=3)
+        assert scores["num_images"] == 2
+        assert scores["dice"] == scores["iou"] == scores["pixel_accuracy"] == 1.0
+        assert scores["dice_per_class"] == scores["iou_per_class"] == [1.0, 1.0]
+
+
+def test_hand_computed_dice_for_a_model_that_predicts_foreground_everywhere(tmp_path):
+    # All weights zero and head bias (0, 1): logits (0, 1) at every pixel, so class 1 everywhere.
+    variables = jax.tree.map(np.zeros_like, _variables(CONFIG))
+    variables["params"]["head"]["bias"] = np.array([0.0, 1.0], np.float32)
+    save_flax_weights(variables, CONFIG, tmp_path / "constant.safetensors")
+    mask_a = np.zeros((10, 10), np.uint8)
+    mask_a[:3] = 1  # 30 foreground pixels
+    _write_pair(tmp_path / "data", "a", np.zeros((10, 10), np.uint8), mask_a)
+    _write_pair(tmp_path / "data", "b", np.zeros((6, 5), np.uint8), np.zeros((6, 5), np.uint8))
+
+    scores = evaluate(tmp_path / "constant.safetensors", tmp_path / "data", tile_size=TILE)
+    # 130 pixels, 30 of them foreground, all predicted foreground:
+    #   class 1: tp 30, predicted 130, actual 30 -> Dice 60/160, IoU 30/130
+    #   class 0: tp 0, predicted 0, actual 100   -> Dice 0, IoU 0
+    assert scores["num_images"] == 2
+    assert scores["dice"] == pytest.approx(60 / 160)
+    assert scores["iou"] == pytest.approx(30 / 130)
+    assert scores["pixel_accuracy"] == pytest.approx(30 / 130)
+    assert scores["dice_per_class"] == pytest.approx([0.0, 60 / 160])
+    assert scores["iou_per_class"] == pytest.approx([0.0, 30 / 130])
+
+
+def test_weights_of_another_network_list_every_mismatch(tmp_path):
+    torch = pytest.importorskip("torch")
+    from unet_torch import UNet as TorchUNet
+
+    torch.save(TorchUNet(features=4, depth=2).state_dict(), tmp_path / "small.pt")
+    _write_pair(tmp_path / "data", "a", np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint8))
+    with pytest.raises(PortError) as error:
+        evaluate(tmp_path / "small.pt", tmp_path / "data", config=UNetConfig(features=8, depth=3))
+    message = str(error.value)
+    assert "wrong shape: down1.conv1.weight is (4, 1, 3, 3), expected (8, 1, 3, 3)" in message
+    assert "missing: down3.conv1.weight" in message
+    assert message.count("\n") > 10  # every mismatch, not the first one
+
+
+def test_numpy_counts_equal_the_training_metric():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(1, 9, 7, 3)).astype(np.float32)  # [1, H, W, K]
+    labels = rng.integers(0, 3, (1, 9, 7))
+    expected = segmentation_counts(jnp.asarray(logits), jnp.asarray(labels))
+    counts = class_counts(logits.argmax(-1), labels, 3)
+    for key, value in expected.items():
+        np.testing.assert_array_equal(counts[key], np.asarray(value))

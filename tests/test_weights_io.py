@@ -1,0 +1,287 @@
+"""Weight files: safe .pt reading, clear errors on bad files, atomic and non-clobbering writes."""
+
+import os
+import types
+
+import numpy as np
+import pytest
+
+from unet_jax import weights_io
+from unet_jax.config import UNetConfig
+from unet_jax.port import PortError, flatten_variables, torch_to_flax
+from unet_jax.weights_io import (
+    WeightsFileError,
+    load_variables,
+    read_weights,
+    save_flax_weights,
+    save_torch_state_dict,
+)
+
+CFG = UNetConfig(features=4, depth=2, norm="batch")
+
+
+def _torch():
+    return pytest.importorskip("torch")
+
+
+@pytest.fixture
+def torch_state_dict(make_state_dict):
+    """`torch_state_dict(cfg=CFG)` -> a random state_dict of torch tensors (skips without torch)."""
+    torch = _torch()
+    return lambda cfg=CFG: {k: torch.from_numpy(v) for k, v in make_state_dict(cfg).items()}
+
+
+@pytest.fixture
+def variables(make_state_dict):
+    """Flax variables (numpy leaves) for CFG."""
+    return torch_to_flax(make_state_dict(CFG), CFG)
+
+
+def write_marker(path):
+    """What a malicious checkpoint would run on load; here it only creates a file."""
+    with open(path, "w") as f:
+        f.write("code ran")
+
+
+class CodeCarrier:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):  # unpickling calls write_marker(marker)
+        return write_marker, (self.marker,)
+
+
+def _files_in(directory):
+    return sorted(p.name for p in directory.iterdir())
+
+
+# ------------------------------------------------------------------ reading .pt
+def test_torch_state_dict_is_read_as_numpy(tmp_path, torch_state_dict):
+    torch = _torch()
+    sd = torch_state_dict()
+    torch.save(sd, tmp_path / "w.pth")
+    kind, tensors, config = read_weights(tmp_path / "w.pth")
+    assert (kind, config) == ("torch", None)
+    assert tensors.keys() == sd.keys()
+    for key, value in sd.items():
+        assert isinstance(tensors[key], np.ndarray)
+        np.testing.assert_array_equal(tensors[key], value.numpy())
+    assert tensors["down1.norm1.num_batches_tracked"].dtype == np.int64
+
+
+def test_pickle_that_carries_code_is_refused_and_never_runs(tmp_path, torch_state_dict):
+    torch = _torch()
+    marker = tmp_path / "marker"
+    sd = torch_state_dict()
+    sd["evil"] = CodeCarrier(str(marker))
+    torch.save(sd, tmp_path / "evil.pt")
+    assert not marker.exists()  # saving does not run it
+    with pytest.raises(WeightsFileError) as info:
+        read_weights(tmp_path / "evil.pt")
+    assert "refused" in str(info.value) and "evil.pt" in str(info.value)
+    assert not marker.exists()
+    with pytest.raises(WeightsFileError, match="refused"):
+        load_variables(tmp_path / "evil.pt", CFG)
+    assert not marker.exists()
+    # The payload is real: an unsafe load would have run it (proves the test is not vacuous).
+    torch.load(tmp_path / "evil.pt", weights_only=False)
+    assert marker.read_text() == "code ran"
+
+
+def test_os_system_payload_is_refused(tmp_path):
+    torch = _torch()
+    marker = tmp_path / "system-marker"
+
+    class SystemCall:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    torch.save({"w": torch.zeros(2), "x": SystemCall()}, tmp_path / "system.pt")
+    with pytest.raises(WeightsFileError, match="refused"):
+        read_weights(tmp_path / "system.pt")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", ["random.pt", "truncated.pt", "text.pt", "empty.pth"])
+def test_corrupt_torch_file_names_the_file(tmp_path, torch_state_dict, name):
+    torch = _torch()
+    torch.save(torch_state_dict(), tmp_path / "good.pt")
+    good = (tmp_path / "good.pt").read_bytes()
+    content = {
+        "random.pt": np.random.default_rng(0).bytes(4096),
+        "truncated.pt": good[: len(good) // 2],
+        "text.pt": b"this is a text file, not a checkpoint\n",
+        "empty.pth": b"",
+    }[name]
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(WeightsFileError) as info:
+        read_weights(path)
+    assert str(path) in str(info.value)
+
+
+def test_random_bytes_are_reported_as_unreadable_not_as_unsafe(tmp_path):
+    _torch()
+    path = tmp_path / "random.pt"
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(WeightsFileError) as info:
+        read_weights(path)
+    assert "refused" not in str(info.value) and "not a readable" in str(info.value)
+
+
+def test_corrupt_safetensors_names_the_file(tmp_path, make_state_dict):
+    save_flax_weights(torch_to_flax(make_state_dict(CFG), CFG), CFG, tmp_path / "good.safetensors")
+    data = (tmp_path / "good.safetensors").read_bytes()
+    for name, content in [
+        ("truncated.safetensors", data[: len(data) // 2]),
+        ("header-only.safetensors", data[:8]),
+        ("random.safetensors", np.random.default_rng(1).bytes(1000)),
+    ]:
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(WeightsFileError) as info:
+            read_weights(path)
+        assert str(path) in str(info.value)
+
+
+def test_missing_file_is_file_not_found_naming_it(tmp_path):
+    for name in ("nope.pt", "nope.safetensors"):
+        with pytest.raises(FileNotFoundError, match=name):
+            read_weights(tmp_path / name)
+    with pytest.raises(FileNotFoundError, match="a-directory.pt"):
+        (tmp_path / "a-directory.pt").mkdir()
+        read_weights(tmp_path / "a-directory.pt")
+
+
+@pytest.mark.parametrize("name", ["weights.ckpt", "weights.npz", "weights"])
+def test_unknown_suffix_lists_the_supported_ones(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(b"\0" * 16)
+    with pytest.raises(WeightsFileError) as info:
+        read_weights(path)
+    message = str(info.value)
+    assert ".safetensors" in message and ".pt" in message and ".pth" in message and name in message
+
+
+@pytest.mark.parametrize("wrapper_key", ["state_dict", "model_state_dict", "model"])
+def test_training_checkpoint_wrappers_are_unwrapped(tmp_path, wrapper_key, torch_state_dict):
+    torch = _torch()
+    sd = torch_state_dict()
+    torch.save({wrapper_key: sd, "epoch": 3, "optimizer": {"lr": 1e-3}}, tmp_path / "ckpt.pt")
+    _, tensors, _ = read_weights(tmp_path / "ckpt.pt")
+    assert tensors.keys() == sd.keys()
+    variables, config = load_variables(tmp_path / "ckpt.pt", CFG)
+    assert config == CFG and variables["params"]["head"]["kernel"].shape == (1, 1, 4, 2)
+
+
+@pytest.mark.parametrize("payload", [[1, 2, 3], {"epoch": 3, "lr": 0.1}, 42])
+def test_non_state_dict_pickle_is_a_clear_error(tmp_path, payload):
+    torch = _torch()
+    torch.save(payload, tmp_path / "other.pt")
+    with pytest.raises(WeightsFileError, match="does not hold a state_dict") as info:
+        read_weights(tmp_path / "other.pt")
+    assert "other.pt" in str(info.value)
+
+
+def test_bfloat16_tensors_are_read_as_float32(tmp_path, torch_state_dict):
+    torch = _torch()
+    sd = torch_state_dict()
+    bf16 = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in sd.items()}
+    torch.save(bf16, tmp_path / "bf16.pt")
+    _, tensors, _ = read_weights(tmp_path / "bf16.pt")
+    for key, value in bf16.items():
+        if value.dtype == torch.bfloat16:
+            assert tensors[key].dtype == np.float32
+            np.testing.assert_array_equal(tensors[key], value.float().numpy())  # bf16 -> f32 is exact
+    variables, _ = load_variables(tmp_path / "bf16.pt", CFG)
+    assert variables["params"]["down1"]["conv1"]["kernel"].dtype == np.float32
+
+
+def test_torch_file_for_another_config_is_a_port_error(tmp_path, torch_state_dict):
+    torch = _torch()
+    torch.save(torch_state_dict(UNetConfig(features=8, depth=2, norm="batch")), tmp_path / "w.pt")
+    with pytest.raises(PortError, match="wrong shape: down1.conv1.weight"):
+        load_variables(tmp_path / "w.pt", CFG)
+
+
+# ------------------------------------------------------------------- writing
+def test_flax_safetensors_round_trip_keeps_the_config(tmp_path, variables):
+    path = save_flax_weights(variables, CFG, tmp_path / "w.safetensors")
+    kind, _, stored = read_weights(path)
+    assert (kind, stored) == ("flax", CFG)
+    # The stored config wins over the one passed (and over the seed default).
+    loaded, config = load_variables(path, UNetConfig())
+    assert config == CFG
+    expected, actual = flatten_variables(variables), flatten_variables(loaded)
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert actual[key].dtype == expected[key].dtype and actual[key].shape == expected[key].shape
+        np.testing.assert_array_equal(actual[key], expected[key])
+
+
+def test_save_keeps_only_params_and_batch_stats(tmp_path, variables):
+    variables = dict(variables, intermediates={"x": np.zeros(3)})
+    save_flax_weights(variables, CFG, tmp_path / "w.safetensors")
+    loaded, _ = load_variables(tmp_path / "w.safetensors")
+    assert set(loaded) == {"params", "batch_stats"}
+
+
+def test_save_refuses_to_overwrite_and_leaves_the_file_alone(tmp_path, variables):
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(b"precious")
+    with pytest.raises(WeightsFileError, match="already exists") as info:
+        save_flax_weights(variables, CFG, path)
+    assert "overwrite" in str(info.value)
+    assert path.read_bytes() == b"precious"
+    assert _files_in(tmp_path) == ["w.safetensors"]  # no temporary left behind
+    save_flax_weights(variables, CFG, path, overwrite=True)
+    assert load_variables(path)[1] == CFG
+
+
+def test_torch_save_refuses_to_overwrite(tmp_path, make_state_dict):
+    _torch()
+    path = tmp_path / "w.pt"
+    path.write_bytes(b"precious")
+    with pytest.raises(WeightsFileError, match="already exists"):
+        save_torch_state_dict(make_state_dict(CFG), CFG, path)
+    assert path.read_bytes() == b"precious"
+    save_torch_state_dict(make_state_dict(CFG), CFG, path, overwrite=True)
+    assert read_weights(path)[1].keys() == make_state_dict(CFG).keys()
+
+
+def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch, variables):
+    def crash(src, dst):
+        raise OSError("disk full")
+
+    fake_os = types.SimpleNamespace(fdopen=os.fdopen, replace=crash)
+    monkeypatch.setattr(weights_io, "os", fake_os)
+    existing = tmp_path / "old.safetensors"
+    existing.write_bytes(b"precious")
+    for path, overwrite in ((tmp_path / "new.safetensors", False), (existing, True)):
+        with pytest.raises(OSError, match="disk full"):
+            save_flax_weights(variables, CFG, path, overwrite=overwrite)
+    assert _files_in(tmp_path) == ["old.safetensors"]
+    assert existing.read_bytes() == b"precious"
+
+
+def test_save_checks_the_suffix(tmp_path, variables):
+    with pytest.raises(WeightsFileError, match=r"\.safetensors"):
+        save_flax_weights(variables, CFG, tmp_path / "w.pt")
+    assert _files_in(tmp_path) == []
+
+
+def test_stored_config_that_is_not_valid_is_reported(tmp_path):
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "bad.safetensors"
+    save_file({"params/head/bias": np.zeros(2, np.float32)}, str(path), metadata={"unet_config": '{"depth": 0}'})
+    with pytest.raises(WeightsFileError, match="unet_config") as info:
+        read_weights(path)
+    assert "bad.safetensors" in str(info.value)
+
+
+def test_flax_file_that_does_not_fit_its_config_is_a_port_error(tmp_path, variables):
+    del variables["params"]["head"]
+    save_flax_weights(variables, CFG, tmp_path / "w.safetensors")
+    with pytest.raises(PortError, match="missing: params/head/kernel"):
+        load_variables(tmp_path / "w.safetensors")

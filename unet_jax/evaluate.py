@@ -1,0 +1,66 @@
+"""Scores of a trained U-Net on a folder of images and masks, each image predicted whole.
+
+Training validates on tiles; users judge a model on their images. So every image is
+predicted at full size with the overlap-tile strategy (`unet_jax.predict`), and Dice, IoU
+and pixel accuracy are computed from per-class counts summed over all pixels of all images
+(`unet_jax.metrics`), not averaged per image: large images weigh by their pixels.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from unet_jax.config import UNetConfig
+from unet_jax.data import Samples, load_folder
+from unet_jax.metrics import add_counts, scores_from_counts
+from unet_jax.predict import DEFAULT_BATCH_SIZE, Predictor, predict_probabilities
+
+
+def evaluate(
+    weights_path,
+    data_dir,
+    config: Optional[UNetConfig] = None,
+    tile_size: Optional[int] = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> dict:
+    """Scores of the weights (a run directory or any weights file `Predictor.from_weights` reads)
+    on the samples under `data_dir` (any layout `load_folder` reads).
+
+    Returns `{"dice", "iou", "pixel_accuracy", "dice_per_class", "iou_per_class", "num_images"}`;
+    dice and iou average the foreground classes (1 ..), per-class lists include background.
+    """
+    predictor = Predictor.from_weights(weights_path, config)
+    samples = load_folder(data_dir, predictor.config.in_channels, predictor.config.num_classes)
+    return evaluate_samples(predictor, samples, tile_size, batch_size)
+
+
+def evaluate_samples(
+    predictor: Predictor, samples: Samples, tile_size: Optional[int] = None, batch_size: int = DEFAULT_BATCH_SIZE
+) -> dict:
+    """As `evaluate`, for samples already in memory (images scaled to [0, 1], not yet normalised)."""
+    if len(samples) == 0:
+        raise ValueError("no samples to evaluate")
+    num_classes = predictor.config.num_classes
+    total = None
+    for image, mask in zip(samples.images, samples.masks):
+        probs = predict_probabilities(predictor, predictor.normalize(image), tile_size, batch_size)  # [H, W, K]
+        total = add_counts(total, class_counts(probs.argmax(axis=-1), mask, num_classes))
+    return {**scores_from_counts(total), "num_images": len(samples)}
+
+
+def class_counts(predicted: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
+    """Per-class true-positive, predicted and true pixel counts, int64 [K] each.
+
+    The numpy twin of `metrics.segmentation_counts`, from class maps [H, W] rather than logits:
+    a whole image's one-hot comparison would cost H*W*K memory on the host for nothing.
+    """
+    predicted, labels = np.ravel(predicted), np.ravel(labels)
+    if predicted.shape != labels.shape:
+        raise ValueError(f"prediction and mask differ in size: {predicted.size} vs {labels.size} pixels")
+    return {
+        "true_positive": np.bincount(labels[predicted == labels], minlength=num_classes).astype(np.int64),
+        "predicted": np.bincount(predicted, minlength=num_classes).astype(np.int64),
+        "actual": np.bincount(labels, minlength=num_classes).astype(np.int64),
+    }
