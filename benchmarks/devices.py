@@ -142,7 +142,10 @@ def jax_config_values(subset: bool = True) -> dict:
 
     Importing jax does not start a backend, so this is safe in the parent process.
     """
-    import jax
+    try:
+        import jax
+    except ImportError as error:  # a torch-only machine still gets its torch rows
+        return {"error": f"jax not importable: {error}"}
 
     interesting = (
         "jax_default_matmul_precision", "jax_enable_x64", "jax_platforms", "jax_numpy_dtype_promotion",

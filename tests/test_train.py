@@ -47,7 +47,9 @@ def test_run_writes_everything_and_weights_port_to_torch(tmp_path):
     for name in ("config.json", "normalization.json", "metrics.jsonl", "summary.json", "loss.png",
                  "predictions.png", "weights.safetensors"):
         assert (run_dir / name).is_file(), name
-    assert set(summary["validation"]) >= {"dice", "iou", "pixel_accuracy", "dice_per_class", "iou_per_class"}
+    for split in ("validation_tiles", "validation_whole_images"):
+        assert set(summary[split]) >= {"dice", "iou", "pixel_accuracy", "dice_per_class", "iou_per_class"}
+    assert summary["validation_whole_images"]["num_images"] == TINY["cells_val_images"]
     assert json.loads((run_dir / "config.json").read_text())["model"]["features"] == 4
 
     # The exported weights become a PyTorch state_dict that unet_torch loads strictly.

@@ -37,7 +37,7 @@ from PIL import Image
 
 from unet_jax.config import UNetConfig
 from unet_jax.data import Normalization
-from unet_jax.data import folder as data_folder
+from unet_jax.data.folder import read_image
 from unet_jax.data.tiles import mirror_crop
 from unet_jax.model import UNet
 from unet_jax.weights_io import load_variables
@@ -297,13 +297,6 @@ def predict_probabilities(
 
 
 # ------------------------------------------------------------------ files
-def read_image(path, in_channels: int) -> np.ndarray:
-    """An image file as float32 [H, W, in_channels] scaled to [0, 1], by the training data's reader,
-    so that prediction accepts exactly the files training does, with the same error messages."""
-    path = Path(path)
-    return data_folder._to_image(data_folder._read(path, palette_to_rgb=True), path, in_channels)
-
-
 def predict_files(
     predictor: Predictor,
     image_paths: Sequence,

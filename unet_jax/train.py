@@ -27,10 +27,12 @@ from tqdm import tqdm
 
 from unet_jax.checkpoints import Checkpointer
 from unet_jax.data import Normalization, Samples, augment, load_folder, make_cells, sample_tiles, split_validation
+from unet_jax.evaluate import evaluate_samples
 from unet_jax.losses import make_loss
 from unet_jax.metrics import add_counts, scores_from_counts, segmentation_counts
 from unet_jax.model import UNet
 from unet_jax.plots import plot_losses, plot_predictions
+from unet_jax.predict import Predictor
 from unet_jax.presets import TrainConfig
 from unet_jax.train_step import (
     TrainState,
@@ -131,8 +133,7 @@ def train(
     train_samples, val_samples = load_data(cfg)
     normalization = _normalization(train_samples, run_dir, resume)
     train_samples = train_samples.map_images(normalization.apply)
-    val_samples = val_samples.map_images(normalization.apply)
-    val_images, val_masks = validation_tiles(val_samples, cfg)
+    val_images, val_masks = validation_tiles(val_samples.map_images(normalization.apply), cfg)
 
     model = UNet(cfg.model, dtype=jnp.dtype(cfg.dtype))
     tx = make_optimizer(cfg.optimizer, cfg.learning_rate, cfg.momentum)
@@ -188,7 +189,8 @@ def train(
         bar.close()
         checkpointer.close()
 
-    return _finish(cfg, run_dir, state, validate, val_images, val_masks, metrics_log, log)
+    whole_images = (val_samples, normalization)
+    return _finish(cfg, run_dir, state, validate, val_images, val_masks, whole_images, metrics_log, log)
 
 
 def _prepare_run_dir(cfg: TrainConfig, run_dir: Path, resume: bool) -> None:
@@ -251,7 +253,7 @@ def _train_record(step: int, window: list, timer: _Throughput, batch_size: int) 
     }
 
 
-def _finish(cfg, run_dir, state, validate, val_images, val_masks, metrics_log, log) -> dict:
+def _finish(cfg, run_dir, state, validate, val_images, val_masks, whole_images, metrics_log, log) -> dict:
     variables = {"params": state.params}
     if state.batch_stats is not None:
         variables["batch_stats"] = state.batch_stats
@@ -260,9 +262,13 @@ def _finish(cfg, run_dir, state, validate, val_images, val_masks, metrics_log, l
     shown = min(4, len(predictions))
     plot_predictions(val_images[:shown], val_masks[:shown], predictions[:shown], run_dir / "predictions.png")
     plot_losses(metrics_log.records, run_dir / "loss.png")
-    summary = {"preset": cfg.preset, "steps": int(state.step), "validation": val_metrics}
+    # The tiles score training's view; users judge whole images, predicted overlap-tile.
+    val_samples, normalization = whole_images
+    whole = evaluate_samples(Predictor(cfg.model, variables, normalization), val_samples, batch_size=cfg.batch_size)
+    summary = {"preset": cfg.preset, "steps": int(state.step), "validation_tiles": val_metrics,
+               "validation_whole_images": whole}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    log(f"done: foreground Dice {val_metrics['dice']:.4f}, IoU {val_metrics['iou']:.4f}, "
-        f"pixel accuracy {val_metrics['pixel_accuracy']:.4f} on {len(val_images)} held-out tiles; "
-        f"weights in {run_dir / 'weights.safetensors'}")
+    log(f"done: held-out foreground Dice {whole['dice']:.4f}, IoU {whole['iou']:.4f}, pixel accuracy "
+        f"{whole['pixel_accuracy']:.4f} on {whole['num_images']} whole images ({len(val_images)} tiles: Dice "
+        f"{val_metrics['dice']:.4f}); weights in {run_dir / 'weights.safetensors'}")
     return summary

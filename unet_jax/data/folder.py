@@ -101,7 +101,7 @@ def _load_pairs(images_dir: Path, masks_dir: Path, in_channels: int, num_classes
         )
     loaded = []
     for stem in sorted(images):
-        image = _to_image(_read(images[stem], palette_to_rgb=True), images[stem], in_channels)
+        image = read_image(images[stem], in_channels)
         mask, ids = _to_mask(_read(masks[stem], palette_to_rgb=False), masks[stem], num_classes)
         if image.shape[:2] != mask.shape:
             raise DataError(
@@ -136,6 +136,12 @@ def _load_stack(volume_path: Path, labels_path: Path, in_channels: int, num_clas
         mask, ids = _to_mask(labels[k], f"{labels_path}[slice {k}]", num_classes)
         loaded.append((_to_image(volume[k], name, in_channels), mask, ids, name))
     return _samples(loaded)
+
+
+def read_image(path: Union[str, Path], in_channels: int) -> np.ndarray:
+    """One image file as float32 [H, W, in_channels] scaled to [0, 1]: what prediction reads,
+    with exactly the checks and messages of training's reader."""
+    return _to_image(_read(Path(path), palette_to_rgb=True), path, in_channels)
 
 
 def _read(path: Path, palette_to_rgb: bool) -> np.ndarray:
