@@ -14,7 +14,7 @@ from benchmarks.variants import Variant
 def derived_figures(
     variant: Variant, batch: int, step_ms: dict, flops_per_image: float, peaks: Optional[dict], ceiling: Optional[dict]
 ) -> dict:
-    """img/s (with the p90..p10 step-time spread turned into img/s), TFLOP/s and MFUs.
+    """img/s (and its low/high from the p90/p10 step times), TFLOP/s and MFUs.
 
     MFU against the datasheet uses the column the variant's arithmetic runs on (`variant.peak`:
     TF32 for default-precision float32, FP32 for strict, BF16); MFU against the measured bf16
@@ -25,7 +25,7 @@ def derived_figures(
     tflops = batch * flops_per_image / median_s / 1e12
     figures = {
         "img_per_s": batch / median_s,
-        "img_per_s_p10_p90": [batch / (step_ms["p90"] / 1e3), batch / (step_ms["p10"] / 1e3)],
+        "img_per_s_low_high": [batch / (step_ms["p90"] / 1e3), batch / (step_ms["p10"] / 1e3)],
         "flops_per_image": flops_per_image,
         "achieved_tflops": tflops,
     }

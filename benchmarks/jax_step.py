@@ -20,7 +20,7 @@ from benchmarks.variants import VARIANTS
 from unet_jax.config import UNetConfig
 from unet_jax.losses import make_loss
 from unet_jax.model import UNet
-from unet_jax.train_step import make_optimizer, make_train_step, state_from_variables
+from unet_jax.train_step import create_train_state, make_optimizer, make_train_step
 
 
 def compile_timed(jitted, *args) -> tuple:
@@ -51,30 +51,8 @@ def synthetic_batch(config: UNetConfig, batch: int, size: int):
     return jax.block_until_ready(jax.device_put((images, masks)))
 
 
-def he_normal_variables(model: UNet, size: int) -> dict:
-    """He-normal kernels and zero biases for `model`, drawn on the host.
-
-    The same distribution as the model's initialisers, without `jax.jit(model.init)`: with
-    jax_threefry_partitionable (the default) XLA:CPU needs ~1 s per 4-D kernel to compile it
-    (23 s for the seed network), which would dwarf the small --quick runs. The values never
-    affect the timing.
-    """
-    sample = jax.ShapeDtypeStruct((1, size, size, model.config.in_channels), jnp.float32)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), sample)
-    rng = np.random.default_rng(0)
-
-    def draw(leaf):
-        if leaf.ndim < 2:  # biases
-            return np.zeros(leaf.shape, leaf.dtype)
-        fan_in = int(np.prod(leaf.shape[:-1]))  # HWIO: receptive field x input channels
-        return (rng.standard_normal(leaf.shape) * np.sqrt(2.0 / fan_in)).astype(leaf.dtype)
-
-    return jax.device_put(jax.tree.map(draw, shapes))
-
-
 def bench_train(model: UNet, images, masks, warmup: int, steps: int) -> dict:
-    tx = make_optimizer("adam", 1e-3)
-    state = state_from_variables(model, tx, he_normal_variables(model, images.shape[1]), jax.random.key(0))
+    state = create_train_state(model, make_optimizer("adam", 1e-3), 0, images.shape[1])
     step = make_train_step(make_loss("ce"))
     compiled, compile_info = compile_timed(step, state, images, masks)
     box = {"state": state}
@@ -88,7 +66,7 @@ def bench_train(model: UNet, images, masks, warmup: int, steps: int) -> dict:
 
 
 def bench_predict(model: UNet, images, warmup: int, steps: int) -> dict:
-    params = he_normal_variables(model, images.shape[1])["params"]
+    params = create_train_state(model, make_optimizer("adam", 1e-3), 0, images.shape[1]).params
     predict = jax.jit(lambda params, x: model.apply({"params": params}, x, train=False))
     compiled, compile_info = compile_timed(predict, params, images)
 
@@ -123,7 +101,7 @@ def runtime_info(device) -> dict:
         "device_name": device.device_kind,
         "device_platform": device.platform,
         "device_count": jax.device_count(),
-        "backend_platform_version": device.client.platform_version,
+        "backend_platform_version": getattr(getattr(device, "client", None), "platform_version", None),
         "jax_config": devices.jax_config_values(),
     }
 
@@ -133,7 +111,8 @@ def main() -> None:
     variant = VARIANTS[args.variant]
     assert variant.framework == "jax", variant
     # Cold compiles on every run: a persistent cache would make compile time meaningless.
-    jax.config.update("jax_enable_compilation_cache", False)
+    if "jax_enable_compilation_cache" in jax.config.values:
+        jax.config.update("jax_enable_compilation_cache", False)
     device = jax.devices()[0]
     config = UNetConfig(features=args.features, depth=args.depth)
     model = UNet(config, dtype=jnp.bfloat16 if variant.dtype == "bf16" else jnp.float32)
@@ -146,7 +125,6 @@ def main() -> None:
             result = bench_predict(model, images, args.warmup, args.steps)
     result.update(peak_memory(device))
     result["process_peak_rss_bytes"] = timing.process_peak_rss_bytes()
-    result["matmul_precision"] = variant.precision or "default"
     result["runtime"] = runtime_info(device)
     if args.ceiling_n:
         result["matmul_ceiling"] = matmul_ceiling(args.ceiling_n)

@@ -64,7 +64,8 @@ def markdown(doc: dict) -> str:
         f"- FLOPs per image (analytic, `benchmarks/flops.py`): forward {doc['flops']['forward_per_image'] / 1e9:.2f} "
         f"GFLOP, train {doc['flops']['train_per_image'] / 1e9:.2f} GFLOP (3× forward).",
         f"- Method: one process per row; warm-up excluded; median of {cfg['steps']} synchronised steps, "
-        f"spread p10–p90; {cfg['warmup']} warm-up calls.",
+        f"spread p10–p90; {cfg['warmup']} warm-up calls; cold compiles (JAX jobs turn the persistent "
+        "compilation cache off, torch.compile jobs get empty inductor/triton caches).",
         "- Datasheet peaks: " + (
             f"{peaks['card']}: bf16 {peaks['bf16']}, tf32 {peaks['tf32']}, fp32 {peaks['fp32']} TFLOP/s dense "
             f"({peaks['source']})" if peaks else "none for this device, so no datasheet MFU."),

@@ -94,7 +94,8 @@ def child_env(variant) -> tuple[dict, list[str]]:
 def job_record(variant, batch: int, outcome: dict, doc: dict) -> dict:
     record = {
         "variant": variant.name, "framework": variant.framework, "task": variant.task, "batch": batch,
-        "dtype": variant.dtype, "layout": variant.layout, "matmul_precision_setting": variant.precision,
+        "dtype": variant.dtype, "layout": variant.layout,
+        "matmul_precision": (variant.precision or "default") if variant.framework == "jax" else None,
         "compile_mode": variant.compile_mode, "description": variant.description,
         "status": outcome["status"], "status_detail": outcome.get("status_detail", ""),
         "wall_s": outcome.get("wall_s"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shlex
 import signal
 import subprocess
 import threading
@@ -106,7 +107,7 @@ def run_child(
             detail = f"exit code {returncode}" + ("" if result is not None else ", no result line")
     if log_path:
         with open(log_path, "w") as f:
-            f.write("$ " + " ".join(command) + "\n" + "\n".join(output) + "\n")
+            f.write("$ " + shlex.join([os.path.basename(command[0])] + command[1:]) + "\n" + "\n".join(output) + "\n")
     tail = "\n".join(line for line in output if not line.startswith(RESULT_PREFIX))[-3000:]
     return {
         "status": status,

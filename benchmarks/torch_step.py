@@ -89,8 +89,8 @@ def peak_memory(device) -> dict:
 
 def matmul_ceiling(n: int, device) -> dict:
     """bf16 n^3 matmul rate in this process: the achievable tensor-core ceiling for MFU."""
-    generator = torch.Generator().manual_seed(2)
-    a, b = (torch.randn(n, n, generator=generator).to(device, torch.bfloat16) for _ in range(2))
+    torch.manual_seed(2)
+    a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
 
     def one_matmul():
         torch.mm(a, b)

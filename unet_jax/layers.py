@@ -10,14 +10,19 @@ from jax import lax
 
 
 def max_pool_2x2(x):
-    """2x2 max-pool, stride 2, as a reshape + max.  # [N, H, W, C] -> [N, H/2, W/2, C]
+    """2x2 max-pool, stride 2, as the element-wise max of the window's four strided views.
 
-    Unlike `nn.max_pool` this lowers to a plain reduction, whose gradient is not a
-    select-and-scatter: it stays usable under XLA's deterministic-ops mode. Ties inside a
-    window only happen at exact zeros after a ReLU, where both frameworks' gradients are 0.
+    Unlike `nn.max_pool` the gradient is not a select-and-scatter, so it stays usable under
+    XLA's deterministic-ops mode. It is not written as `reshape + max(axis=(2, 4))` either:
+    under `jax.jit` on XLA:CPU (jax 0.10.2) the gradient of that reduction came out wrong
+    in BatchNorm + valid-padding U-Nets (encoder gradients off by O(1), also in float64;
+    correct op by op and with `--xla_disable_hlo_passes=algsimp`), which
+    parity_tests/test_gradients.py caught. Ties inside a window only happen at exact zeros
+    after a ReLU, where both frameworks' gradients are 0.
     """
-    n, h, w, c = x.shape
-    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+    top = jnp.maximum(x[:, 0::2, 0::2], x[:, 0::2, 1::2])
+    bottom = jnp.maximum(x[:, 1::2, 0::2], x[:, 1::2, 1::2])
+    return jnp.maximum(top, bottom)  # [N, H, W, C] -> [N, H/2, W/2, C]
 
 
 def center_crop(skip, height: int, width: int):

@@ -42,7 +42,9 @@ def train_step(
     with torch.autocast(images.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         logits = model(images)
     labels = crop_labels(masks, logits.shape[-2], logits.shape[-1])
-    loss = F.cross_entropy(logits.float(), labels)
+    # At least float32 (bf16 autocast logits are upcast), but float64 stays float64: the parity
+    # tests train a float64 copy of this model as the reference.
+    loss = F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), labels)
     loss.backward()
     optimizer.step()
     return loss.detach()

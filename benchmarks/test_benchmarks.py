@@ -1,0 +1,172 @@
+"""Tests of the benchmark harness: the FLOP count (by hand and by two independent counters),
+the derived arithmetic, the job planning, and a `--quick` run end to end (a smoke test: it
+asserts that every part runs and reports, never a timing)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from benchmarks import devices, flops, plan, timing
+from benchmarks.derive import derived_figures
+from benchmarks.variants import FULL_PLAN, QUICK_PLAN, VARIANTS, jobs
+from unet_jax.config import UNetConfig
+from unet_jax.model import UNet
+from unet_torch.model import UNet as TorchUNet
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_CONFIGS = [  # (UNetConfig fields, a valid input side)
+    (dict(features=4, depth=2), 44),
+    (dict(features=4, depth=2, upsample="bilinear"), 44),
+    (dict(features=4, depth=2, norm="batch"), 44),
+    (dict(features=4, depth=2, padding="same"), 16),
+    (dict(in_channels=3, num_classes=5, features=4, depth=2), 60),
+]
+
+
+def torch_counted_flops(fields: dict, size: int, backward: bool = False) -> int:
+    """torch's own FLOP counter on meta tensors: shapes only, so the seed at 572 is instant."""
+    with torch.device("meta"):
+        model = TorchUNet(**fields)
+        images = torch.zeros(1, model.config.in_channels, size, size)
+    with FlopCounterMode(display=False) as counter:
+        logits = model(images)
+        if backward:
+            logits.sum().backward()
+    return counter.get_total_flops()
+
+
+def test_seed_network_is_300_9_gflop_forward_and_3x_for_training():
+    # The per-layer arithmetic is written out in benchmarks/flops.py's docstring:
+    # 150.43 G multiply-adds x 2 = 300.86 GFLOP forward; training 3x = 902.57 GFLOP.
+    seed = UNetConfig()
+    assert flops.forward_flops(seed, 572) / 1e9 == pytest.approx(300.9, abs=0.05)
+    assert flops.forward_flops(seed, 572) == 300_856_848_896
+    assert flops.train_flops(seed, 572) / 1e9 == pytest.approx(902.6, abs=0.05)
+    assert len(flops.conv_layers(seed, 572)) == 23  # 18 3x3 convs, 4 up-convs, the head
+
+
+def test_seed_count_matches_torch_flop_counter_forward_and_backward():
+    seed_forward = torch_counted_flops({}, 572)
+    assert flops.forward_flops(UNetConfig(), 572) == seed_forward
+    # Backward skips the first conv's input gradient, so the 3x convention is a hair high.
+    assert flops.train_flops(UNetConfig(), 572) / torch_counted_flops({}, 572, backward=True) == pytest.approx(
+        1.0, rel=1e-3
+    )
+
+
+@pytest.mark.parametrize("fields,size", TINY_CONFIGS)
+def test_tiny_configs_match_torch_flop_counter_exactly(fields, size):
+    assert flops.forward_flops(UNetConfig(**fields), size) == torch_counted_flops(fields, size)
+
+
+@pytest.mark.parametrize("fields,size", [c for c in TINY_CONFIGS if c[0].get("padding") != "same"])
+def test_tiny_configs_agree_with_xla_cost_analysis(fields, size):
+    # XLA counts a convolution as 2 FLOPs per multiply-add too (taps on "same" padding
+    # excluded, hence valid padding only here), but adds ~1 FLOP per element for every
+    # elementwise op -- bias add, ReLU, pooling compares, BatchNorm, resize -- which the analytic
+    # count leaves out. So XLA must exceed it, by a few FLOPs per conv output element.
+    config = UNetConfig(**fields)
+    model = UNet(config)
+    images = jnp.zeros((1, size, size, config.in_channels))
+    variables = jax.eval_shape(model.init, jax.random.key(0), images)
+    xla = jax.jit(model.apply).lower(variables, images).compile().cost_analysis()["flops"]
+    analytic = flops.forward_flops(config, size)
+    elements = sum(layer.output_elements for layer in flops.conv_layers(config, size))
+    assert 0 < xla - analytic <= 8 * elements
+
+
+def test_flop_count_rejects_invalid_sizes():
+    with pytest.raises(ValueError, match="Nearest valid input sizes"):
+        flops.forward_flops(UNetConfig(), 570)
+
+
+def test_derived_figures_arithmetic():
+    variant = VARIANTS["jax-bf16"]
+    step_ms = {"median": 100.0, "p10": 80.0, "p90": 200.0}
+    peaks = devices.datasheet_peaks("NVIDIA H200")
+    figures = derived_figures(variant, 16, step_ms, 1e12, peaks, {"median_tflops": 800.0})
+    assert figures["img_per_s"] == pytest.approx(160.0)
+    assert figures["img_per_s_low_high"] == pytest.approx([80.0, 200.0])
+    assert figures["achieved_tflops"] == pytest.approx(160.0)
+    assert figures["mfu_datasheet"] == pytest.approx(160.0 / 989.0)
+    assert figures["mfu_datasheet_peak"]["column"] == "bf16"
+    assert figures["mfu_measured_bf16_ceiling"] == pytest.approx(0.2)
+    cpu = derived_figures(VARIANTS["torch-fp32"], 1, step_ms, 1e12, None, None)
+    assert cpu["mfu_datasheet"] is None and cpu["mfu_datasheet_null_reason"]
+
+
+def test_datasheet_cards_from_driver_names():
+    assert devices.datasheet_card("NVIDIA H100 80GB HBM3") == "H100 SXM"
+    assert devices.datasheet_card("NVIDIA H100 PCIe") == "H100 PCIe"
+    assert devices.datasheet_card("NVIDIA H200") == "H200"
+    assert devices.datasheet_card("NVIDIA H100 NVL") is None  # unknown rather than a guess
+    assert devices.datasheet_peaks("NVIDIA H100 PCIe")["tf32"] == 378.0
+    assert devices.slug("NVIDIA H200") == "nvidia-h200"
+
+
+def test_default_precision_fp32_is_judged_against_tf32():
+    assert VARIANTS["jax-fp32"].peak == VARIANTS["torch-fp32"].peak == "tf32"
+    assert VARIANTS["jax-fp32-highest"].peak == "fp32"
+
+
+def test_jobs_follow_the_plan_and_filters():
+    full = jobs(FULL_PLAN)
+    assert len(full) == len(set(full))
+    assert {b for _, b in full} == {1, 4, 16}
+    assert {v.name for v, _ in full} == set(VARIANTS)
+    assert [(v.name, b) for v, b in jobs(FULL_PLAN, ["jax-bf16"])] == [("jax-bf16", 16), ("jax-bf16", 1), ("jax-bf16", 4)]
+    assert {b for _, b in jobs(FULL_PLAN, None, [8])} == {8}
+    quick = {v.framework for v, _ in jobs(QUICK_PLAN)}
+    assert quick == {"jax", "torch"}
+    with pytest.raises(ValueError, match="unknown variants"):
+        jobs(FULL_PLAN, ["nope"])
+
+
+def test_planner_skips_what_does_not_fit_and_shortens_compile_bounds():
+    planner = plan.Planner(True, {"train": 902.6e9, "predict": 300.9e9}, steps=30, warmup=3, compile_timeout=150)
+    assert planner.decide(VARIANTS["jax-fp32"], 16, remaining_s=5).run is False
+    assert "run budget" in planner.decide(VARIANTS["jax-fp32"], 16, remaining_s=5).reason
+    squeezed = planner.decide(VARIANTS["torch-compile-autotune-bf16-cl"], 16, remaining_s=100)
+    assert squeezed.run and plan.MIN_COMPILE_BOUND_S <= squeezed.compile_bound_s < 150
+    assert squeezed.timeout_s <= 100
+
+
+def test_step_statistics():
+    stats = timing.summarize_ms([0.001 * i for i in range(1, 101)])
+    assert stats["n"] == 100 and stats["min"] == pytest.approx(1.0) and stats["max"] == pytest.approx(100.0)
+    assert stats["median"] == pytest.approx(50.5) and stats["p10"] < stats["p90"]
+
+
+@pytest.mark.slow
+def test_quick_run_reports_both_frameworks(tmp_path):
+    out = tmp_path / "quick"
+    env = {**os.environ, "PYTHONPATH": REPO_ROOT}
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(out)],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = json.loads((out / "results.json").read_text())
+    ok = [r for r in doc["results"] if r["status"] == "ok"]
+    for framework in ("jax", "torch"):
+        rows = [r for r in ok if r["framework"] == framework]
+        assert rows, f"no {framework} variant succeeded: {[(r['variant'], r['status']) for r in doc['results']]}"
+        assert all(r["img_per_s"] > 0 and r["step_ms"]["n"] == doc["config"]["steps"] for r in rows)
+    for r in doc["results"]:
+        assert {"python", "jax", "jaxlib", "flax", "optax", "torch"} <= set(r["versions"])
+        assert r["versions"]["python"] and r["device"]["name"] and "XLA_FLAGS" in r["xla"]
+    for r in ok:
+        assert r["peak_memory_bytes"] is not None or r["peak_memory_null_reason"]
+        assert r["process_peak_rss_bytes"] > 0 and r["matmul_ceiling"]["median_tflops"] > 0
+    markdown = (out / "results.md").read_text()
+    assert "| task | variant | batch |" in markdown and "jax-fp32" in markdown
+    assert (out / "img_per_s.png").stat().st_size > 0

@@ -1,0 +1,60 @@
+"""The `parity` fixture (record every measured error, then assert) and the session report.
+
+Set PARITY_REPORT_DIR to a folder to get parity_report.json / .md at the end of the session
+(`python -m parity_tests.run_report` does this).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional
+
+import pytest
+
+from parity_tests import report as parity_report
+
+
+class Parity:
+    """Records a comparison into the session report, then asserts it against its tolerance."""
+
+    def __init__(self, test: str):
+        self.test = test
+
+    def check(self, config: str, mode: str, quantity: str, tolerance: Optional[float], *,
+              flax: Optional[float] = None, torch: Optional[float] = None, between: Optional[float] = None,
+              note: str = "") -> None:
+        """Each given error (Flax vs float64, torch vs float64, Flax vs torch) must be <= tolerance.
+
+        tolerance=None records a figure without asserting it (e.g. a spread only a GPU shows).
+        """
+        measured = [v for v in (flax, torch, between) if v is not None]
+        assert measured, "check() needs at least one measured error"
+        passed = None if tolerance is None else all(v <= tolerance for v in measured)  # NaN compares False
+        parity_report.ROWS.append(
+            parity_report.Row(self.test, config, mode, quantity, flax, torch, between, tolerance, passed, note)
+        )
+        assert not any(math.isnan(v) for v in measured), f"{config} [{mode}] {quantity}: NaN"
+        assert passed is not False, (
+            f"{config} [{mode}] {quantity}: flax vs f64 {flax}, torch vs f64 {torch}, flax vs torch {between} "
+            f"exceed the tolerance {tolerance}" + (f" ({note})" if note else "")
+        )
+
+
+@pytest.fixture
+def parity(request) -> Parity:
+    return Parity(request.node.nodeid.split("::", 1)[-1])
+
+
+def pytest_runtest_logreport(report):
+    """Remember every test's outcome, and a skip's reason, for the session report."""
+    if report.when == "call" or report.outcome != "passed":
+        reason = report.longrepr[2] if report.skipped and isinstance(report.longrepr, tuple) else ""
+        parity_report.OUTCOMES[report.nodeid] = {"outcome": report.outcome, "reason": reason}
+
+
+def pytest_sessionfinish(session, exitstatus):
+    directory = os.environ.get(parity_report.REPORT_DIR_ENV)
+    if directory:
+        path = parity_report.write(directory, exitstatus)
+        print(f"\nparity report written to {path / 'parity_report.md'}")
