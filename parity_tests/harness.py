@@ -255,23 +255,33 @@ def rel_error(a, ref) -> float:
     return float(diff / scale)
 
 
-def max_rel_error(tensors: Mapping[str, Any], refs: Mapping[str, Any], zero_below: float = 0.0) -> tuple[float, str]:
+def max_rel_error(tensors: Mapping[str, Any], refs: Mapping[str, Any], global_scale_keys=()) -> tuple[float, str]:
     """(largest per-tensor rel_error, the tensor it came from); keys must match exactly.
 
-    A tensor whose reference is zero up to rounding (max|ref| <= zero_below * the largest
-    max|ref| of all tensors) is measured against that largest value instead of its own: its
-    own scale is rounding noise. Example: gradients of the up-conv biases of a BatchNorm
-    network are exactly 0, because BatchNorm removes the per-channel constant they add.
+    Tensors named in `global_scale_keys` are measured against the largest max|ref| of all
+    tensors instead of their own, for tensors whose exact value is 0 (see `zero_to_rounding`).
     """
     if set(tensors) != set(refs):
         raise ValueError(f"tensor names differ: {sorted(set(tensors) ^ set(refs))}")
     overall = max(float(np.abs(np.asarray(r, np.float64)).max(initial=0.0)) for r in refs.values())
     errors = {}
     for key, ref in refs.items():
-        ref = np.asarray(ref, np.float64)
-        if np.abs(ref).max(initial=0.0) <= zero_below * overall:
-            errors[key] = float(np.abs(np.asarray(tensors[key], np.float64) - ref).max(initial=0.0) / overall)
+        if key in global_scale_keys:
+            diff = np.abs(np.asarray(tensors[key], np.float64) - np.asarray(ref, np.float64)).max(initial=0.0)
+            errors[key] = float(diff / overall)
         else:
             errors[key] = rel_error(tensors[key], ref)
     worst = max(errors, key=errors.get)
     return errors[worst], worst
+
+
+def zero_to_rounding(refs: Mapping[str, Any], below: float = 1e-12) -> frozenset[str]:
+    """Tensors of a float64 reference that are 0 up to rounding: max|ref| <= below * largest.
+
+    Their own scale is rounding noise, so a relative error against it means nothing. Example:
+    the gradients of the up-conv biases of a BatchNorm, valid-padding network are exactly 0,
+    because BatchNorm removes the per-channel constant such a bias adds before the next conv.
+    """
+    scales = {k: float(np.abs(np.asarray(v, np.float64)).max(initial=0.0)) for k, v in refs.items()}
+    largest = max(scales.values())
+    return frozenset(k for k, s in scales.items() if s <= below * largest)
