@@ -22,24 +22,14 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.devices import host_device, package_versions
-from benchmarks.timing import summarize_ms
+from benchmarks.timing import summarize_ms, timed_calls
 from unet_jax import UNet, UNetConfig
 from unet_jax.data import augment, make_cells, sample_tiles
 from unet_jax.losses import make_loss
 from unet_jax.train_step import create_train_state, make_optimizer, make_train_step
-
-
-def _times(call, count: int) -> list[float]:
-    times = []
-    for _ in range(count):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def measure(config: UNetConfig, tile: int, batch: int, steps: int, image_size: int) -> dict:
@@ -58,8 +48,8 @@ def measure(config: UNetConfig, tile: int, batch: int, steps: int, image_size: i
 
     result = {
         "config": str(config), "tile": tile, "label": label, "batch": batch, "steps": steps,
-        "host_sample_ms": summarize_ms(_times(sample, steps)),
-        "augment_ms": summarize_ms(_times(lambda: jax.block_until_ready(
+        "host_sample_ms": summarize_ms(timed_calls(sample, steps)),
+        "augment_ms": summarize_ms(timed_calls(lambda: jax.block_until_ready(
             jitted_augment(key, device_images, device_masks)), steps)),
     }
     model = UNet(config)
@@ -74,7 +64,7 @@ def measure(config: UNetConfig, tile: int, batch: int, steps: int, image_size: i
             state, out = step(state, device_images, device_masks)
             jax.block_until_ready(out)
 
-        result[name] = summarize_ms(_times(run_step, steps))
+        result[name] = summarize_ms(timed_calls(run_step, steps))
 
     def pipelined():  # the trainer's loop: host sampling overlaps the running step
         nonlocal state

@@ -145,7 +145,12 @@ def flax_model(config: UNetConfig, dtype=jnp.float32) -> FlaxUNet:
 
 def port_to_flax(model: torch.nn.Module, config: UNetConfig) -> dict:
     """Flax variables (device arrays) holding `model`'s weights, through unet_jax.port."""
-    return jax.tree.map(jnp.asarray, torch_to_flax(torch_state(model), config))
+    return port_state(torch_state(model), config)
+
+
+def port_state(state: Mapping[str, np.ndarray], config: UNetConfig) -> dict:
+    """A numpy state_dict (unet_torch's or the seed's naming) -> Flax variables (device arrays)."""
+    return jax.tree.map(jnp.asarray, torch_to_flax(state, config))
 
 
 def torch_grads_as_flax(model: torch.nn.Module, config: UNetConfig) -> dict[str, np.ndarray]:
@@ -224,7 +229,7 @@ def torch_loss_and_grads(model, config, images, masks, prec: Optional[Precision]
     model.zero_grad(set_to_none=True)
     loss = torch_loss(model, images, masks, prec)
     loss.backward()
-    return float(loss), torch_grads_as_flax(model, config)
+    return float(loss.detach()), torch_grads_as_flax(model, config)
 
 
 def flax_loss_and_grads(config: UNetConfig, variables, images, masks, dtype=jnp.float32):

@@ -13,26 +13,14 @@ from unet_jax.config import UNetConfig
 from unet_jax.data import load_folder
 from unet_jax.evaluate import class_counts, evaluate
 from unet_jax.metrics import segmentation_counts
-from unet_jax.model import UNet
 from unet_jax.port import PortError
 from unet_jax.predict import Predictor, predict_probabilities
 from unet_jax.weights_io import save_flax_weights
 
+from random_weights import random_variables  # tests/random_weights.py
+
 CONFIG = UNetConfig(features=4, depth=2)  # valid sizes 4k >= 44, output = input - 40
 TILE = 60  # output 20: several tiles per test image
-
-
-def _variables(config, seed=0):
-    """Random weights in `init`'s shapes, drawn with numpy (compiling `init` takes ~20 s here)."""
-    x = jax.ShapeDtypeStruct((1, 60, 60, config.in_channels), jnp.float32)
-    shapes = jax.eval_shape(UNet(config).init, jax.random.key(0), x)
-    rng = np.random.default_rng(seed)
-
-    def draw(leaf):
-        std = np.sqrt(2 / np.prod(leaf.shape[:-1])) if len(leaf.shape) > 1 else 0.1
-        return (std * rng.normal(size=leaf.shape)).astype(np.float32)
-
-    return jax.tree.map(draw, shapes)
 
 
 def _write_pair(root, stem, image, mask):
@@ -45,7 +33,7 @@ def test_masks_made_by_the_model_score_perfectly(tmp_path):
     rng = np.random.default_rng(0)
     images = {"a": rng.integers(0, 256, (30, 41), dtype=np.uint8), "b": rng.integers(0, 256, (25, 25), dtype=np.uint8)}
     normalization = {"mean": [0.5], "std": [0.3]}
-    variables = _variables(CONFIG)
+    variables = random_variables(CONFIG)
     # Shift the head's class-1 bias so that about half of the pixels are class 1: a model that
     # predicts one class everywhere would score 1 on any mask of that class alone.
     probe = Predictor(CONFIG, variables)
@@ -79,7 +67,7 @@ def test_masks_made_by_the_model_score_perfectly(tmp_path):
 
 def test_hand_computed_dice_for_a_model_that_predicts_foreground_everywhere(tmp_path):
     # All weights zero and head bias (0, 1): logits (0, 1) at every pixel, so class 1 everywhere.
-    variables = jax.tree.map(np.zeros_like, _variables(CONFIG))
+    variables = jax.tree.map(np.zeros_like, random_variables(CONFIG))
     variables["params"]["head"]["bias"] = np.array([0.0, 1.0], np.float32)
     save_flax_weights(variables, CONFIG, tmp_path / "constant.safetensors")
     mask_a = np.zeros((10, 10), np.uint8)

@@ -15,7 +15,6 @@ from unet_jax.port import (
     PortError,
     detect_naming,
     flax_to_torch,
-    layer_table,
     seed_layer_names,
     torch_to_flax,
 )

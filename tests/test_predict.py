@@ -3,7 +3,6 @@
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import tifffile
@@ -11,7 +10,6 @@ from PIL import Image
 
 from unet_jax.config import UNetConfig
 from unet_jax.data import DataError, Normalization, mirror_pad
-from unet_jax.model import UNet
 from unet_jax.predict import (
     Predictor,
     activation_bytes,
@@ -22,26 +20,10 @@ from unet_jax.predict import (
 )
 from unet_jax.weights_io import load_variables, save_flax_weights
 
+from random_weights import random_variables  # tests/random_weights.py
+
 CONFIG = UNetConfig(features=4, depth=2)  # valid sizes 4k >= 44, output = input - 40
 MARGIN = 20
-
-
-def _variables(config, seed=0):
-    """He-initialised kernels and random (not zero) biases, so every layer's offset is exercised.
-
-    Drawn with numpy into the shapes `init` would make (`eval_shape` only traces): compiling
-    `UNet.init` costs ~20 s on a 2-core CPU, the whole test file should not.
-    """
-    size = 16 if config.padding == "same" else config.nearest_valid_input_sizes(60)[1]
-    x = jax.ShapeDtypeStruct((1, size, size, config.in_channels), jnp.float32)
-    shapes = jax.eval_shape(UNet(config).init, jax.random.key(0), x)
-    rng = np.random.default_rng(seed)
-
-    def draw(leaf):
-        std = np.sqrt(2 / np.prod(leaf.shape[:-1])) if len(leaf.shape) > 1 else 0.1
-        return (std * rng.normal(size=leaf.shape)).astype(np.float32)
-
-    return jax.tree.map(draw, shapes)
 
 
 def _image(h, w, channels=1, seed=0):
@@ -50,7 +32,7 @@ def _image(h, w, channels=1, seed=0):
 
 @pytest.fixture(scope="module")
 def predictor():
-    return Predictor(CONFIG, _variables(CONFIG))
+    return Predictor(CONFIG, random_variables(CONFIG))
 
 
 def _whole(predictor, padded):
@@ -78,7 +60,7 @@ def test_tiles_start_on_the_pool_grid_at_depth_3():
     """Depth 3 outputs are 4 (mod 8), so the stride is rounded down; without that the pools of
     neighbouring tiles would group different pixel pairs and the result would change."""
     config = UNetConfig(features=4, depth=3)
-    predictor = Predictor(config, _variables(config))
+    predictor = Predictor(config, random_variables(config))
     geometry = tile_geometry(config, 108)  # output 20 -> stride 16
     assert (geometry.context, geometry.stride) == (44, 16)
     image = _image(44, 36, seed=1)  # + 2 * 44 = 132 x 124, valid
@@ -100,7 +82,7 @@ def test_tiles_start_on_the_pool_grid_at_depth_3():
 )
 def test_variants_against_the_whole_image_pass(fields, tolerance):
     config = UNetConfig(features=4, depth=2, **fields)
-    variables = _variables(config)
+    variables = random_variables(config)
     if "batch_stats" in variables:  # positive running variances, not the random draw
         variables["batch_stats"] = jax.tree.map(lambda a: np.abs(a) + 0.5 if a.ndim else np.int32(0), variables["batch_stats"])
     predictor = Predictor(config, variables)
@@ -128,7 +110,7 @@ def test_batch_size_does_not_change_the_result(predictor):
 
 def test_same_padding_tiles_without_margin_equal_per_tile_passes():
     config = UNetConfig(features=4, depth=2, padding="same")
-    predictor = Predictor(config, _variables(config))
+    predictor = Predictor(config, random_variables(config))
     image = _image(32, 48, seed=3)  # 2 x 3 abutting tiles of 16
     tiled = predict_probabilities(predictor, image, tile_size=16, batch_size=4, same_padding_margin=0)
     for top in (0, 16):
@@ -197,7 +179,7 @@ def test_predict_files_refuses_clashes_and_names_bad_files(tmp_path, predictor):
 
 # ------------------------------------------------------------------ weights files
 def test_predictor_from_a_run_directory_uses_its_normalization(tmp_path):
-    variables = _variables(CONFIG)
+    variables = random_variables(CONFIG)
     save_flax_weights(jax.device_get(variables), CONFIG, tmp_path / "weights.safetensors")
     normalization = Normalization(mean=(0.5,), std=(0.25,))
     (tmp_path / "normalization.json").write_text(json.dumps(normalization.to_dict()))

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from unet_jax.config import NORMS, PADDINGS, UPSAMPLES, UNetConfig
+from unet_jax.config import PADDINGS, UPSAMPLES, UNetConfig
 from unet_jax.presets import PRESETS, TrainConfig, resolve
 
 # Options whose values come from a fixed set.
