@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test test-fast parity-report bench-quick gpu-check clean
+.PHONY: install demo test test-fast parity-report bench-quick gpu-parity gpu-bench clean
 
 # Pinned versions (constraints.txt) keep CI repeatable; pyproject.toml keeps ranges for users.
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -29,9 +29,12 @@ parity-report: install
 bench-quick: install
 	$(PY) -m benchmarks.run --quick --out benchmarks/results/cpu-quick
 
-# On a GPU machine (no install: its python3 has the packages): parity suite + benchmarks.
-gpu-check:
-	bash scripts/gpu_check.sh
+# On a GPU machine (no install: its python3 has the packages); see scripts/gpu_check.sh.
+gpu-parity:
+	bash scripts/gpu_check.sh parity
+
+gpu-bench:
+	bash scripts/gpu_check.sh bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache runs

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Optional
+import time
 
 import pytest
 
 from parity_tests import report as parity_report
+
+# Before anything imports jax: on a GPU, JAX would otherwise take 75% of its memory up front and
+# leave torch (and the determinism subprocesses) to run out of memory beside it.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 
 class Parity:
@@ -21,8 +25,8 @@ class Parity:
     def __init__(self, test: str):
         self.test = test
 
-    def check(self, config: str, mode: str, quantity: str, tolerance: Optional[float], *,
-              flax: Optional[float] = None, torch: Optional[float] = None, between: Optional[float] = None,
+    def check(self, config: str, mode: str, quantity: str, tolerance: float | None, *,
+              flax: float | None = None, torch: float | None = None, between: float | None = None,
               note: str = "") -> None:
         """Each given error (Flax vs float64, torch vs float64, Flax vs torch) must be <= tolerance.
 
@@ -50,11 +54,17 @@ def pytest_runtest_logreport(report):
     """Remember every test's outcome, and a skip's reason, for the session report."""
     if report.when == "call" or report.outcome != "passed":
         reason = report.longrepr[2] if report.skipped and isinstance(report.longrepr, tuple) else ""
+        reason = reason.removeprefix("Skipped: ")
         parity_report.OUTCOMES[report.nodeid] = {"outcome": report.outcome, "reason": reason}
+
+
+def pytest_sessionstart(session):
+    session.parity_started = time.perf_counter()
 
 
 def pytest_sessionfinish(session, exitstatus):
     directory = os.environ.get(parity_report.REPORT_DIR_ENV)
     if directory:
-        path = parity_report.write(directory, exitstatus)
+        seconds = time.perf_counter() - getattr(session, "parity_started", time.perf_counter())
+        path = parity_report.write(directory, exitstatus, seconds)
         print(f"\nparity report written to {path / 'parity_report.md'}")

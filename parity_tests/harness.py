@@ -4,15 +4,9 @@ deterministic batches, precision modes and the error metric.
 This module (with `parity_tests/*` and `benchmarks/`) is the only place allowed to import
 both torch and jax; `unet_jax` and `unet_torch` stay independent of each other.
 
-The metric used everywhere is the relative error
-
-    rel_error(a, ref) = max|a - ref| / max|ref|
-
-(infinity norms, computed in float64): a tolerance then means "this fraction of the largest
-value", which is stable across layers whose values differ by orders of magnitude, and is not
-inflated by entries that happen to be near zero the way an element-wise relative error is.
-The reference is the torch model in float64 on the CPU (`reference_model`): both frameworks
-are measured against it, and against each other.
+Errors are relative to the largest reference value, max|a - ref| / max|ref| (see
+`parity_tests.errors`, re-exported here). The reference is the torch model in float64 on the
+CPU (`reference_model`): both frameworks are measured against it, and against each other.
 """
 
 from __future__ import annotations
@@ -21,7 +15,8 @@ import contextlib
 import copy
 import dataclasses
 import math
-from typing import Any, Iterator, Mapping, Optional
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +24,12 @@ import numpy as np
 import torch
 
 import unet_torch
+from parity_tests.errors import (  # noqa: F401 (re-exported)
+    global_rel_error,
+    max_rel_error,
+    rel_error,
+    zero_to_rounding,
+)
 from unet_jax.config import UNetConfig
 from unet_jax.model import UNet as FlaxUNet
 from unet_jax.port import flatten_variables, torch_to_flax
@@ -70,7 +71,7 @@ class Precision:
 
     mode: str
     flax_dtype: Any
-    autocast_dtype: Optional[torch.dtype]
+    autocast_dtype: torch.dtype | None
 
     def autocast(self, device: str):
         return torch.autocast(device, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
@@ -189,7 +190,7 @@ def torch_input(images: np.ndarray, model: torch.nn.Module) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------ forward
-def torch_forward(model, images: np.ndarray, train: bool, prec: Optional[Precision] = None) -> np.ndarray:
+def torch_forward(model, images: np.ndarray, train: bool, prec: Precision | None = None) -> np.ndarray:
     """Logits as NHWC float64 numpy. In train mode BatchNorm uses and updates batch statistics."""
     model.train(train)
     device = next(model.parameters()).device.type
@@ -210,7 +211,7 @@ def flax_forward(config: UNetConfig, variables, images: np.ndarray, train: bool,
 
 
 # ------------------------------------------------------------------------ gradients
-def torch_loss(model, images: np.ndarray, masks: np.ndarray, prec: Optional[Precision] = None) -> torch.Tensor:
+def torch_loss(model, images: np.ndarray, masks: np.ndarray, prec: Precision | None = None) -> torch.Tensor:
     """Mean cross-entropy with labels centre-cropped to the logits (unet_torch.train_step's loss).
 
     The loss is taken in at least float32 and in float64 for the float64 reference.
@@ -223,7 +224,7 @@ def torch_loss(model, images: np.ndarray, masks: np.ndarray, prec: Optional[Prec
     return torch.nn.functional.cross_entropy(logits, labels)
 
 
-def torch_loss_and_grads(model, config, images, masks, prec: Optional[Precision] = None):
+def torch_loss_and_grads(model, config, images, masks, prec: Precision | None = None):
     """(loss, flat Flax-layout gradients) of one train-mode forward/backward."""
     model.train()
     model.zero_grad(set_to_none=True)
@@ -244,49 +245,3 @@ def flax_loss_and_grads(config: UNetConfig, variables, images, masks, dtype=jnp.
 
     value, grads = jax.jit(jax.value_and_grad(loss))(variables["params"], variables.get("batch_stats"))
     return float(value), {f"params/{k}": np.asarray(v) for k, v in flatten_variables(grads).items()}
-
-
-# ------------------------------------------------------------------------ metric
-def rel_error(a, ref) -> float:
-    """max|a - ref| / max|ref|, in float64; 0 when both are all zero."""
-    a = np.asarray(a, np.float64)
-    ref = np.asarray(ref, np.float64)
-    if a.shape != ref.shape:
-        raise ValueError(f"shapes differ: {a.shape} vs reference {ref.shape}")
-    scale = np.abs(ref).max(initial=0.0)
-    diff = np.abs(a - ref).max(initial=0.0)
-    if scale == 0.0:
-        return 0.0 if diff == 0.0 else math.inf
-    return float(diff / scale)
-
-
-def max_rel_error(tensors: Mapping[str, Any], refs: Mapping[str, Any], global_scale_keys=()) -> tuple[float, str]:
-    """(largest per-tensor rel_error, the tensor it came from); keys must match exactly.
-
-    Tensors named in `global_scale_keys` are measured against the largest max|ref| of all
-    tensors instead of their own, for tensors whose exact value is 0 (see `zero_to_rounding`).
-    """
-    if set(tensors) != set(refs):
-        raise ValueError(f"tensor names differ: {sorted(set(tensors) ^ set(refs))}")
-    overall = max(float(np.abs(np.asarray(r, np.float64)).max(initial=0.0)) for r in refs.values())
-    errors = {}
-    for key, ref in refs.items():
-        if key in global_scale_keys:
-            diff = np.abs(np.asarray(tensors[key], np.float64) - np.asarray(ref, np.float64)).max(initial=0.0)
-            errors[key] = float(diff / overall)
-        else:
-            errors[key] = rel_error(tensors[key], ref)
-    worst = max(errors, key=errors.get)
-    return errors[worst], worst
-
-
-def zero_to_rounding(refs: Mapping[str, Any], below: float = 1e-12) -> frozenset[str]:
-    """Tensors of a float64 reference that are 0 up to rounding: max|ref| <= below * largest.
-
-    Their own scale is rounding noise, so a relative error against it means nothing. Example:
-    the gradients of the up-conv biases of a BatchNorm, valid-padding network are exactly 0,
-    because BatchNorm removes the per-channel constant such a bias adds before the next conv.
-    """
-    scales = {k: float(np.abs(np.asarray(v, np.float64)).max(initial=0.0)) for k, v in refs.items()}
-    largest = max(scales.values())
-    return frozenset(k for k, s in scales.items() if s <= below * largest)

@@ -17,7 +17,6 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
 
 REPORT_DIR_ENV = "PARITY_REPORT_DIR"
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "torch", "numpy")
@@ -30,11 +29,11 @@ class Row:
     config: str
     mode: str
     quantity: str
-    flax_vs_f64: Optional[float]
-    torch_vs_f64: Optional[float]
-    between: Optional[float]  # flax vs torch, same precision
-    tolerance: Optional[float]  # None: measured and reported, not asserted
-    passed: Optional[bool]
+    flax_vs_f64: float | None
+    torch_vs_f64: float | None
+    between: float | None  # flax vs torch, same precision
+    tolerance: float | None  # None: measured and reported, not asserted
+    passed: bool | None
     note: str = ""
 
 
@@ -42,7 +41,7 @@ ROWS: list[Row] = []
 OUTCOMES: dict[str, dict] = {}  # nodeid -> {"outcome": ..., "reason": ...}
 
 
-def _version(package: str) -> Optional[str]:
+def _version(package: str) -> str | None:
     try:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
@@ -81,7 +80,7 @@ def environment() -> dict:
         env["jax_cuda_plugins"] = {p: v for p in CUDA_PLUGINS if (v := _version(p))}
     if shutil.which("nvidia-smi"):
         query = ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"]
-        result = subprocess.run(query, capture_output=True, text=True, timeout=30)
+        result = subprocess.run(query, check=False, capture_output=True, text=True, timeout=30)
         env["nvidia_smi"] = result.stdout.strip() or result.stderr.strip()
     return env
 
@@ -119,20 +118,22 @@ def to_markdown(env: dict, rows: list[Row], outcomes: dict) -> str:
         quantity = f"{r.quantity} ({r.note})" if r.note else r.quantity
         cells = [r.test, r.config, r.mode, quantity, _fmt(r.flax_vs_f64), _fmt(r.torch_vs_f64), _fmt(r.between),
                  _fmt(r.tolerance), "" if r.passed is None else _fmt(r.passed)]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     skipped = {k: v for k, v in outcomes.items() if v["outcome"] == "skipped"}
     failed = [k for k, v in outcomes.items() if v["outcome"] == "failed"]
     counts = {o: sum(v["outcome"] == o for v in outcomes.values()) for o in ("passed", "failed", "skipped")}
-    lines += ["", f"Tests: {counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped."]
+    seconds = env.get("suite_seconds")
+    took = f" in {seconds:.0f} s" if seconds is not None else ""
+    lines += ["", f"Tests: {counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped{took}."]
     lines += [f"- failed: `{k}`" for k in failed]
     lines += [f"- skipped: `{k}`: {v['reason']}" for k, v in skipped.items()]
     return "\n".join(lines) + "\n"
 
 
-def write(directory, exitstatus: int) -> Path:
+def write(directory, exitstatus: int, suite_seconds: float | None = None) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    env = environment()
+    env = {**environment(), "suite_seconds": suite_seconds}
     payload = {"environment": env, "exitstatus": int(exitstatus), "outcomes": OUTCOMES,
                "rows": [dataclasses.asdict(r) for r in ROWS]}
     (directory / "parity_report.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")

@@ -49,7 +49,7 @@ GRAD_TOL_STRICT_SEED = 1e-1
 GRAD_CASES = list(harness.CASES)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def reference(name: str):
     """(images, masks, loss, float64 gradients in Flax layout) for a case, computed once."""
     case = harness.CASES[name]

@@ -1,8 +1,7 @@
 """Optimizer-step parity: the same ported start and batches through both frameworks' train steps.
 
-Each run returns a `Run`: per-step losses and gradient norms, the step-1 gradients are
-compared separately (test_gradients / test_train_steps), and the final weights as a torch
-state_dict (numpy, unet_torch naming), so both frameworks are compared in one layout.
+Each run returns a `Run`: per-step losses and gradient norms, and the final weights as a
+torch state_dict (numpy, unet_torch naming), so both frameworks are compared in one layout.
 
 Parameter error after training is measured *relative to how far training moved the tensor*:
 
@@ -89,20 +88,32 @@ def train_flax(config: UNetConfig, variables, recipe: Recipe, data, dtype=jnp.fl
     return Run(losses, grad_norms, flax_to_torch(jax.tree.map(np.asarray, final), config))
 
 
-def run_both(recipe: Recipe, mode: str = "strict") -> dict:
-    """Train the float64 torch reference (CPU), torch and Flax in `mode`, from one start.
+def start(recipe: Recipe) -> torch.nn.Module:
+    """The float32 torch model every run of `recipe` starts from (CPU; same seed every time)."""
+    return harness.build_torch(recipe.config, seed=1)
 
-    Returns {"init": state, "reference": Run, "torch": Run, "flax": Run}.
-    """
-    torch.manual_seed(0)
-    model = harness.build_torch(recipe.config, seed=1)
-    init = harness.torch_state(model)
+
+def run_reference(recipe: Recipe) -> tuple[dict[str, np.ndarray], Run]:
+    """(initial state, the float64 torch run on the CPU)."""
+    model = start(recipe)
+    return harness.torch_state(model), train_torch(harness.reference_model(model), recipe, batches(recipe))
+
+
+def run_frameworks(recipe: Recipe, mode: str) -> tuple[Run, Run]:
+    """(torch run, Flax run) in precision `mode`, from `start(recipe)` on the same batches."""
+    model = start(recipe)
     data = batches(recipe)
-    reference = train_torch(harness.reference_model(model), recipe, data)
     with harness.precision(mode) as prec:
         variables = harness.port_to_flax(model, recipe.config)
         torch_run = train_torch(model.to(harness.TORCH_DEVICE), recipe, data, prec)
         flax_run = train_flax(recipe.config, variables, recipe, data, prec.flax_dtype)
+    return torch_run, flax_run
+
+
+def run_both(recipe: Recipe, mode: str = "strict") -> dict:
+    """{"init": state, "reference": float64 Run, "torch": Run, "flax": Run}."""
+    init, reference = run_reference(recipe)
+    torch_run, flax_run = run_frameworks(recipe, mode)
     return {"init": init, "reference": reference, "torch": torch_run, "flax": flax_run}
 
 
@@ -122,6 +133,13 @@ def drift_error(state, ref, init) -> tuple[float, str]:
         errors[key] = 0.0 if diff == 0 else (float(diff / moved) if moved > 0 else float("inf"))
     worst = max(errors, key=errors.get)
     return errors[worst], worst
+
+
+def global_drift(state, ref, init, keys) -> float:
+    """||w - ref|| / ||ref - init|| over the floating tensors `keys`, as one vector."""
+    num = sum(float(((state[k].astype(np.float64) - ref[k]) ** 2).sum()) for k in keys)
+    den = sum(float(((ref[k].astype(np.float64) - init[k].astype(np.float64)) ** 2).sum()) for k in keys)
+    return (num / den) ** 0.5
 
 
 def max_abs_error_in_steps(state, ref, learning_rate: float) -> float:

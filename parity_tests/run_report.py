@@ -1,0 +1,51 @@
+"""Run the parity suite and write its report: `python -m parity_tests.run_report [--out DIR]`.
+
+Writes DIR/parity_report.json, DIR/parity_report.md (every measured error beside its
+tolerance, with device and versions) and DIR/pytest.log (the run, with --durations). DIR
+defaults to parity_tests/results/gpu when `nvidia-smi -L` lists a GPU, else .../cpu. The
+suite runs in a child process so that it starts JAX and CUDA afresh, with the report enabled.
+Extra arguments after `--` go to pytest (e.g. `-- -k forward`). Exit status: pytest's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def has_nvidia_gpu() -> bool:
+    if not shutil.which("nvidia-smi"):
+        return False
+    listed = subprocess.run(["nvidia-smi", "-L"], check=False, capture_output=True, text=True, timeout=60)
+    return listed.returncode == 0 and "GPU" in listed.stdout
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Run parity_tests and write parity_report.{json,md}.")
+    parser.add_argument("--out", type=Path, default=None, help="report folder (default: parity_tests/results/cpu or gpu)")
+    parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments, after --")
+    args = parser.parse_args(argv)
+    out = (args.out or HERE / "results" / ("gpu" if has_nvidia_gpu() else "cpu")).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+
+    command = [sys.executable, "-m", "pytest", str(HERE), "-q", "-rs", "--durations=15", *args.pytest_args]
+    env = {**os.environ, "PARITY_REPORT_DIR": str(out)}
+    with open(out / "pytest.log", "w") as log:
+        process = subprocess.Popen(command, cwd=HERE.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True)
+        for line in process.stdout:  # shown live and kept
+            sys.stdout.write(line)
+            log.write(line)
+        returncode = process.wait()
+    print(f"report: {out / 'parity_report.md'} (exit status {returncode})")
+    return returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
