@@ -63,6 +63,10 @@ def test_resume_continues_exactly(tmp_path):
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     train(tiny(steps=6), straight, progress=False, log=lambda _: None)
     train(tiny(steps=3), interrupted, progress=False, log=lambda _: None)
+    # A kill mid-write leaves only Orbax's temporary directory (renamed when complete): never "latest".
+    torn = interrupted / "checkpoints" / "4.orbax-checkpoint-tmp-1234"
+    torn.mkdir()
+    (torn / "_CHECKPOINT_METADATA").write_text("{trunc")
     assert main(["train", "--resume", str(interrupted), "--steps", "6", "--no-progress"]) == 0
 
     assert losses(interrupted) == losses(straight)  # bit-identical curve, records from 1 to 6
