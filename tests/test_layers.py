@@ -23,7 +23,7 @@ def test_batchnorm_unet_gradient_is_the_same_jitted_and_eager():
     images = np.random.default_rng(0).standard_normal((2, 44, 44, 1)).astype(np.float32)
     labels = np.random.default_rng(1).integers(0, 2, (2, 4, 4))
     model = UNet(config)
-    variables = model.init(jax.random.key(0, impl="rbg"), images)
+    variables = jax.jit(model.init)(jax.random.key(0, impl="rbg"), images)
 
     def loss(params):
         logits, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, images, train=True,
