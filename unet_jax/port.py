@@ -209,16 +209,16 @@ def flax_to_torch(variables: Mapping, config: UNetConfig, naming: str = "unet_to
     missing, misshaped, seen = [], [], set()
     for key, layer, param in _torch_entries(config, naming):
         location = "/".join((param.collection, *layer.path, param.leaf))
-        want = param.torch_shape(layer)
+        want = param.to_flax(np.empty(param.torch_shape(layer))).shape  # reported in Flax layout
         if location not in flat:
             missing.append((location, want))
             continue
         seen.add(location)
-        value = param.to_torch(np.asarray(flat[location]))
+        value = np.asarray(flat[location])
         if value.shape != want:
             misshaped.append((location, value.shape, want))
             continue
-        state_dict[key] = np.array(value, order="C")
+        state_dict[key] = np.array(param.to_torch(value), order="C")
     unexpected = [(k, np.shape(v)) for k, v in flat.items() if k not in seen]
     _raise_mismatches("Flax variables", config, missing, unexpected, misshaped)
     return state_dict
