@@ -83,7 +83,7 @@ def split_validation(samples: Samples, fraction: float, seed: int = 0) -> tuple[
     if n_val >= n:
         raise ValueError(
             f"cannot hold out {n_val} of {n} samples for validation and still train: "
-            "add images or set the validation fraction to 0"
+            "add images, or give the validation images separately (unet-jax train --val-data DIR)"
         )
     order = np.random.default_rng(seed).permutation(n)
     val = np.sort(order[:n_val])
