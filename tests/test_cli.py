@@ -88,6 +88,7 @@ def test_bad_data_is_named_and_nothing_is_written(folder, tmp_path, capsys):
     finally:
         (folder / "images" / "orphan.png").unlink()
     assert "orphan.png" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # fix the data and run the same command again
 
 
 def test_channel_mismatch_is_named(folder, tmp_path, capsys):

@@ -125,12 +125,14 @@ def train(
 ) -> dict:
     """Run (or, with `resume`, continue) training in `run_dir`; returns the summary."""
     run_dir = Path(run_dir)
-    _prepare_run_dir(cfg, run_dir, resume)
+    _check_run_dir(run_dir, resume)
     log(f"preset {cfg.preset!r}: {cfg.model}, tiles {cfg.tile_size}->{cfg.label_size}, batch {cfg.batch_size}, "
         f"{cfg.steps} steps, {cfg.optimizer} lr {cfg.learning_rate}, loss {cfg.loss}, {cfg.dtype}, "
         f"data {cfg.data or 'built-in synthetic cells'}, run dir {run_dir}")
 
-    train_samples, val_samples = load_data(cfg)
+    train_samples, val_samples = load_data(cfg)  # bad data fails here, before anything is written
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save(run_dir / "config.json")
     normalization = _normalization(train_samples, run_dir, resume)
     train_samples = train_samples.map_images(normalization.apply)
     val_images, val_masks = validation_tiles(val_samples.map_images(normalization.apply), cfg)
@@ -193,7 +195,7 @@ def train(
     return _finish(cfg, run_dir, state, validate, val_images, val_masks, whole_images, metrics_log, log)
 
 
-def _prepare_run_dir(cfg: TrainConfig, run_dir: Path, resume: bool) -> None:
+def _check_run_dir(run_dir: Path, resume: bool) -> None:
     if resume:
         if not (run_dir / "config.json").is_file():
             raise FileNotFoundError(f"{run_dir} holds no run (no config.json) to resume")
@@ -201,8 +203,6 @@ def _prepare_run_dir(cfg: TrainConfig, run_dir: Path, resume: bool) -> None:
         raise FileExistsError(
             f"{run_dir} already holds a run; continue it with --resume {run_dir}, or choose another --run-dir"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(run_dir / "config.json")
 
 
 def _normalization(train_samples: Samples, run_dir: Path, resume: bool) -> Normalization:
