@@ -219,7 +219,7 @@ def torch_loss(model, images: np.ndarray, masks: np.ndarray, prec: Precision | N
     device = next(model.parameters()).device
     with prec.autocast(device.type) if prec else contextlib.nullcontext():
         logits = model(torch_input(images, model))
-    labels = unet_torch.crop_labels(torch.from_numpy(masks).to(device), logits.shape[-2], logits.shape[-1])
+    labels = unet_torch.center_crop(torch.from_numpy(masks).to(device), logits.shape[-2], logits.shape[-1])
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     return torch.nn.functional.cross_entropy(logits, labels)
 

@@ -25,11 +25,12 @@ def max_pool_2x2(x):
     return jnp.maximum(top, bottom)  # [N, H, W, C] -> [N, H/2, W/2, C]
 
 
-def center_crop(skip, height: int, width: int):
-    """The paper's copy-and-crop: the centre `height x width` window of `skip`.  # [N, H, W, C]"""
-    top = (skip.shape[1] - height) // 2
-    left = (skip.shape[2] - width) // 2
-    return skip[:, top : top + height, left : left + width, :]
+def center_crop(x, height: int, width: int):
+    """The centre `height x width` window of axes 1 and 2: the paper's copy-and-crop of a skip
+    `[N, H, W, C]`, and the label crop of masks `[N, H, W]` to the logits' size."""
+    top = (x.shape[1] - height) // 2
+    left = (x.shape[2] - width) // 2
+    return x[:, top : top + height, left : left + width]
 
 
 class BatchNorm(nn.Module):

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
+from unet_jax.layers import center_crop
 from unet_jax.metrics import segmentation_counts
 
 OPTIMIZERS = ("adam", "sgd")
@@ -52,13 +53,6 @@ def state_from_variables(model: nn.Module, tx, variables, rng: jax.Array) -> Tra
     )
 
 
-def crop_to(labels, height: int, width: int):
-    """Centre crop of labels `[N, H, W]` to the logits' size (a no-op when already equal)."""
-    top = (labels.shape[1] - height) // 2
-    left = (labels.shape[2] - width) // 2
-    return labels[:, top : top + height, left : left + width]
-
-
 def loss_and_logits(params, batch_stats, apply_fn, images, masks, loss_fn, train: bool = True):
     """(loss, (logits, labels, new batch_stats)): the differentiable heart of a train step."""
     variables = {"params": params}
@@ -68,7 +62,7 @@ def loss_and_logits(params, batch_stats, apply_fn, images, masks, loss_fn, train
         batch_stats = updates["batch_stats"]
     else:
         logits = apply_fn(variables, images, train=train)
-    labels = crop_to(masks, logits.shape[1], logits.shape[2])
+    labels = center_crop(masks, logits.shape[1], logits.shape[2])
     return loss_fn(logits, labels), (logits, labels, batch_stats)
 
 
@@ -92,17 +86,3 @@ def make_train_step(loss_fn: Callable, augment: Optional[Callable] = None, jit: 
         return state, metrics
 
     return jax.jit(train_step, donate_argnums=0) if jit else train_step
-
-
-def make_eval_step(jit: bool = True):
-    """`step(state, images, masks) -> metrics` in inference mode (running BatchNorm stats)."""
-
-    def eval_step(state: TrainState, images, masks):
-        variables = {"params": state.params}
-        if state.batch_stats is not None:
-            variables["batch_stats"] = state.batch_stats
-        logits = state.apply_fn(variables, images, train=False)
-        labels = crop_to(masks, logits.shape[1], logits.shape[2])
-        return segmentation_counts(logits, labels)
-
-    return jax.jit(eval_step) if jit else eval_step

@@ -74,8 +74,9 @@ class UNet(nn.Module):
         return self.head(x)
 
 
-def center_crop(skip, height: int, width: int):
-    """The paper's copy-and-crop: the centre `height x width` window of `skip`.  # [N, C, H, W]"""
-    top = (skip.shape[2] - height) // 2
-    left = (skip.shape[3] - width) // 2
-    return skip[:, :, top : top + height, left : left + width]
+def center_crop(x, height: int, width: int):
+    """The centre `height x width` window of the last two axes: the paper's copy-and-crop of a
+    skip `[N, C, H, W]`, and the label crop of masks `[N, H, W]` to the logits' size."""
+    top = (x.shape[-2] - height) // 2
+    left = (x.shape[-1] - width) // 2
+    return x[..., top : top + height, left : left + width]

@@ -12,12 +12,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-
-def crop_labels(masks: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Centre `height x width` window of class-index masks.  # [N, H, W] -> [N, height, width]"""
-    top = (masks.shape[-2] - height) // 2
-    left = (masks.shape[-1] - width) // 2
-    return masks[..., top : top + height, left : left + width]
+from unet_torch.model import center_crop
 
 
 def make_optimizer(model: torch.nn.Module, name: str = "adam", learning_rate: float = 1e-3, momentum: float = 0.99):
@@ -41,7 +36,7 @@ def train_step(
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(images.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         logits = model(images)
-    labels = crop_labels(masks, logits.shape[-2], logits.shape[-1])
+    labels = center_crop(masks, logits.shape[-2], logits.shape[-1])
     # At least float32 (bf16 autocast logits are upcast), but float64 stays float64: the parity
     # tests train a float64 copy of this model as the reference.
     loss = F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), labels)
