@@ -34,7 +34,7 @@ def _add_field_options(parser, fields, exclude=()):
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         else:
-            parser.add_argument(flag, type=kind, choices=CHOICES.get(field.name), default=None, metavar=None)
+            parser.add_argument(flag, type=kind, choices=CHOICES.get(field.name), default=None)
 
 
 def _model_options(parser):
