@@ -2,6 +2,11 @@
 
 Kept apart from the timing so that the arithmetic is testable without running anything, and
 so that a report can be recomputed from the raw JSON with other peaks.
+
+The measured-ceiling MFU uses **one ceiling per run**: every job measures a bf16 matmul in its
+own framework, and the run's ceiling is the higher of the two frameworks' medians, so that
+both frameworks' rows are fractions of the same number (dividing each row by its own
+framework's ceiling would flatter the framework with the slower matmul).
 """
 
 from __future__ import annotations
@@ -11,15 +16,12 @@ from typing import Optional
 from benchmarks.variants import Variant
 
 
-def derived_figures(
-    variant: Variant, batch: int, step_ms: dict, flops_per_image: float, peaks: Optional[dict], ceiling: Optional[dict]
-) -> dict:
-    """img/s (and its low/high from the p90/p10 step times), TFLOP/s and MFUs.
+def derived_figures(variant: Variant, batch: int, step_ms: dict, flops_per_image: float, peaks: Optional[dict]) -> dict:
+    """img/s (and its low/high from the p90/p10 step times), TFLOP/s and the datasheet MFU.
 
     MFU against the datasheet uses the column the variant's arithmetic runs on (`variant.peak`:
-    TF32 for default-precision float32, FP32 for strict, BF16); MFU against the measured bf16
-    matmul is the same for every variant: the fraction of what this chip sustains on the
-    friendliest possible bf16 workload in this run.
+    TF32 for default-precision float32, FP32 for strict, BF16). The MFU against the measured
+    bf16 matmul needs every job of the run: see `apply_run_ceiling`.
     """
     median_s = step_ms["median"] / 1e3
     tflops = batch * flops_per_image / median_s / 1e12
@@ -35,9 +37,37 @@ def derived_figures(
     else:
         figures["mfu_datasheet"] = None
         figures["mfu_datasheet_null_reason"] = "no datasheet peak known for this device"
-    if ceiling is not None:
-        figures["mfu_measured_bf16_ceiling"] = tflops / ceiling["median_tflops"]
-    else:
-        figures["mfu_measured_bf16_ceiling"] = None
-        figures["mfu_measured_bf16_ceiling_null_reason"] = "matmul ceiling not measured"
     return figures
+
+
+def ceiling_summary(results: list[dict]) -> dict[str, float]:
+    """Median measured bf16 matmul TFLOP/s per framework over the run's jobs."""
+    by_framework: dict[str, list[float]] = {}
+    for r in results:
+        if r.get("matmul_ceiling"):
+            by_framework.setdefault(r["framework"], []).append(r["matmul_ceiling"]["median_tflops"])
+    return {fw: sorted(v)[len(v) // 2] for fw, v in by_framework.items()}
+
+
+def run_ceiling(results: list[dict]) -> Optional[dict]:
+    """The run's one bf16 matmul ceiling: the higher of the frameworks' medians (None if unmeasured)."""
+    medians = ceiling_summary(results)
+    if not medians:
+        return None
+    framework = max(medians, key=medians.get)
+    return {"tflops": medians[framework], "framework": framework}
+
+
+def apply_run_ceiling(results: list[dict]) -> Optional[dict]:
+    """Set every timed job's `mfu_measured_bf16_ceiling` against the run's one ceiling; returns it."""
+    ceiling = run_ceiling(results)
+    for r in results:
+        if r.get("achieved_tflops") is None:
+            continue
+        if ceiling is None:
+            r["mfu_measured_bf16_ceiling"] = None
+            r["mfu_measured_bf16_ceiling_null_reason"] = "matmul ceiling not measured"
+        else:
+            r["mfu_measured_bf16_ceiling"] = r["achieved_tflops"] / ceiling["tflops"]
+            r.pop("mfu_measured_bf16_ceiling_null_reason", None)
+    return ceiling

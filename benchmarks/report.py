@@ -10,6 +10,8 @@ import argparse
 import json
 import os
 
+from benchmarks.derive import apply_run_ceiling, ceiling_summary, run_ceiling
+
 RESULTS_JSON, RESULTS_MD, PLOT_PNG = "results.json", "results.md", "img_per_s.png"
 GIB = 2.0**30
 
@@ -40,20 +42,11 @@ def _row(r: dict) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def ceiling_summary(results: list[dict]) -> dict:
-    """Median measured bf16 matmul TFLOP/s per framework over the run's jobs."""
-    by_framework: dict = {}
-    for r in results:
-        ceiling = r.get("matmul_ceiling")
-        if ceiling:
-            by_framework.setdefault(r["framework"], []).append(ceiling["median_tflops"])
-    return {fw: sorted(v)[len(v) // 2] for fw, v in by_framework.items()}
-
-
 def markdown(doc: dict) -> str:
     device, env, cfg = doc["device"], doc["environment"], doc["config"]
     versions = env["versions"]
     ceilings = ceiling_summary(doc["results"])
+    ceiling = run_ceiling(doc["results"])
     peaks = device.get("datasheet_peaks_tflops")
     n = cfg.get("ceiling_n")
     lines = [
@@ -70,7 +63,9 @@ def markdown(doc: dict) -> str:
             f"{peaks['card']}: bf16 {peaks['bf16']}, tf32 {peaks['tf32']}, fp32 {peaks['fp32']} TFLOP/s dense "
             f"({peaks['source']})" if peaks else "none for this device, so no datasheet MFU."),
         f"- Measured bf16 matmul ceiling ({n}³, median over rows): "
-        + (", ".join(f"{fw} {v:.2f} TFLOP/s" for fw, v in sorted(ceilings.items())) or "not measured"),
+        + (", ".join(f"{fw} {v:.2f} TFLOP/s" for fw, v in sorted(ceilings.items())) or "not measured")
+        + (f"; \"MFU vs bf16 matmul\" divides every row by the higher one, {ceiling['tflops']:.2f} TFLOP/s "
+           f"({ceiling['framework']})" if ceiling else ""),
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v is not None),
         f"- XLA_FLAGS: `{env['xla']['XLA_FLAGS'] or '(empty)'}`; jax config: "
         + ", ".join(f"{k}={v}" for k, v in env.get("jax_config", {}).items()),
@@ -131,6 +126,7 @@ def plot(doc: dict, path: str) -> None:
 def write(doc: dict, out_dir: str, with_plot: bool = True) -> None:
     """results.json and results.md (and the plot): called after every job, so partial runs stay reported."""
     os.makedirs(out_dir, exist_ok=True)
+    apply_run_ceiling(doc["results"])  # every row against the run's one ceiling, as it stands now
     tmp = os.path.join(out_dir, RESULTS_JSON + ".tmp")
     with open(tmp, "w") as f:
         json.dump(doc, f, indent=1)

@@ -105,7 +105,7 @@ def job_record(variant, batch: int, outcome: dict, doc: dict) -> dict:
         record.update(child)
         flops_per_image = doc["flops"]["train_per_image" if variant.task == "train" else "forward_per_image"]
         record.update(derived_figures(variant, batch, child["step_ms"], flops_per_image,
-                                      doc["device"].get("datasheet_peaks_tflops"), child.get("matmul_ceiling")))
+                                      doc["device"].get("datasheet_peaks_tflops")))
     elif outcome.get("output_tail"):
         record["output_tail"] = outcome["output_tail"]
     runtime = record.get("runtime", {})

@@ -16,7 +16,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import devices, flops, plan, timing
-from benchmarks.derive import derived_figures
+from benchmarks.derive import apply_run_ceiling, ceiling_summary, derived_figures
 from benchmarks.variants import FULL_PLAN, QUICK_PLAN, VARIANTS, jobs
 from unet_jax.config import UNetConfig
 from unet_jax.model import UNet
@@ -93,15 +93,29 @@ def test_derived_figures_arithmetic():
     variant = VARIANTS["jax-bf16"]
     step_ms = {"median": 100.0, "p10": 80.0, "p90": 200.0}
     peaks = devices.datasheet_peaks("NVIDIA H200")
-    figures = derived_figures(variant, 16, step_ms, 1e12, peaks, {"median_tflops": 800.0})
+    figures = derived_figures(variant, 16, step_ms, 1e12, peaks)
     assert figures["img_per_s"] == pytest.approx(160.0)
     assert figures["img_per_s_low_high"] == pytest.approx([80.0, 200.0])
     assert figures["achieved_tflops"] == pytest.approx(160.0)
     assert figures["mfu_datasheet"] == pytest.approx(160.0 / 989.0)
     assert figures["mfu_datasheet_peak"]["column"] == "bf16"
-    assert figures["mfu_measured_bf16_ceiling"] == pytest.approx(0.2)
-    cpu = derived_figures(VARIANTS["torch-fp32"], 1, step_ms, 1e12, None, None)
+    cpu = derived_figures(VARIANTS["torch-fp32"], 1, step_ms, 1e12, None)
     assert cpu["mfu_datasheet"] is None and cpu["mfu_datasheet_null_reason"]
+
+
+def test_one_matmul_ceiling_per_run_the_higher_of_the_two_frameworks():
+    def job(framework, tflops, ceiling):
+        return {"framework": framework, "achieved_tflops": tflops, "matmul_ceiling": {"median_tflops": ceiling}}
+
+    results = [job("jax", 200.0, 800.0), job("jax", 100.0, 820.0), job("jax", 50.0, 810.0),
+               job("torch", 300.0, 1000.0), {"framework": "torch", "status": "skipped"}]
+    assert ceiling_summary(results) == {"jax": 810.0, "torch": 1000.0}
+    assert apply_run_ceiling(results) == {"tflops": 1000.0, "framework": "torch"}
+    # Both frameworks' rows are fractions of the same 1000 TFLOP/s, not of their own ceilings.
+    assert [r.get("mfu_measured_bf16_ceiling") for r in results] == pytest.approx([0.2, 0.1, 0.05, 0.3, None])
+    assert "mfu_measured_bf16_ceiling" not in results[-1]
+    unmeasured = [{"framework": "jax", "achieved_tflops": 1.0}]
+    assert apply_run_ceiling(unmeasured) is None and unmeasured[0]["mfu_measured_bf16_ceiling"] is None
 
 
 def test_datasheet_cards_from_driver_names():
