@@ -12,6 +12,11 @@ if host sampling takes longer than a step. This measures, in one process:
 
     python -m benchmarks.input_pipeline --out DIR [--quick]              # the seed at 572, batch 16
     python -m benchmarks.input_pipeline --out DIR --features 16 --depth 3 --tile 124 --batch 8  # the demo
+    python -m benchmarks.input_pipeline --out DIR --host-only   # host sampling alone (seed, 572, batch 16)
+
+`--host-only` measures the host side where the device side is out of reach (the seed's train
+step on a CPU) and writes `host_sampling.{json,md}`: to compare with a step time measured on
+the accelerator.
 """
 
 from __future__ import annotations
@@ -32,14 +37,23 @@ from unet_jax.losses import make_loss
 from unet_jax.train_step import create_train_state, make_optimizer, make_train_step
 
 
-def measure(config: UNetConfig, tile: int, batch: int, steps: int, image_size: int) -> dict:
+def batch_sampler(config: UNetConfig, tile: int, batch: int, image_size: int):
+    """The trainer's host-side sampling of one batch from synthetic cells, a fresh generator per call."""
     label = config.output_size(tile)
     samples = make_cells(8, image_size, seed=0)
     rngs = iter(np.random.default_rng([0, i]) for i in range(10**6))
+    return lambda: sample_tiles(samples.images, samples.masks, next(rngs), batch, tile, label)
 
-    def sample():
-        return sample_tiles(samples.images, samples.masks, next(rngs), batch, tile, label)
 
+def measure_host(config: UNetConfig, tile: int, batch: int, steps: int, image_size: int) -> dict:
+    sample = batch_sampler(config, tile, batch, image_size)
+    return {"config": str(config), "tile": tile, "label": config.output_size(tile), "batch": batch, "steps": steps,
+            "image_size": image_size, "host_sample_ms": summarize_ms(timed_calls(sample, steps))}
+
+
+def measure(config: UNetConfig, tile: int, batch: int, steps: int, image_size: int) -> dict:
+    label = config.output_size(tile)
+    sample = batch_sampler(config, tile, batch, image_size)
     images, masks = sample()
     device_images, device_masks = jax.device_put(images), jax.device_put(masks)
     jitted_augment = jax.jit(augment)
@@ -105,6 +119,21 @@ def to_markdown(report: dict) -> str:
     ])
 
 
+def host_markdown(report: dict) -> str:
+    r = report["result"]
+    ms = r["host_sample_ms"]
+    return "\n".join([
+        f"# Host tile sampling: {report['device']['name']}",
+        "",
+        f"{r['config']}, {r['tile']}→{r['label']} tiles from {r['image_size']}×{r['image_size']} synthetic images, "
+        f"batch {r['batch']}, {r['steps']} batches, one process; versions: "
+        f"{', '.join(f'{k} {v}' for k, v in report['versions'].items() if v)}.",
+        "",
+        f"Sampling one batch: **{ms['median']:.2f} ms** median (p10–p90 {ms['p10']:.2f}–{ms['p90']:.2f}).",
+        "",
+    ])
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, type=Path)
@@ -114,7 +143,20 @@ def main(argv=None) -> int:
     parser.add_argument("--tile", type=int, default=572)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--host-only", action="store_true", help="measure host sampling only (no train step)")
     args = parser.parse_args(argv)
+    if args.host_only:
+        if args.quick:
+            result = measure_host(UNetConfig(features=4, depth=2), tile=60, batch=2, steps=5, image_size=64)
+        else:
+            config = UNetConfig(features=args.features, depth=args.depth)
+            result = measure_host(config, args.tile, args.batch, args.steps, image_size=max(700, args.tile))
+        report = {"device": host_device(), "versions": package_versions(), "quick": args.quick, "result": result}
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "host_sampling.json").write_text(json.dumps(report, indent=2) + "\n")
+        (args.out / "host_sampling.md").write_text(host_markdown(report))
+        print(host_markdown(report))
+        return 0
     if args.quick:
         result = measure(UNetConfig(features=4, depth=2), tile=60, batch=2, steps=5, image_size=64)
     else:  # default: the seed network at the seed's batch, on 700x700 images
