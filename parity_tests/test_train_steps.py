@@ -34,17 +34,22 @@ RECIPES = {
 # float32; each bound is ~10x the largest of flax-vs-f64, torch-vs-f64 and flax-vs-torch:
 LOSS_TOL = 4e-5  # per-step loss: measured max 3.8e-6 (adam-batchnorm, between)
 GRAD_NORM_TOL = 4e-4  # per-step global gradient norm: measured max 4.0e-5 (sgd-momentum, torch)
-# Per-tensor weight error / weight change of the float64 run. Adam's ~lr*sign(g) update turns
-# float32 noise in small gradients into whole steps, so this is the loosest figure:
-DRIFT_TOL = 0.35  # measured max 3.3e-2 (adam, flax vs torch, bottom.conv2.weight)
+# Per-tensor parameter error / parameter change of the float64 run. Adam's ~lr*sign(g) update
+# turns float32 noise in small gradients into whole steps, so this is the loosest figure:
+# measured max 3.3e-2 (adam, flax vs torch, bottom.conv2.weight); 3x.
+DRIFT_TOL = 0.1
+# BatchNorm running statistics after 10 steps, per tensor, against how far they moved. They
+# follow the activations, so they inherit the parameters' drift: measured max 7.1e-3 (torch);
+# 3x. (One step's statistics are held to 1e-5 in test_forward.)
+RUNNING_STATS_DRIFT_TOL = 2e-2
 GLOBAL_DRIFT_TOL = 6e-3  # measured max 6.0e-4 (adam-batchnorm, between)
-# Frozen tensors: Adam can move a parameter by at most about lr per step (|m_hat| <= sqrt(v_hat)
-# up to (1 - b1) / sqrt(1 - b2) in adversarial sequences), so `steps` lr units is the ceiling:
-# measured 5.0 of 10 (adam-batchnorm, up-conv biases); 0 for SGD.
-FROZEN_TOL_STEPS = 10.0
 # Step-1 gradients per tensor: measured max 6.2e-6; as test_gradients' small nets, whose
 # bound leaves room for a ReLU/max-pool kink flip (seen up to 4.4e-5 on other data).
 STEP1_GRAD_TOL = 2e-4
+# Tensors whose exact gradient is 0 (the up-conv biases under BatchNorm): their float32
+# gradient, as a fraction of the network's largest gradient, is rounding noise. Measured
+# 3.6e-8 (Flax), 3.2e-8 (torch); 1e-6 is ~30x that and far below any real gradient.
+ZERO_GRAD_TOL = 1e-6
 
 FROZEN_BELOW = 1e-6  # a tensor the float64 run moved by less than this many lr is "frozen"
 
@@ -89,25 +94,34 @@ def test_final_weights(name, parity):
     if recipe.config.norm == "batch" and recipe.config.padding == "valid":
         assert still == {f"upconv{j}.bias" for j in range(1, recipe.config.depth + 1)}
     moving = {k: v for k, v in ref.items() if k not in still}
+    statistics = {k for k in moving if k.endswith(("running_mean", "running_var"))}
 
-    def drift(state, reference):
-        return training.drift_error({k: state[k] for k in moving}, {k: reference[k] for k in moving}, init)[0]
+    def drift(state, reference, keys):
+        return training.drift_error({k: state[k] for k in keys}, {k: reference[k] for k in keys}, init)[0]
 
     def global_drift(state, reference):
         keys = [k for k, v in moving.items() if np.issubdtype(v.dtype, np.floating)]
         return training.global_drift(state, reference, init, keys)
 
-    parity.check(name, "strict", "final weights, per tensor", DRIFT_TOL,
-                 flax=drift(flax_state, ref), torch=drift(torch_state, ref), between=drift(flax_state, torch_state),
-                 note="max|w - ref| / max|ref - init|")
+    parameters = set(moving) - statistics
+    parity.check(name, "strict", "final parameters, per tensor", DRIFT_TOL,
+                 flax=drift(flax_state, ref, parameters), torch=drift(torch_state, ref, parameters),
+                 between=drift(flax_state, torch_state, parameters), note="max|w - ref| / max|ref - init|")
+    if statistics:
+        parity.check(name, "strict", "final BatchNorm running statistics, per tensor", RUNNING_STATS_DRIFT_TOL,
+                     flax=drift(flax_state, ref, statistics), torch=drift(torch_state, ref, statistics),
+                     between=drift(flax_state, torch_state, statistics), note="max|s - ref| / max|ref - init|")
     parity.check(name, "strict", "final weights, global", GLOBAL_DRIFT_TOL,
                  flax=global_drift(flax_state, ref), torch=global_drift(torch_state, ref),
                  between=global_drift(flax_state, torch_state), note="||w - ref|| / ||ref - init||")
     if still:
+        # Reported, not asserted: Adam normalises their rounding-noise gradients into steps of
+        # up to lr, so any value up to `steps` lr is possible and no bound could fail.
+        # test_step1_gradients asserts what can fail: that those gradients are noise.
         lr = recipe.learning_rate
         in_steps = {fw: training.max_abs_error_in_steps({k: s[k] for k in still}, {k: ref[k] for k in still}, lr)
                     for fw, s in (("flax", flax_state), ("torch", torch_state))}
-        parity.check(name, "strict", "frozen tensors (exact gradient 0)", FROZEN_TOL_STEPS,
+        parity.check(name, "strict", "frozen tensors (exact gradient 0)", None,
                      flax=in_steps["flax"], torch=in_steps["torch"], note=f"max|w - ref| in units of lr, {sorted(still)}")
 
 
@@ -125,6 +139,17 @@ def test_step1_gradients(name, parity):
     parity.check(name, "strict", "step-1 parameter gradients", STEP1_GRAD_TOL,
                  flax=harness.max_rel_error(got_flax, ref, zeros)[0], torch=harness.max_rel_error(got_torch, ref, zeros)[0],
                  between=harness.max_rel_error(got_flax, got_torch, zeros)[0], note="max over tensors")
+    if recipe.config.norm == "batch" and recipe.config.padding == "valid":
+        # BatchNorm after the first conv of each decoder block removes the per-channel constant
+        # an up-conv bias adds, so those gradients are exactly 0 in exact arithmetic.
+        assert zeros == {f"params/upconv{j}/bias" for j in range(1, recipe.config.depth + 1)}
+        largest = max(float(np.abs(g).max()) for g in ref.values())
+
+        def noise(grads):
+            return max(float(np.abs(grads[k]).max()) for k in zeros) / largest
+
+        parity.check(name, "strict", "step-1 gradients that are exactly 0", ZERO_GRAD_TOL,
+                     flax=noise(got_flax), torch=noise(got_torch), note="max|g| / largest |g| of the network")
 
 
 def test_reference_train_step_stays_float64():
