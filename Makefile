@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test test-fast parity-report bench-quick gpu-parity gpu-bench clean
+.PHONY: install demo test test-fast parity-report mutation bench-quick gpu-parity gpu-bench clean
 
 # Pinned versions (constraints.txt) keep CI repeatable; pyproject.toml keeps ranges for users.
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -25,6 +25,11 @@ test-fast: install
 
 parity-report: install
 	$(PY) -m parity_tests.run_report --out parity_tests/results/cpu
+
+# Deliberate bugs in both models, the port, the losses and the crops, each run against its
+# tests (~15 min on 2 cores; not part of `make test`). Report: parity_tests/results/mutation/.
+mutation: install
+	$(PY) -m parity_tests.mutation_check
 
 bench-quick: install
 	$(PY) -m benchmarks.run --quick --out benchmarks/results/cpu-quick
