@@ -56,6 +56,20 @@ def test_soft_dice_is_zero_for_confident_correct_logits_and_near_one_for_wrong()
     assert float(soft_dice_jit(jnp.asarray(wrong), jnp.asarray(labels))) > 0.95
 
 
+@pytest.mark.parametrize("seed, classes", [(5, 2), (6, 3)])
+def test_soft_dice_equals_its_definition_over_the_foreground_classes(seed, classes):
+    # 1 - mean over classes 1..C-1 of (2 sum p t + 1) / (sum p + sum t + 1), sums over the
+    # whole batch, in float64 numpy: the background (class 0) takes no part.
+    logits, labels = _random_batch(seed, c=classes, scale=1.5)
+    probs = np.exp(logits.astype(np.float64))
+    probs /= probs.sum(-1, keepdims=True)
+    truth = np.eye(classes)[labels]
+    dice = [(2 * (probs[..., k] * truth[..., k]).sum() + 1) / (probs[..., k].sum() + truth[..., k].sum() + 1)
+            for k in range(1, classes)]
+    got = float(soft_dice_jit(jnp.asarray(logits), jnp.asarray(labels)))
+    np.testing.assert_allclose(got, 1 - np.mean(dice), rtol=1e-5)  # float32 sums of ~70 terms
+
+
 def test_soft_dice_gradient_is_finite():
     logits, labels = _random_batch(3)
     grad = jax.jit(jax.grad(soft_dice_loss))(jnp.asarray(logits), jnp.asarray(labels))
