@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 
 import jax
 import jax.numpy as jnp
@@ -162,14 +163,22 @@ def test_step_statistics():
 
 @pytest.mark.slow
 def test_quick_run_reports_both_frameworks(tmp_path):
-    out = tmp_path / "quick"
-    env = {**os.environ, "PYTHONPATH": REPO_ROOT}
+    """`benchmarks.run --quick` through `scripts/gpu_check.sh bench`, the GPU machine's command
+    (QUICK=1: the same steps on the quick plan), so that its output layout is checked too: the
+    device tool brings back at most 8 files, at most 2 folders below $OUT."""
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": REPO_ROOT, "OUT": str(out), "PYTHON": sys.executable, "QUICK": "1"}
+    env.pop("XLA_PYTHON_CLIENT_PREALLOCATE", None)  # the script must set it itself
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(out)],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+        ["bash", "scripts/gpu_check.sh", "bench"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=400,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    doc = json.loads((out / "results.json").read_text())
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert len(files) <= 8 and all(len(p.relative_to(out).parts) <= 3 for p in files), files
+    (folder,) = out.iterdir()
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "bench_logs.tar.gz", "img_per_s.png", "results.json", "results.md", "system.txt"]
+    doc = json.loads((folder / "results.json").read_text())
     ok = [r for r in doc["results"] if r["status"] == "ok"]
     for framework in ("jax", "torch"):
         rows = [r for r in ok if r["framework"] == framework]
@@ -181,6 +190,12 @@ def test_quick_run_reports_both_frameworks(tmp_path):
     for r in ok:
         assert r["peak_memory_bytes"] is not None or r["peak_memory_null_reason"]
         assert r["process_peak_rss_bytes"] > 0 and r["matmul_ceiling"]["median_tflops"] > 0
-    markdown = (out / "results.md").read_text()
+    assert doc["environment"]["child_env"]["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    markdown = (folder / "results.md").read_text()
     assert "| task | variant | batch |" in markdown and "jax-fp32" in markdown
-    assert (out / "img_per_s.png").stat().st_size > 0
+    assert (folder / "img_per_s.png").stat().st_size > 0
+    with tarfile.open(folder / "bench_logs.tar.gz") as tar:
+        names = set(tar.getnames())
+    assert {"./run.log", "./input_pipeline.json", "./input_pipeline.md"} <= names
+    assert {f"./logs/{r['variant']}-b{r['batch']}.log" for r in doc["results"] if r["status"] != "skipped"} <= names
+    assert f"device_slug: {folder.name}\n" in (folder / "system.txt").read_text()
