@@ -38,7 +38,9 @@ from unet_jax.port import flatten_variables, torch_to_flax
 # Where each framework runs: whatever accelerator it finds, else the CPU.
 TORCH_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 JAX_BACKEND = jax.default_backend()  # "cpu", "gpu" or "tpu"
-ON_GPU = TORCH_DEVICE == "cuda" and JAX_BACKEND == "gpu"
+# jaxlib reports a CUDA client as "gpu"; "cuda" (the PJRT plugin's own name) is accepted too, so
+# that a future change of that name cannot turn the GPU cases into silent skips.
+ON_GPU = TORCH_DEVICE == "cuda" and JAX_BACKEND in ("gpu", "cuda")
 GPU_SKIP_REASON = "needs an NVIDIA GPU visible to both torch (torch.cuda.is_available()) and jax (jax.default_backend() == 'gpu')"
 
 MODES = ("strict", "default", "bf16")

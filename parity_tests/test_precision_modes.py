@@ -99,7 +99,8 @@ TOLERANCES = {SMALL.name: SMALL_TOLERANCES, SMALL_BN.name: SMALL_BN_TOLERANCES, 
 SCENARIOS = [
     pytest.param(SMALL, id="small"),
     pytest.param(SMALL_BN, id="small-batchnorm"),
-    pytest.param(SEED_572, id="seed572", marks=pytest.mark.skipif(not harness.ON_GPU, reason=harness.GPU_SKIP_REASON)),
+    pytest.param(SEED_572, id="seed572",
+                 marks=[pytest.mark.gpu, pytest.mark.skipif(not harness.ON_GPU, reason=harness.GPU_SKIP_REASON)]),
 ]
 
 
