@@ -155,6 +155,29 @@ def test_planner_skips_what_does_not_fit_and_shortens_compile_bounds():
     assert squeezed.timeout_s <= 100
 
 
+def test_torch_children_turn_tf32_on_in_both_of_torchs_apis():
+    # A fresh process: the setting is global. Every view must read without raising (torch
+    # raises on reading one API while the other disagrees: inductor's max-autotune reads the
+    # legacy one) and without a warning, and all must say TF32.
+    check = """if True:
+        import json, torch
+        from benchmarks.torch_step import allow_tf32
+        allow_tf32()
+        views = {"legacy_conv": torch.backends.cudnn.allow_tf32, "legacy_matmul": torch.backends.cuda.matmul.allow_tf32,
+                 "float32_matmul_precision": torch.get_float32_matmul_precision()}
+        if hasattr(torch.backends.cudnn, "conv"):
+            views["conv"] = torch.backends.cudnn.conv.fp32_precision
+            views["matmul"] = torch.backends.cuda.matmul.fp32_precision
+        print(json.dumps(views))
+    """
+    proc = subprocess.run([sys.executable, "-W", "error", "-c", check], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": REPO_ROOT})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    views = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert views.pop("float32_matmul_precision") in ("high", "medium")
+    assert set(views.values()) <= {True, "tf32"}, views
+
+
 def test_step_statistics():
     stats = timing.summarize_ms([0.001 * i for i in range(1, 101)])
     assert stats["n"] == 100 and stats["min"] == pytest.approx(1.0) and stats["max"] == pytest.approx(100.0)
