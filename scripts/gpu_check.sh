@@ -6,7 +6,9 @@
 #   bash scripts/gpu_check.sh bench    # benchmarks, then input pipeline; ends within 420 s -> timeout_s=480
 #
 # Both fit the tool's limits: 10 min a command, 15 min of device time a session (machine start
-# 1-2 min included), at most 8 files back, at most 2 folders under $OUT. Each call leaves in
+# 1-2 min included: 2 + 5 + 7 = 14 min), at most 8 files back, at most 2 folders under $OUT.
+# Make the bench call as soon as the parity call returns: the machine stays warm only 30 s, and
+# a fresh start costs another 1-2 min. Each call leaves in
 # $OUT/<device-slug>/ (e.g. nvidia-h100-80gb-hbm3):
 #   parity: parity_report.json, parity_report.md, pytest.log, system.txt
 #   bench:  results.json, results.md, img_per_s.png, system.txt, bench_logs.tar.gz
