@@ -89,6 +89,7 @@ case "$MODE" in
   bench)
     SLUG=$(device_slug); DEST="$OUT/$SLUG"; mkdir -p "$DEST"
     WORK=$(mktemp -d /tmp/unet-bench-XXXXXX) && chmod 755 "$WORK"  # logs: into the tarball, not loose under $OUT
+    trap 'rm -rf "$WORK"' EXIT
     system_info "$DEST/system.txt"
     pack() { tar -czf "$DEST/bench_logs.tar.gz" -C "$WORK" . 2>/dev/null || echo "tar failed"; }
     # 420 s in all. The benchmarks come first (the jobs lead the plan); jobs start only
