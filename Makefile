@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test test-fast parity-report mutation bench-quick gpu-parity gpu-bench clean
+.PHONY: install demo test test-fast parity-report mutation bench-quick gpu-parity gpu-bench gpu-import clean
 
 # Pinned versions (constraints.txt) keep CI repeatable; pyproject.toml keeps ranges for users.
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -40,6 +40,11 @@ gpu-parity:
 
 gpu-bench:
 	bash scripts/gpu_check.sh bench
+
+# Here, after a GPU call: copy what it brought back into parity_tests/results/<device>/ or
+# benchmarks/results/<device>/ (FROM= the folder the device tool put the files in).
+gpu-import:
+	bash scripts/gpu_check.sh import "$(FROM)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache runs

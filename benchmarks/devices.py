@@ -123,10 +123,11 @@ def package_versions() -> dict:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             versions[package] = None
-    # JAX's CUDA plugin carries the CUDA major version in its name.
+    # JAX's CUDA plugin and PJRT carry the CUDA major version in their names (jax-cuda13-plugin,
+    # jax-cuda13-pjrt); the cuDNN/cuBLAS wheels are the libraries JAX's kernels come from.
     for dist in importlib.metadata.distributions():
-        dist_name = (dist.metadata["Name"] or "").lower()
-        if dist_name.startswith(("jax-cuda", "jax_cuda")) and dist_name.endswith("plugin"):
+        dist_name = (dist.metadata["Name"] or "").lower().replace("_", "-")
+        if dist_name.startswith(("jax-cuda", "nvidia-cudnn", "nvidia-cublas", "triton")):
             versions[dist_name] = dist.version
     return versions
 

@@ -127,12 +127,11 @@ def write(doc: dict, out_dir: str, with_plot: bool = True) -> None:
     """results.json and results.md (and the plot): called after every job, so partial runs stay reported."""
     os.makedirs(out_dir, exist_ok=True)
     apply_run_ceiling(doc["results"])  # every row against the run's one ceiling, as it stands now
-    tmp = os.path.join(out_dir, RESULTS_JSON + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=1)
-    os.replace(tmp, os.path.join(out_dir, RESULTS_JSON))  # never a half-written JSON
-    with open(os.path.join(out_dir, RESULTS_MD), "w") as f:
-        f.write(markdown(doc))
+    for name, text in ((RESULTS_JSON, json.dumps(doc, indent=1)), (RESULTS_MD, markdown(doc))):
+        tmp = os.path.join(out_dir, name + ".tmp")
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, os.path.join(out_dir, name))  # never a half-written file, even if killed here
     if with_plot:
         plot(doc, os.path.join(out_dir, PLOT_PNG))
 

@@ -38,6 +38,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--out", help="directory for results.json/.md/.png (default: --out-root/<device slug>)")
     where.add_argument("--out-root", default=os.path.join(REPO_ROOT, "benchmarks", "results"))
+    p.add_argument("--log-dir", help="one log per job goes here (default: <out>/logs); scripts/gpu_check.sh "
+                                     "keeps them out of $OUT, which brings back only a few files")
     p.add_argument("--variants", nargs="+", metavar="NAME", help=f"subset of: {' '.join(VARIANTS)}")
     p.add_argument("--batch", nargs="+", type=int, help="batch sizes (default: the plan's 16 1 4)")
     p.add_argument("--steps", type=int, help="timed steps per job (default 30; quick 8)")
@@ -65,6 +67,7 @@ def environment(host: dict) -> dict:
     return {
         "versions": versions,
         "xla": devices.xla_environment(),
+        "child_env": dict(CHILD_ENV),  # set in every job's process on top of the above
         "jax_config": devices.jax_config_values(),
         "jax_config_all": devices.jax_config_values(subset=False),
     }
@@ -77,10 +80,17 @@ def child_command(variant, batch: int, args) -> list[str]:
     return [sys.executable, "-m", module] + [str(x) for k, v in options.items() for x in (f"--{k}", v)]
 
 
+# Set in every child. JAX allocates on demand rather than taking 75% of the GPU when it starts:
+# a child must not fail for memory that something else on the card holds (a pytest process that
+# runs this harness holds JAX itself; a killed job's memory may not be back yet). Only the pool
+# differs, not the kernels: step times and the allocator's peak_bytes_in_use are unaffected.
+CHILD_ENV = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+
+
 def child_env(variant) -> tuple[dict, list[str]]:
-    """The parent's environment, the repo on PYTHONPATH, and (torch.compile) empty caches,
-    so that every compile time is a cold one."""
-    env = dict(os.environ)
+    """The parent's environment with CHILD_ENV, the repo on PYTHONPATH, and (torch.compile)
+    empty caches, so that every compile time is a cold one."""
+    env = {**os.environ, **CHILD_ENV}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p)
     scratch = []
     if variant.compile_mode is not None:
@@ -162,7 +172,8 @@ def main(argv=None) -> int:
         "plan": {"jobs": len(todo), "estimate_s": sum(estimates)},
         "results": [],
     }
-    os.makedirs(os.path.join(out_dir, "logs"), exist_ok=True)
+    log_dir = args.log_dir or os.path.join(out_dir, "logs")
+    os.makedirs(log_dir, exist_ok=True)
     try:
         for index, (variant, batch) in enumerate(todo, 1):
             remaining = None if budget is None else budget - (time.monotonic() - started)
@@ -177,7 +188,7 @@ def main(argv=None) -> int:
                 try:
                     outcome = subproc.run_child(
                         child_command(variant, batch, args), env, REPO_ROOT, decision.compile_bound_s,
-                        decision.timeout_s, os.path.join(out_dir, "logs", f"{variant.name}-b{batch}.log"))
+                        decision.timeout_s, os.path.join(log_dir, f"{variant.name}-b{batch}.log"))
                 except BaseException:  # SIGTERM / Ctrl-C: record what was cut, then unwind
                     doc["results"].append(job_record(variant, batch, {"status": "interrupted"}, doc))
                     raise

@@ -8,9 +8,10 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -74,9 +75,11 @@ def test_tiny_configs_agree_with_xla_cost_analysis(fields, size):
     # excluded, hence valid padding only here), but adds ~1 FLOP per element for every
     # elementwise op -- bias add, ReLU, pooling compares, BatchNorm, resize -- which the analytic
     # count leaves out. So XLA must exceed it, by a few FLOPs per conv output element.
+    # XLA:CPU's count wherever this runs (on a GPU machine too): the bound was set from it, and
+    # XLA:GPU's cost analysis sees library calls (cuDNN) and fusions instead of plain HLO ops.
     config = UNetConfig(**fields)
     model = UNet(config)
-    images = jnp.zeros((1, size, size, config.in_channels))
+    images = jax.device_put(np.zeros((1, size, size, config.in_channels), np.float32), jax.devices("cpu")[0])
     variables = jax.eval_shape(model.init, jax.random.key(0), images)
     xla = jax.jit(model.apply).lower(variables, images).compile().cost_analysis()["flops"]
     analytic = flops.forward_flops(config, size)
@@ -154,6 +157,29 @@ def test_planner_skips_what_does_not_fit_and_shortens_compile_bounds():
     assert squeezed.timeout_s <= 100
 
 
+def test_torch_children_turn_tf32_on_in_both_of_torchs_apis():
+    # A fresh process: the setting is global. Every view must read without raising (torch
+    # raises on reading one API while the other disagrees: inductor's max-autotune reads the
+    # legacy one) and without a warning, and all must say TF32.
+    check = """if True:
+        import json, torch
+        from benchmarks.torch_step import allow_tf32
+        allow_tf32()
+        views = {"legacy_conv": torch.backends.cudnn.allow_tf32, "legacy_matmul": torch.backends.cuda.matmul.allow_tf32,
+                 "float32_matmul_precision": torch.get_float32_matmul_precision()}
+        if hasattr(torch.backends.cudnn, "conv"):
+            views["conv"] = torch.backends.cudnn.conv.fp32_precision
+            views["matmul"] = torch.backends.cuda.matmul.fp32_precision
+        print(json.dumps(views))
+    """
+    proc = subprocess.run([sys.executable, "-W", "error", "-c", check], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": REPO_ROOT})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    views = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert views.pop("float32_matmul_precision") in ("high", "medium")
+    assert set(views.values()) <= {True, "tf32"}, views
+
+
 def test_step_statistics():
     stats = timing.summarize_ms([0.001 * i for i in range(1, 101)])
     assert stats["n"] == 100 and stats["min"] == pytest.approx(1.0) and stats["max"] == pytest.approx(100.0)
@@ -162,14 +188,22 @@ def test_step_statistics():
 
 @pytest.mark.slow
 def test_quick_run_reports_both_frameworks(tmp_path):
-    out = tmp_path / "quick"
-    env = {**os.environ, "PYTHONPATH": REPO_ROOT}
+    """`benchmarks.run --quick` through `scripts/gpu_check.sh bench`, the GPU machine's command
+    (QUICK=1: the same steps on the quick plan), so that its output layout is checked too: the
+    device tool brings back at most 8 files, at most 2 folders below $OUT."""
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": REPO_ROOT, "OUT": str(out), "PYTHON": sys.executable, "QUICK": "1"}
+    env.pop("XLA_PYTHON_CLIENT_PREALLOCATE", None)  # the script must set it itself
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(out)],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+        ["bash", "scripts/gpu_check.sh", "bench"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=400,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    doc = json.loads((out / "results.json").read_text())
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert len(files) <= 8 and all(len(p.relative_to(out).parts) <= 3 for p in files), files
+    (folder,) = out.iterdir()
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "bench_logs.tar.gz", "img_per_s.png", "results.json", "results.md", "system.txt"]
+    doc = json.loads((folder / "results.json").read_text())
     ok = [r for r in doc["results"] if r["status"] == "ok"]
     for framework in ("jax", "torch"):
         rows = [r for r in ok if r["framework"] == framework]
@@ -181,6 +215,12 @@ def test_quick_run_reports_both_frameworks(tmp_path):
     for r in ok:
         assert r["peak_memory_bytes"] is not None or r["peak_memory_null_reason"]
         assert r["process_peak_rss_bytes"] > 0 and r["matmul_ceiling"]["median_tflops"] > 0
-    markdown = (out / "results.md").read_text()
+    assert doc["environment"]["child_env"]["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    markdown = (folder / "results.md").read_text()
     assert "| task | variant | batch |" in markdown and "jax-fp32" in markdown
-    assert (out / "img_per_s.png").stat().st_size > 0
+    assert (folder / "img_per_s.png").stat().st_size > 0
+    with tarfile.open(folder / "bench_logs.tar.gz") as tar:
+        names = set(tar.getnames())
+    assert {"./run.log", "./input_pipeline.json", "./input_pipeline.md"} <= names
+    assert {f"./logs/{r['variant']}-b{r['batch']}.log" for r in doc["results"] if r["status"] != "skipped"} <= names
+    assert f"device_slug: {folder.name}\n" in (folder / "system.txt").read_text()

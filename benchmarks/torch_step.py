@@ -20,16 +20,22 @@ from unet_torch.train_step import make_optimizer, train_step
 def allow_tf32() -> dict:
     """TF32 for float32 convolutions and matmuls (both frameworks' GPU default for convs).
 
-    torch >= 2.9 has per-backend `fp32_precision` settings and warns about mixing them with
-    the old `allow_tf32` flags, so the new API is used where it exists.
+    Set through the legacy flags, which torch (2.9 to at least 2.13) mirrors into the per-backend
+    `fp32_precision` settings, so both views agree. Setting only the new ones leaves
+    `torch.get_float32_matmul_precision()` at "highest" against matmul "tf32", and torch then
+    raises ("a mix of the legacy and new APIs") wherever the legacy view is read: in torch 2.11,
+    inductor's max-autotune does (select_algorithm's precompile key), so the autotuned
+    torch.compile variant would fail on the GPU. Returns both views, as read back.
     """
-    if hasattr(torch.backends.cudnn, "conv") and hasattr(torch.backends.cudnn.conv, "fp32_precision"):
-        torch.backends.cudnn.conv.fp32_precision = "tf32"
-        torch.backends.cuda.matmul.fp32_precision = "tf32"
-        return {"cudnn.conv.fp32_precision": "tf32", "cuda.matmul.fp32_precision": "tf32"}
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cuda.matmul.allow_tf32 = True
-    return {"cudnn.allow_tf32": True, "cuda.matmul.allow_tf32": True}
+    settings = {"cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
+                "cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+                "float32_matmul_precision": torch.get_float32_matmul_precision()}
+    if hasattr(torch.backends.cudnn, "conv"):  # torch >= 2.9
+        settings["cudnn.conv.fp32_precision"] = torch.backends.cudnn.conv.fp32_precision
+        settings["cuda.matmul.fp32_precision"] = torch.backends.cuda.matmul.fp32_precision
+    return settings
 
 
 def synchronize(device: torch.device) -> None:

@@ -1,7 +1,9 @@
 """The `parity` fixture (record every measured error, then assert) and the session report.
 
-Set PARITY_REPORT_DIR to a folder to get parity_report.json / .md at the end of the session
-(`python -m parity_tests.run_report` does this).
+Set PARITY_REPORT_DIR to a folder to get parity_report.json / .md, rewritten after every test
+and at the end of the session (`python -m parity_tests.run_report` does this).
+JAX's GPU memory preallocation is turned off by the repository's root conftest.py, which pytest
+loads before this file.
 """
 
 from __future__ import annotations
@@ -9,14 +11,11 @@ from __future__ import annotations
 import math
 import os
 import time
+from pathlib import Path
 
 import pytest
 
 from parity_tests import report as parity_report
-
-# Before anything imports jax: on a GPU, JAX would otherwise take 75% of its memory up front and
-# leave torch (and the determinism subprocesses) to run out of memory beside it.
-os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 
 class Parity:
@@ -58,13 +57,41 @@ def pytest_runtest_logreport(report):
         parity_report.OUTCOMES[report.nodeid] = {"outcome": report.outcome, "reason": reason}
 
 
+_SESSION: list = []  # the running session: pytest_runtest_logfinish is not given it
+
+
 def pytest_sessionstart(session):
     session.parity_started = time.perf_counter()
+    _SESSION[:] = [session]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Cases marked `gpu` (GPU-only, the most informative of a GPU run) run first: a run cut
+    off by its time cap has then measured them. Elsewhere they are skips; their place is moot."""
+    items[:] = [i for i in items if i.get_closest_marker("gpu")] + [i for i in items if not i.get_closest_marker("gpu")]
+
+
+def pytest_collection_finish(session):
+    """The tests the report expects (this folder's: a whole-repository run collects others too)."""
+    here = Path(__file__).resolve().parent
+    parity_report.COLLECTED[:] = [item.nodeid for item in session.items if here in Path(item.path).resolve().parents]
+
+
+def _write_report(session, exitstatus, finished: bool):
+    directory = os.environ.get(parity_report.REPORT_DIR_ENV)
+    if not directory:
+        return None
+    seconds = time.perf_counter() - getattr(session, "parity_started", time.perf_counter())
+    return parity_report.write(directory, exitstatus, seconds, finished=finished)
+
+
+def pytest_runtest_logfinish(nodeid, location):
+    """After every test: a run killed by a time limit still leaves all it measured so far."""
+    if _SESSION:
+        _write_report(_SESSION[0], None, finished=False)
 
 
 def pytest_sessionfinish(session, exitstatus):
-    directory = os.environ.get(parity_report.REPORT_DIR_ENV)
-    if directory:
-        seconds = time.perf_counter() - getattr(session, "parity_started", time.perf_counter())
-        path = parity_report.write(directory, exitstatus, seconds)
+    path = _write_report(session, exitstatus, finished=True)
+    if path:
         print(f"\nparity report written to {path / 'parity_report.md'}")

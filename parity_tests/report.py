@@ -1,8 +1,11 @@
 """The parity report: every measured error of a test session, with the device and versions.
 
-Rows are collected by the `parity` fixture (conftest.py) while the tests run, and written at
-the end of the session as `parity_report.json` and `parity_report.md` when the environment
-variable PARITY_REPORT_DIR names a folder. Recording happens before asserting, so a failing
+Rows are collected by the `parity` fixture (conftest.py) while the tests run and written as
+`parity_report.json` and `parity_report.md` when the environment variable PARITY_REPORT_DIR
+names a folder: after every test (`"finished": false`) and once more at the end of the session.
+Each write replaces the files atomically (temporary file, then rename), so a run killed at any
+point (a time cap on the GPU machine) leaves a whole report of every test that finished, and
+the list of collected tests that never ran. Recording happens before asserting, so a failing
 comparison still shows its number in the report.
 """
 
@@ -39,6 +42,8 @@ class Row:
 
 ROWS: list[Row] = []
 OUTCOMES: dict[str, dict] = {}  # nodeid -> {"outcome": ..., "reason": ...}
+COLLECTED: list[str] = []  # every collected nodeid, in run order: those without an outcome never ran
+_ENVIRONMENT: dict = {}  # environment(), taken once per session by the first write
 
 
 def _version(package: str) -> str | None:
@@ -73,6 +78,8 @@ def environment() -> dict:
         "jax_devices": [d.device_kind for d in jax.devices()],
         "torch_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        # "false" wherever JAX shares the GPU with torch (conftest.py at the repository root)
+        "xla_python_client_preallocate": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"),
     }
     if torch.cuda.is_available():
         env["torch_cuda"] = torch.version.cuda
@@ -80,8 +87,11 @@ def environment() -> dict:
         env["jax_cuda_plugins"] = {p: v for p in CUDA_PLUGINS if (v := _version(p))}
     if shutil.which("nvidia-smi"):
         query = ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"]
-        result = subprocess.run(query, check=False, capture_output=True, text=True, timeout=30)
-        env["nvidia_smi"] = result.stdout.strip() or result.stderr.strip()
+        try:  # a hung or failing nvidia-smi must not cost the report (this runs inside a pytest hook)
+            result = subprocess.run(query, check=False, capture_output=True, text=True, timeout=30)
+            env["nvidia_smi"] = result.stdout.strip() or result.stderr.strip()
+        except (OSError, subprocess.SubprocessError) as error:
+            env["nvidia_smi"] = f"nvidia-smi failed: {error}"
     return env
 
 
@@ -93,12 +103,16 @@ def _fmt(value) -> str:
     return f"{value:.2e}"
 
 
-def to_markdown(env: dict, rows: list[Row], outcomes: dict) -> str:
+def to_markdown(env: dict, rows: list[Row], outcomes: dict, collected: list[str] | None = None,
+                finished: bool = True) -> str:
     device = (env.get("nvidia_smi") or env["torch_device"]) if env["jax_backend"] != "cpu" else env["cpu"]
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
-    lines = [
-        "# Parity report: unet_jax (Flax) vs unet_torch (PyTorch)",
-        "",
+    not_run = [k for k in collected or () if k not in outcomes]
+    lines = ["# Parity report: unet_jax (Flax) vs unet_torch (PyTorch)", ""]
+    if not finished:
+        lines += [f"**Partial: written after {len(outcomes)} of {len(collected or ())} tests; the session had not "
+                  "finished (still running, or stopped by a time limit).**", ""]
+    lines += [
         f"- Device: {device} (jax backend `{env['jax_backend']}`, torch device `{env['torch_device']}`)",
         f"- CPU: {env['cpu']}, {env['cpu_count']} cores; Python {env['python']}; {versions}",
     ]
@@ -109,7 +123,8 @@ def to_markdown(env: dict, rows: list[Row], outcomes: dict) -> str:
     lines += [
         "",
         "Errors are max|a - ref| / max|ref| unless the quantity says otherwise; the reference is the",
-        "torch model in float64 on the CPU; \"between\" compares Flax with torch at the same precision.",
+        "torch model in float64 (on the CPU, unless the note names another device); \"between\" compares",
+        "Flax with torch at the same precision.",
         "",
         "| test | config | mode | quantity | flax vs f64 | torch vs f64 | flax vs torch | tolerance | pass |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -124,18 +139,33 @@ def to_markdown(env: dict, rows: list[Row], outcomes: dict) -> str:
     counts = {o: sum(v["outcome"] == o for v in outcomes.values()) for o in ("passed", "failed", "skipped")}
     seconds = env.get("suite_seconds")
     took = f" in {seconds:.0f} s" if seconds is not None else ""
-    lines += ["", f"Tests: {counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped{took}."]
+    never = f", {len(not_run)} not run" if not_run else ""
+    lines += ["", f"Tests: {counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped{never}{took}."]
     lines += [f"- failed: `{k}`" for k in failed]
     lines += [f"- skipped: `{k}`: {v['reason']}" for k, v in skipped.items()]
+    lines += [f"- not run: `{k}`" for k in not_run]
     return "\n".join(lines) + "\n"
 
 
-def write(directory, exitstatus: int, suite_seconds: float | None = None) -> Path:
+def _replace(path: Path, text: str) -> None:
+    """Write `text` to a temporary file beside `path`, then rename it over `path` (atomic on
+    POSIX): a reader, or a run killed mid-write, sees the old file or the new one, never half."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def write(directory, exitstatus: int | None, suite_seconds: float | None = None, finished: bool = True) -> Path:
+    """parity_report.json / .md from everything recorded so far. `finished=False` (after each
+    test): exitstatus None, and the tests that have not run yet are listed as such."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    env = {**environment(), "suite_seconds": suite_seconds}
-    payload = {"environment": env, "exitstatus": int(exitstatus), "outcomes": OUTCOMES,
-               "rows": [dataclasses.asdict(r) for r in ROWS]}
-    (directory / "parity_report.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    (directory / "parity_report.md").write_text(to_markdown(env, ROWS, OUTCOMES))
+    if not _ENVIRONMENT:
+        _ENVIRONMENT.update(environment())
+    env = {**_ENVIRONMENT, "suite_seconds": suite_seconds}
+    payload = {"environment": env, "finished": finished,
+               "exitstatus": None if exitstatus is None else int(exitstatus), "outcomes": OUTCOMES,
+               "not_run": [k for k in COLLECTED if k not in OUTCOMES], "rows": [dataclasses.asdict(r) for r in ROWS]}
+    _replace(directory / "parity_report.json", json.dumps(payload, indent=2, default=str) + "\n")
+    _replace(directory / "parity_report.md", to_markdown(env, ROWS, OUTCOMES, COLLECTED, finished))
     return directory

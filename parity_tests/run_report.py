@@ -1,7 +1,8 @@
 """Run the parity suite and write its report: `python -m parity_tests.run_report [--out DIR]`.
 
 Writes DIR/parity_report.json, DIR/parity_report.md (every measured error beside its
-tolerance, with device and versions) and DIR/pytest.log (the run, with --durations). DIR
+tolerance, with device and versions; rewritten after every test, so a killed run leaves what it
+measured) and DIR/pytest.log (the run, with --durations). DIR
 defaults to parity_tests/results/gpu when `nvidia-smi -L` lists a GPU, else .../cpu. The
 suite runs in a child process so that it starts JAX and CUDA afresh, with the report enabled.
 Extra arguments after `--` go to pytest (e.g. `-- -k forward`). Exit status: pytest's.
@@ -26,6 +27,13 @@ def has_nvidia_gpu() -> bool:
     return listed.returncode == 0 and "GPU" in listed.stdout
 
 
+def suite_env(out: Path) -> dict:
+    """The suite's environment: the report folder, and JAX's preallocation off (the suite holds
+    JAX and torch in one process and starts more such processes: JAX must not take 75% of the
+    GPU first). The root conftest.py sets the latter too; said here for this entry point."""
+    return {**os.environ, "PARITY_REPORT_DIR": str(out), "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Run parity_tests and write parity_report.{json,md}.")
     parser.add_argument("--out", type=Path, default=None, help="report folder (default: parity_tests/results/cpu or gpu)")
@@ -35,8 +43,9 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     command = [sys.executable, "-m", "pytest", str(HERE), "-q", "-rs", "--durations=15", *args.pytest_args]
-    env = {**os.environ, "PARITY_REPORT_DIR": str(out)}
-    with open(out / "pytest.log", "w") as log:
+    env = suite_env(out)
+    # Line-buffered: a run killed by a time limit keeps its log up to the last line printed.
+    with open(out / "pytest.log", "w", buffering=1) as log:
         process = subprocess.Popen(command, cwd=HERE.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    text=True)
         for line in process.stdout:  # shown live and kept

@@ -93,10 +93,10 @@ def start(recipe: Recipe) -> torch.nn.Module:
     return harness.build_torch(recipe.config, seed=1)
 
 
-def run_reference(recipe: Recipe) -> tuple[dict[str, np.ndarray], Run]:
-    """(initial state, the float64 torch run on the CPU)."""
+def run_reference(recipe: Recipe, device: str = "cpu") -> tuple[dict[str, np.ndarray], Run]:
+    """(initial state, the float64 torch run on `device`, the CPU by default)."""
     model = start(recipe)
-    return harness.torch_state(model), train_torch(harness.reference_model(model), recipe, batches(recipe))
+    return harness.torch_state(model), train_torch(harness.reference_model(model, device), recipe, batches(recipe))
 
 
 def run_frameworks(recipe: Recipe, mode: str) -> tuple[Run, Run]:

@@ -1,0 +1,14 @@
+"""Loaded by pytest before every other conftest.py and test module of this repository, whatever
+subset is run (`pytest`, `pytest benchmarks/`, `pytest parity_tests/test_forward.py`, ...).
+
+On a GPU, JAX takes 75% of the card when its backend starts unless told otherwise. Every pytest
+process here either holds JAX beside torch (parity_tests, tests) or starts JAX/torch children on
+the same GPU while holding JAX itself (benchmarks' quick run, the determinism children), so JAX
+must allocate on demand. Set here, before anything can import jax; children inherit it.
+Forced rather than defaulted: a shell that asks for preallocation would starve torch the same way.
+`parity_tests/test_gpu_run.py` checks that jax is never imported without it.
+"""
+
+import os
+
+os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
