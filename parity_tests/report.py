@@ -122,9 +122,11 @@ def to_markdown(env: dict, rows: list[Row], outcomes: dict, collected: list[str]
         lines.append(f"- XLA_FLAGS: `{env['xla_flags']}`")
     lines += [
         "",
-        "Errors are max|a - ref| / max|ref| unless the quantity says otherwise; the reference is the",
-        "torch model in float64 (on the CPU, unless the note names another device); \"between\" compares",
-        "Flax with torch at the same precision.",
+        "Errors are max|a - ref| / max|ref| unless the quantity says otherwise. \"vs f64\" is against: the",
+        "independent float64 numpy forward (`parity_tests/numpy_reference.py`) for the forward tests",
+        "(test_forward); the seed network's golden figures (computed in float64 by the original class) for",
+        "the seed checkpoint; otherwise the torch model in float64 (on the CPU, unless the note names another",
+        "device). \"between\" compares Flax with torch at the same precision.",
         "",
         "| test | config | mode | quantity | flax vs f64 | torch vs f64 | flax vs torch | tolerance | pass |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
