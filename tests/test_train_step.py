@@ -19,7 +19,7 @@ from unet_jax.model import UNet
 from unet_jax.train import make_validate
 from unet_jax.train_step import (
     create_train_state,
-    make_optimizer,
+    make_optax_optimizer,
     make_train_step,
     state_from_variables,
 )
@@ -52,7 +52,7 @@ def test_sizes_are_what_the_tests_assume():
 
 def test_one_adam_step_learns_and_donates_the_state():
     model = UNet(CFG)
-    state = create_train_state(model, make_optimizer("adam", LEARNING_RATE), 0, INPUT)
+    state = create_train_state(model, make_optax_optimizer("adam", LEARNING_RATE), 0, INPUT)
     images, masks = _data()
     before = _host_copy(state.params)
 
@@ -95,7 +95,7 @@ def test_one_sgd_step_with_batch_norm_updates_batch_stats():
     model = UNet(UNetConfig(features=4, depth=2, norm="batch"))
     variables = jax.jit(model.init)(jax.random.key(0, impl="rbg"), jnp.zeros((1, INPUT, INPUT, 1)))
     learning_rate = 0.1
-    state = state_from_variables(model, make_optimizer("sgd", learning_rate, momentum=0.9), variables, jax.random.key(1, impl="rbg"))
+    state = state_from_variables(model, make_optax_optimizer("sgd", learning_rate, momentum=0.9), variables, jax.random.key(1, impl="rbg"))
     before = _host_copy(state.params)
     stats_before = _host_copy(state.batch_stats)
     passed_leaf = state.batch_stats["down1"]["norm1"]["mean"]
@@ -128,8 +128,8 @@ def test_one_sgd_step_with_batch_norm_updates_batch_stats():
 
 
 def test_make_optimizer():
-    assert isinstance(make_optimizer("adam"), optax.GradientTransformation)
-    assert isinstance(make_optimizer("sgd", 0.01, momentum=0.99), optax.GradientTransformation)
+    assert isinstance(make_optax_optimizer("adam"), optax.GradientTransformation)
+    assert isinstance(make_optax_optimizer("sgd", 0.01, momentum=0.99), optax.GradientTransformation)
     with pytest.raises(ValueError, match="rmsprop") as info:
-        make_optimizer("rmsprop")
+        make_optax_optimizer("rmsprop")
     assert "adam" in str(info.value) and "sgd" in str(info.value)

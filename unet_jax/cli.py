@@ -10,17 +10,17 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from unet_jax.config import PADDINGS, UPSAMPLES, UNetConfig
-from unet_jax.presets import PRESETS, TrainConfig, resolve
+from unet_jax.config import DTYPES, LOSSES, NORMS, OPTIMIZERS, PADDINGS, UPSAMPLES, TrainConfig, UNetConfig
+from unet_jax.presets import PRESETS, resolve
 
-# Options whose values come from a fixed set.
+# Options whose values come from a fixed set: the library's own tuples ("none" spells norm=None).
 CHOICES = {
     "padding": PADDINGS,
     "upsample": UPSAMPLES,
-    "norm": ("none", "batch"),
-    "optimizer": ("adam", "sgd"),
-    "loss": ("ce", "dice", "ce+dice"),
-    "dtype": ("float32", "bfloat16"),
+    "norm": tuple("none" if norm is None else norm for norm in NORMS),
+    "optimizer": OPTIMIZERS,
+    "loss": LOSSES,
+    "dtype": DTYPES,
 }
 
 
@@ -66,7 +66,7 @@ def cmd_train(args) -> int:
         config_path = run_dir / "config.json"
         if not config_path.is_file():
             raise FileNotFoundError(f"--resume {run_dir}: no config.json there, so it is not a run directory")
-        cfg = TrainConfig.load(config_path)
+        cfg = TrainConfig.from_dict(json.loads(config_path.read_text()))
         cfg = resolve_from(cfg, overrides)
     else:
         cfg = resolve(args.preset, overrides)

@@ -33,12 +33,12 @@ from unet_jax.metrics import add_counts, scores_from_counts, segmentation_counts
 from unet_jax.model import UNet
 from unet_jax.plots import plot_losses, plot_predictions
 from unet_jax.predict import Predictor
-from unet_jax.presets import TrainConfig
+from unet_jax.config import TrainConfig
 from unet_jax.train_step import (
     TrainState,
     create_train_state,
     loss_and_logits,
-    make_optimizer,
+    make_optax_optimizer,
     make_train_step,
 )
 from unet_jax.weights_io import save_flax_weights
@@ -132,13 +132,13 @@ def train(
 
     train_samples, val_samples = load_data(cfg)  # bad data fails here, before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(run_dir / "config.json")
+    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     normalization = _normalization(train_samples, run_dir, resume)
     train_samples = train_samples.map_images(normalization.apply)
     val_images, val_masks = validation_tiles(val_samples.map_images(normalization.apply), cfg)
 
     model = UNet(cfg.model, dtype=jnp.dtype(cfg.dtype))
-    tx = make_optimizer(cfg.optimizer, cfg.learning_rate, cfg.momentum)
+    tx = make_optax_optimizer(cfg.optimizer, cfg.learning_rate, cfg.momentum)
     state = create_train_state(model, tx, cfg.seed, cfg.tile_size)
     checkpointer = Checkpointer(run_dir / "checkpoints", keep=cfg.keep_checkpoints)
     if resume:

@@ -10,10 +10,9 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
+from unet_jax.config import OPTIMIZERS
 from unet_jax.layers import center_crop
 from unet_jax.metrics import segmentation_counts
-
-OPTIMIZERS = ("adam", "sgd")
 
 
 class TrainState(train_state.TrainState):
@@ -24,8 +23,8 @@ class TrainState(train_state.TrainState):
     rng: Optional[jax.Array] = None
 
 
-def make_optimizer(name: str = "adam", learning_rate: float = 1e-3, momentum: float = 0.99):
-    """optax twins of the torch reference: Adam (same formula as torch.optim.Adam) or SGD
+def make_optax_optimizer(name: str = "adam", learning_rate: float = 1e-3, momentum: float = 0.99):
+    """optax twins of `unet_torch.make_torch_optimizer`: Adam (same formula as torch.optim.Adam) or SGD
     with heavy-ball momentum (optax's trace equals torch's momentum buffer)."""
     if name == "adam":
         return optax.adam(learning_rate)
