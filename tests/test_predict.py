@@ -8,6 +8,7 @@ import pytest
 import tifffile
 from PIL import Image
 
+from random_weights import random_variables  # tests/random_weights.py
 from unet_jax.config import UNetConfig
 from unet_jax.data import DataError, Normalization, mirror_pad
 from unet_jax.predict import (
@@ -19,8 +20,6 @@ from unet_jax.predict import (
     tile_geometry,
 )
 from unet_jax.weights_io import load_variables, save_flax_weights
-
-from random_weights import random_variables  # tests/random_weights.py
 
 CONFIG = UNetConfig(features=4, depth=2)  # valid sizes 4k >= 44, output = input - 40
 MARGIN = 20

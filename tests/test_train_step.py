@@ -43,7 +43,8 @@ def _host_copy(tree):
 
 
 def _tree_diff_norm(a, b):
-    return math.sqrt(sum(float(np.sum((np.asarray(x, np.float64) - y) ** 2)) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))))
+    pairs = zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+    return math.sqrt(sum(float(np.sum((np.asarray(x, np.float64) - y) ** 2)) for x, y in pairs))
 
 
 def test_sizes_are_what_the_tests_assume():
@@ -82,7 +83,8 @@ def test_one_adam_step_learns_and_donates_the_state():
     # Adam's first step moves each weight by lr * m / (sqrt(v) + eps) = lr * g / (|g| + eps):
     # never more than lr, and exactly lr where the gradient is not tiny. The head's two biases
     # get gradients sum(softmax - one_hot) = +-g, never 0 for random data.
-    largest_move = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree_util.tree_leaves(after), jax.tree_util.tree_leaves(before)))
+    pairs = zip(jax.tree_util.tree_leaves(after), jax.tree_util.tree_leaves(before))
+    largest_move = max(float(np.max(np.abs(a - b))) for a, b in pairs)
     assert largest_move <= LEARNING_RATE * (1 + 1e-4)
     np.testing.assert_allclose(np.abs(after["head"]["bias"] - before["head"]["bias"]), LEARNING_RATE, rtol=1e-3)
 
@@ -95,7 +97,8 @@ def test_one_sgd_step_with_batch_norm_updates_batch_stats():
     model = UNet(UNetConfig(features=4, depth=2, norm="batch"))
     variables = jax.jit(model.init)(jax.random.key(0, impl="rbg"), jnp.zeros((1, INPUT, INPUT, 1)))
     learning_rate = 0.1
-    state = state_from_variables(model, make_optax_optimizer("sgd", learning_rate, momentum=0.9), variables, jax.random.key(1, impl="rbg"))
+    tx = make_optax_optimizer("sgd", learning_rate, momentum=0.9)
+    state = state_from_variables(model, tx, variables, jax.random.key(1, impl="rbg"))
     before = _host_copy(state.params)
     stats_before = _host_copy(state.batch_stats)
     passed_leaf = state.batch_stats["down1"]["norm1"]["mean"]

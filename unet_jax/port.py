@@ -167,7 +167,9 @@ def _raise_mismatches(what: str, config: UNetConfig, missing, unexpected, missha
     lines += [f"  missing: {k} (expected shape {s})" for k, s in missing]
     lines += [f"  unexpected: {k} (shape {s})" for k, s in unexpected]
     lines += [f"  wrong shape: {k} is {got}, expected {want}" for k, got, want in misshaped]
-    lines.append("Check that the config (features, depth, in_channels, num_classes, norm, upsample) is the one the weights were trained with.")
+    lines.append(
+        "Check that the config (features, depth, in_channels, num_classes, norm, upsample) is the one the weights were trained with."
+    )
     raise PortError("\n".join(lines))
 
 

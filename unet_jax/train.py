@@ -26,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from unet_jax.checkpoints import Checkpointer
+from unet_jax.config import TrainConfig
 from unet_jax.data import Normalization, Samples, augment, load_folder, make_cells, sample_tiles, split_validation
 from unet_jax.evaluate import evaluate_samples
 from unet_jax.losses import make_loss
@@ -33,7 +34,6 @@ from unet_jax.metrics import add_counts, scores_from_counts, segmentation_counts
 from unet_jax.model import UNet
 from unet_jax.plots import plot_losses, plot_predictions
 from unet_jax.predict import Predictor
-from unet_jax.config import TrainConfig
 from unet_jax.train_step import (
     TrainState,
     create_train_state,

@@ -121,7 +121,9 @@ def _load_stack(volume_path: Path, labels_path: Path, in_channels: int, num_clas
     """ISBI-2012 style: a multi-page image TIFF and a label TIFF with one page per slice."""
     for p in (volume_path, labels_path):
         if not p.is_file():
-            raise DataError(f"{p}: missing. Fix: an ISBI volume needs its label stack beside it ({volume_path.name} + {labels_path.name})")
+            raise DataError(
+                f"{p}: missing. Fix: an ISBI volume needs its label stack beside it ({volume_path.name} + {labels_path.name})"
+            )
     volume, labels = _read(volume_path, palette_to_rgb=True), _read(labels_path, palette_to_rgb=False)
     volume = volume[None] if volume.ndim == 2 else volume  # [N, H, W] or [N, H, W, C]
     labels = labels[None] if labels.ndim == 2 else labels  # [N, H, W]
