@@ -10,7 +10,7 @@ Layouts: Conv2d OIHW <-> Flax HWIO. ConvTranspose2d stores (in, out, kH, kW) and
 gradient of a convolution, applies the kernel spatially flipped relative to Flax's
 `ConvTranspose` (which does not flip), so the kernel is flipped in H and W on the way.
 
-Pure numpy: no torch import here (file reading lives in `unet_jax.weights_io`).
+Numpy arrays in and out; no torch import here (file reading lives in `unet_jax.weights_io`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import dataclasses
 from typing import Callable, Mapping
 
 import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
 
 from unet_jax.config import UNetConfig
 
@@ -148,6 +149,11 @@ def _torch_entries(config: UNetConfig, naming: str):
             yield f"{rename.get(name, name)}.{param.torch_name}", layer, param
 
 
+def _flax_location(layer: Layer, param: Param) -> str:
+    """Where a tensor lives among flattened Flax variables: "params/down1/conv1/kernel"."""
+    return "/".join((param.collection, *layer.path, param.leaf))
+
+
 def detect_naming(keys) -> str:
     """'seed' for state_dicts of the seed's `Unet` class (conv1_1.weight ...), else 'unet_torch'."""
     return "seed" if "conv1_1.weight" in keys else "unet_torch"
@@ -180,7 +186,7 @@ def torch_to_flax(state_dict: Mapping[str, np.ndarray], config: UNetConfig) -> d
     """
     state_dict = {k: np.asarray(v) for k, v in _strip_prefix(state_dict).items()}
     naming = detect_naming(state_dict)
-    variables: dict = {}
+    flat: dict[str, np.ndarray] = {}
     missing, misshaped, seen = [], [], set()
     for key, layer, param in _torch_entries(config, naming):
         want = param.torch_shape(layer)
@@ -192,13 +198,10 @@ def torch_to_flax(state_dict: Mapping[str, np.ndarray], config: UNetConfig) -> d
         if value.shape != want:
             misshaped.append((key, value.shape, want))
             continue
-        node = variables.setdefault(param.collection, {})
-        for part in layer.path:
-            node = node.setdefault(part, {})
-        node[param.leaf] = np.array(param.to_flax(value), order="C")  # a copy; keeps 0-d scalars 0-d
+        flat[_flax_location(layer, param)] = np.array(param.to_flax(value), order="C")  # a copy; keeps 0-d scalars 0-d
     unexpected = [(k, v.shape) for k, v in state_dict.items() if k not in seen]
     _raise_mismatches(f"PyTorch state_dict ({naming} naming)", config, missing, unexpected, misshaped)
-    return variables
+    return unflatten_variables(flat)
 
 
 def flax_to_torch(variables: Mapping, config: UNetConfig, naming: str = "unet_torch") -> dict[str, np.ndarray]:
@@ -210,7 +213,7 @@ def flax_to_torch(variables: Mapping, config: UNetConfig, naming: str = "unet_to
     state_dict: dict[str, np.ndarray] = {}
     missing, misshaped, seen = [], [], set()
     for key, layer, param in _torch_entries(config, naming):
-        location = "/".join((param.collection, *layer.path, param.leaf))
+        location = _flax_location(layer, param)
         want = param.to_flax(np.empty(param.torch_shape(layer))).shape  # reported in Flax layout
         if location not in flat:
             missing.append((location, want))
@@ -226,25 +229,11 @@ def flax_to_torch(variables: Mapping, config: UNetConfig, naming: str = "unet_to
     return state_dict
 
 
-def flatten_variables(variables: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
-    """{"params": {"head": {"bias": x}}} -> {"params/head/bias": x}."""
-    flat = {}
-    for name, value in variables.items():
-        key = f"{prefix}{name}"
-        if isinstance(value, Mapping):
-            flat.update(flatten_variables(value, key + "/"))
-        else:
-            flat[key] = value
-    return flat
+def flatten_variables(variables: Mapping) -> dict[str, np.ndarray]:
+    """{"params": {"head": {"bias": x}}} -> {"params/head/bias": x}, the keys of Flax weight files."""
+    return flatten_dict(variables, sep="/")
 
 
 def unflatten_variables(flat: Mapping[str, np.ndarray]) -> dict:
     """Inverse of `flatten_variables`."""
-    nested: dict = {}
-    for key, value in flat.items():
-        *parents, leaf = key.split("/")
-        node = nested
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return nested
+    return unflatten_dict(flat, sep="/")

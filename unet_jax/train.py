@@ -30,14 +30,14 @@ from unet_jax.config import TrainConfig
 from unet_jax.data import Normalization, Samples, augment, load_folder, make_cells, sample_tiles, split_validation
 from unet_jax.evaluate import evaluate_samples
 from unet_jax.losses import make_loss
-from unet_jax.metrics import add_counts, scores_from_counts, segmentation_counts
+from unet_jax.metrics import add_counts, scores_from_counts
 from unet_jax.model import UNet
 from unet_jax.plots import plot_losses, plot_predictions
 from unet_jax.predict import Predictor
 from unet_jax.train_step import (
     TrainState,
     create_train_state,
-    loss_and_logits,
+    make_eval_step,
     make_optax_optimizer,
     make_train_step,
 )
@@ -79,28 +79,16 @@ def validation_tiles(samples: Samples, cfg: TrainConfig) -> tuple[np.ndarray, np
     return sample_tiles(samples.images, samples.masks, rng, count, cfg.tile_size, cfg.label_size)
 
 
-def make_validate(loss_fn, batch_size: int):
-    @jax.jit
-    def val_batch(state: TrainState, images, masks):
-        loss, (logits, labels, _) = loss_and_logits(
-            state.params, state.batch_stats, state.apply_fn, images, masks, loss_fn, train=False
-        )
-        return loss, segmentation_counts(logits, labels), jnp.argmax(logits, -1)
-
-    def validate(state: TrainState, images: np.ndarray, masks: np.ndarray):
-        """(metrics over all tiles, predictions of the first batch)."""
-        counts, losses, first_predictions = None, [], None
-        for start in range(0, len(images), batch_size):
-            loss, batch_counts, predictions = val_batch(
-                state, images[start : start + batch_size], masks[start : start + batch_size]
-            )
-            counts = add_counts(counts, batch_counts)
-            losses.append(float(loss))
-            if first_predictions is None:
-                first_predictions = np.asarray(predictions)
-        return {"loss": float(np.mean(losses)), **scores_from_counts(counts)}, first_predictions
-
-    return validate
+def validate(eval_step, state: TrainState, images: np.ndarray, masks: np.ndarray, batch_size: int):
+    """(loss and scores over all tiles, predictions of the first batch), `batch_size` tiles per call."""
+    counts, losses, first_predictions = None, [], None
+    for start in range(0, len(images), batch_size):
+        metrics = eval_step(state, images[start : start + batch_size], masks[start : start + batch_size])
+        counts = add_counts(counts, {k: metrics[k] for k in ("true_positive", "predicted", "actual")})
+        losses.append(float(metrics["loss"]))
+        if first_predictions is None:
+            first_predictions = np.asarray(metrics["predictions"])
+    return {"loss": float(np.mean(losses)), **scores_from_counts(counts)}, first_predictions
 
 
 class MetricsLog:
@@ -149,7 +137,7 @@ def train(
 
     loss_fn = make_loss(cfg.loss)
     train_step = make_train_step(loss_fn, augment=augment if cfg.augment else None)
-    validate = make_validate(loss_fn, cfg.batch_size)
+    eval_step = make_eval_step(loss_fn)
 
     window, timer = [], _Throughput()
     bar = tqdm(total=cfg.steps, initial=start, desc="train", disable=not progress, dynamic_ncols=True)
@@ -181,7 +169,7 @@ def train(
                 window = []
                 timer.restart()
             if step % cfg.eval_every == 0 or last:
-                val_metrics, _ = validate(state, val_images, val_masks)
+                val_metrics, _ = validate(eval_step, state, val_images, val_masks, cfg.batch_size)
                 metrics_log.write({"step": step, "split": "val", **val_metrics})
                 bar.write(f"step {step}: val loss {val_metrics['loss']:.4f}, foreground Dice {val_metrics['dice']:.4f}, "
                           f"IoU {val_metrics['iou']:.4f}")
@@ -192,7 +180,7 @@ def train(
         checkpointer.close()
 
     whole_images = (val_samples, normalization)
-    return _finish(cfg, run_dir, state, validate, val_images, val_masks, whole_images, metrics_log, log)
+    return _finish(cfg, run_dir, state, eval_step, val_images, val_masks, whole_images, metrics_log, log)
 
 
 def _check_run_dir(run_dir: Path, resume: bool) -> None:
@@ -253,12 +241,12 @@ def _train_record(step: int, window: list, timer: _Throughput, batch_size: int) 
     }
 
 
-def _finish(cfg, run_dir, state, validate, val_images, val_masks, whole_images, metrics_log, log) -> dict:
+def _finish(cfg, run_dir, state, eval_step, val_images, val_masks, whole_images, metrics_log, log) -> dict:
     variables = {"params": state.params}
     if state.batch_stats is not None:
         variables["batch_stats"] = state.batch_stats
     save_flax_weights(jax.device_get(variables), cfg.model, run_dir / "weights.safetensors", overwrite=True)
-    val_metrics, predictions = validate(state, val_images, val_masks)
+    val_metrics, predictions = validate(eval_step, state, val_images, val_masks, cfg.batch_size)
     shown = min(4, len(predictions))
     plot_predictions(val_images[:shown], val_masks[:shown], predictions[:shown], run_dir / "predictions.png")
     plot_losses(metrics_log.records, run_dir / "loss.png")

@@ -1,4 +1,5 @@
-"""The train state and the pure, jit-compiled `(state, batch) -> (state, metrics)` step."""
+"""The train state, the pure jit-compiled `(state, batch) -> (state, metrics)` train step, and its
+inference-mode twin `(state, batch) -> metrics` that validation runs."""
 
 from __future__ import annotations
 
@@ -85,3 +86,20 @@ def make_train_step(loss_fn: Callable, augment: Optional[Callable] = None, jit: 
         return state, metrics
 
     return jax.jit(train_step, donate_argnums=0) if jit else train_step
+
+
+def make_eval_step(loss_fn: Callable, jit: bool = True):
+    """`eval_step(state, images [N,H,W,C], masks [N,H',W']) -> metrics`: the train step's loss and
+    per-class counts in inference mode (BatchNorm uses its running statistics; no augmentation,
+    no update), plus the predicted classes `predictions` [N, h, w] of the logits' size.
+
+    The state is only read, never donated.
+    """
+
+    def eval_step(state: TrainState, images, masks):
+        loss, (logits, labels, _) = loss_and_logits(
+            state.params, state.batch_stats, state.apply_fn, images, masks, loss_fn, train=False
+        )
+        return {"loss": loss, **segmentation_counts(logits, labels), "predictions": jnp.argmax(logits, axis=-1)}
+
+    return jax.jit(eval_step) if jit else eval_step
