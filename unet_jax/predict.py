@@ -3,30 +3,20 @@
 A U-Net sees a fixed tile. To predict a whole image, the image is cut into a grid of output
 tiles that cover it; each input tile is its output tile grown by the context margin on every
 side, read from the image mirrored at its borders (Ronneberger et al. 2015, Fig. 2); the
-output tiles are pasted side by side, with no blending.
+output tiles are pasted side by side, with no blending. `unet_jax.tiling` sets the geometry:
+tiles start on the 2x2-pool grid, and bilinear networks drop a few edge pixels per tile.
 
-One rule goes beyond the paper: tiles start at multiples of 2**depth. A tile's 2x2 pools
-group pixels relative to the tile's own origin, so two tiles whose origins differ by a
-number of pixels that is not a multiple of 2**depth pool different pixel pairs. With the
-paper's stride (the output size, 388 for a 572 input) that happens at depth >= 3, since
-388 = 4 (mod 16). Rounding the stride down to a multiple of 2**depth (388 -> 384, the few
-surplus output rows are dropped) makes the pools line up, and then, for unpadded
-("valid") configs with transposed up-convolutions, the tiled prediction *equals* one forward
-pass over the whole mirror-padded image: tiling changes speed and memory, never the answer.
-(Bilinear up-sampling clamps at tile edges, so there the equality holds only approximately.)
-
-Same-padding configs have no context margin in the config sense: every conv zero-pads, so
-pixels near a tile edge see zeros instead of their neighbours. By default each tile
-therefore still carries a margin of 2**depth mirrored/neighbouring pixels (one bottleneck
-pixel) that is predicted and thrown away; `same_padding_margin=0` gives plain, abutting
-tiles, each equal to a forward pass on that tile alone.
+What is exact: for valid-padding networks, transposed or bilinear up-sampling, with or without
+BatchNorm, the tiled prediction equals one forward pass over the whole image mirror-padded by
+(context + margin) and cropped, up to float32 rounding: tiling changes speed and memory, never
+the answer. What is not: same-padding networks zero-pad at every tile edge, so their tiles
+differ from a whole-image pass near the edges; the default margin of 2**depth pixels keeps that
+small, and `margin=0` gives plain, abutting tiles, each equal to a forward pass on that tile alone.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -40,13 +30,11 @@ from unet_jax.data import Normalization
 from unet_jax.data.folder import read_image
 from unet_jax.data.tiles import mirror_crop
 from unet_jax.model import UNet
+from unet_jax.tiling import DEFAULT_BATCH_SIZE, default_tile_size, tile_geometry, usable_tile_size
 from unet_jax.weights_io import load_variables
 
-DEFAULT_BATCH_SIZE = 4
 RUN_WEIGHTS = "weights.safetensors"  # the two files a training run directory holds for prediction
 RUN_NORMALIZATION = "normalization.json"
-MEMORY_FRACTION = 0.5  # of the accelerator's free memory that the activation estimate may use
-CPU_MEMORY_BUDGET = 2 * 2**30  # bytes, where the device reports no memory statistics (CPU)
 MASK_FORMATS = {"png": ".png", "tiff": ".tif"}
 
 
@@ -117,148 +105,22 @@ def read_normalization(path) -> Normalization:
         raise ValueError(f"{path}: not a readable normalisation ({error})") from None
 
 
-# ------------------------------------------------------------------ tile geometry
-@dataclasses.dataclass(frozen=True)
-class TileGeometry:
-    """Where one square input tile's useful output lies.
-
-    The input tile starting at image position p (rows and columns alike) has its first used
-    output pixel at image position p + context; that pixel is output row `crop` of the tile,
-    and `stride` output pixels are used from there.
-    """
-
-    tile_size: int  # input side T
-    context: int  # input pixels before the first used output pixel
-    crop: int  # output pixels dropped before it (0 for valid convs, the margin for same)
-    stride: int  # used output pixels per tile, a multiple of 2**depth
-
-    def tiles_along(self, length: int) -> int:
-        return math.ceil(length / self.stride)
-
-
-def tile_geometry(config: UNetConfig, tile_size: int, same_padding_margin: Optional[int] = None) -> TileGeometry:
-    """The geometry for input tiles of side `tile_size`; ValueError naming valid sizes if unusable."""
-    config.check_input_size(tile_size, tile_size)
-    context, crop, usable = _tile_output(config, tile_size, same_padding_margin)
-    step = 2**config.depth
-    stride = max(usable, 0) // step * step
-    if stride == 0:
-        smallest = next(_tile_sizes(config, same_padding_margin))
-        raise ValueError(
-            f"tile size {tile_size} leaves {usable} output pixel(s) per tile, fewer than 2**depth = {step} "
-            f"(tiles must start on the 2x2-pool grid). Use a tile size of at least {smallest}."
-        )
-    return TileGeometry(tile_size, context, crop, stride)
-
-
-def _tile_output(config: UNetConfig, tile_size: int, same_padding_margin: Optional[int]) -> tuple[int, int, int]:
-    """(context, crop, usable output pixels) of a valid input tile size."""
-    if config.padding == "valid":
-        if same_padding_margin is not None:
-            raise ValueError("same_padding_margin applies to padding='same' configs only")
-        output = config.output_size(tile_size)
-        return (tile_size - output) // 2, 0, output
-    margin = 2**config.depth if same_padding_margin is None else same_padding_margin
-    if not isinstance(margin, int) or margin < 0:
-        raise ValueError(f"same_padding_margin must be a non-negative integer, got {margin!r}")
-    return margin, margin, tile_size - 2 * margin
-
-
-def _tile_sizes(config: UNetConfig, same_padding_margin: Optional[int]):
-    """Every valid input size that leaves a non-zero stride, ascending, without end."""
-    size = 1
-    while True:
-        if config.is_valid_input_size(size) and _tile_output(config, size, same_padding_margin)[2] >= 2**config.depth:
-            yield size
-        size += 1
-
-
-# ------------------------------------------------------------------ default tile size
-def activation_bytes(config: UNetConfig, tile_size: int, bytes_per_value: int = 4) -> int:
-    """Bytes of every feature map of one tile's forward pass, summed.
-
-    An upper bound on what inference keeps alive (XLA frees maps it no longer needs, but the
-    skips live until the decoder), and simple enough to check by hand.
-    """
-    shrink, per_conv = config.conv_shrink, (2 if config.norm else 1)  # BatchNorm adds a map per conv
-
-    def convs(size, channels):  # two 3x3 convs: their output maps, and the size after them
-        return per_conv * channels * ((size - shrink) ** 2 + (size - 2 * shrink) ** 2), size - 2 * shrink
-
-    size = tile_size
-    values = size * size * config.in_channels  # the input tile
-    for level in range(config.depth):
-        maps, size = convs(size, config.channels(level))
-        size //= 2
-        values += maps + config.channels(level) * size * size  # + the pooled map
-    maps, size = convs(size, config.channels(config.depth))
-    values += maps
-    for step in range(1, config.depth + 1):
-        channels, size = config.channels(config.depth - step), 2 * size
-        maps, after = convs(size, channels)
-        values += 3 * channels * size * size + maps  # up-conv output, the concat (twice as wide), convs
-        size = after
-    values += 2 * config.num_classes * size * size  # logits and probabilities
-    return values * bytes_per_value
-
-
-def memory_budget_bytes(device=None) -> int:
-    """`MEMORY_FRACTION` of the device's free memory, or `CPU_MEMORY_BUDGET` where it reports none."""
-    device = device or jax.devices()[0]
-    try:
-        stats = device.memory_stats()
-    except Exception:  # some backends raise instead of returning None
-        stats = None
-    if not stats or "bytes_limit" not in stats:
-        return CPU_MEMORY_BUDGET
-    return int(MEMORY_FRACTION * max(stats["bytes_limit"] - stats.get("bytes_in_use", 0), 0))
-
-
-def default_tile_size(
-    config: UNetConfig,
-    height: int,
-    width: int,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    budget_bytes: Optional[int] = None,
-    same_padding_margin: Optional[int] = None,
-) -> int:
-    """The valid tile size that fits the memory budget and computes the fewest pixels.
-
-    Candidates are the valid tile sizes from the smallest usable one up to the first whose
-    single tile covers the whole image, keeping those whose batch (`batch_size` tiles, or
-    fewer when the image has fewer) has `activation_bytes` within `budget_bytes` (default:
-    `memory_budget_bytes()`). Among them wins the one that pushes the fewest pixels through the
-    network, zero-padded batch slots included; ties go to the larger tile. If not even the
-    smallest tile fits the budget it is used anyway: the estimate is an upper bound.
-    """
-    budget = memory_budget_bytes() if budget_bytes is None else budget_bytes
-    smallest = best = best_cost = None
-    for size in _tile_sizes(config, same_padding_margin):
-        geometry = tile_geometry(config, size, same_padding_margin)
-        tiles = geometry.tiles_along(height) * geometry.tiles_along(width)
-        batch = min(batch_size, tiles)  # fewer tiles than batch_size shrink the batch, so no early stop on memory
-        smallest = smallest or size
-        cost = math.ceil(tiles / batch) * batch * size * size
-        if batch * activation_bytes(config, size) <= budget and (best_cost is None or cost <= best_cost):
-            best, best_cost = size, cost
-        if geometry.stride >= max(height, width):
-            break  # one tile covers the image: larger tiles only add padding
-    return best or smallest
-
-
 # ------------------------------------------------------------------ prediction
 def predict_probabilities(
     predictor: Predictor,
     image: np.ndarray,
     tile_size: Optional[int] = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
-    same_padding_margin: Optional[int] = None,
+    margin: Optional[int] = None,
 ) -> np.ndarray:
     """Class probabilities float32 [H, W, num_classes] for a normalised image [H, W, C] of any size.
 
-    `tile_size` is the input tile side (default: `default_tile_size`). Tiles go through the
-    network `batch_size` at a time (fewer if the image has fewer tiles), the last batch
-    zero-filled, so each image size compiles exactly one shape.
+    `tile_size` is the input tile side: default `default_tile_size`; a larger one than a single
+    tile covering the image needs is capped to that, and one whose batch exceeds the memory
+    budget is refused (`usable_tile_size`). `margin`: output pixels dropped on each tile side
+    (default `tiling.default_margin`). Tiles go through the network `batch_size` at a time
+    (fewer if the image has fewer tiles), the last batch zero-filled, so each image size
+    compiles exactly one shape.
     """
     config = predictor.config
     image = np.asarray(image, np.float32)
@@ -270,8 +132,10 @@ def predict_probabilities(
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     height, width = image.shape[:2]
     if tile_size is None:
-        tile_size = default_tile_size(config, height, width, batch_size, same_padding_margin=same_padding_margin)
-    geometry = tile_geometry(config, tile_size, same_padding_margin)
+        tile_size = default_tile_size(config, height, width, batch_size, margin=margin)
+    else:
+        tile_size = usable_tile_size(config, tile_size, height, width, batch_size, margin=margin)
+    geometry = tile_geometry(config, tile_size, margin)
     s, t = geometry.stride, geometry.tile_size
     rows, cols = geometry.tiles_along(height), geometry.tiles_along(width)
     origins = [(r * s, c * s) for r in range(rows) for c in range(cols)]  # image position of each used output tile
