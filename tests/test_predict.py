@@ -11,6 +11,7 @@ from PIL import Image
 from random_weights import random_variables  # tests/random_weights.py
 from unet_jax.config import ConfigError, UNetConfig
 from unet_jax.data import DataError, Normalization, mirror_pad
+from unet_jax.files import OutputError
 from unet_jax.predict import Predictor, predict_files, predict_probabilities
 from unet_jax.tiling import activation_bytes, default_margin, default_tile_size, tile_geometry, usable_tile_size
 from unet_jax.weights_io import load_variables, save_flax_weights
@@ -205,7 +206,7 @@ def test_predict_files_writes_masks_and_probabilities(tmp_path, predictor):
 def test_predict_files_refuses_clashes_and_names_bad_files(tmp_path, predictor):
     for name in ("a.png", "a_mask.png"):
         Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / name)
-    with pytest.raises(ValueError, match="is one of the input images"):
+    with pytest.raises(OutputError, match="a_mask.png is the input .*a_mask.png; it is never replaced"):
         predict_files(predictor, [tmp_path / "a.png", tmp_path / "a_mask.png"], tmp_path)
     (tmp_path / "x").mkdir()
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "x" / "a.png")
@@ -218,6 +219,20 @@ def test_predict_files_refuses_clashes_and_names_bad_files(tmp_path, predictor):
         predict_files(predictor, [tmp_path / "rgb.png"], tmp_path / "out")
     with pytest.raises(ValueError, match="mask_format"):
         predict_files(predictor, [tmp_path / "a.png"], tmp_path / "out", mask_format="jpg")
+
+
+def test_a_multi_page_tiff_is_predicted_page_by_page(tmp_path, predictor):
+    rng = np.random.default_rng(5)
+    stack = rng.integers(0, 256, (3, 21, 26), dtype=np.uint8)  # 3 pages: tifffile would call (3, H, W) RGB
+    tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="minisblack")
+    [record] = predict_files(predictor, [tmp_path / "stack.tif"], tmp_path / "out", save_probabilities=True, tile_size=60)
+    assert record["mask"].name == "stack_mask.tif" and (record["pages"], record["height"], record["width"]) == (3, 21, 26)
+    masks, probs = tifffile.imread(record["mask"]), np.load(record["probabilities"])
+    assert masks.shape == (3, 21, 26) and probs.shape == (3, 21, 26, 2)
+    for page in range(3):
+        expected = predict_probabilities(predictor, stack[page, :, :, None] / np.float32(255), tile_size=60)
+        np.testing.assert_allclose(probs[page], expected, atol=1e-6)
+        np.testing.assert_array_equal(masks[page], expected.argmax(-1))
 
 
 # ------------------------------------------------------------------ weights files

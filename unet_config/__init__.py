@@ -5,7 +5,7 @@ Pure Python, importing neither JAX nor torch: `unet_torch` builds its network fr
 """
 
 from unet_config.architecture import NORMS, PADDINGS, UPSAMPLES, UNetConfig
-from unet_config.errors import ConfigError, UNetError
+from unet_config.errors import ConfigError, MissingFileError, UNetError
 from unet_config.training import DTYPES, LOSSES, OPTIMIZERS, RESUMABLE_FIELDS, TrainConfig
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "RESUMABLE_FIELDS",
     "UPSAMPLES",
     "ConfigError",
+    "MissingFileError",
     "TrainConfig",
     "UNetConfig",
     "UNetError",

@@ -15,3 +15,7 @@ class UNetError(Exception):
 
 class ConfigError(UNetError, ValueError):
     """A config field (or a command-line option) with a value that can't work."""
+
+
+class MissingFileError(UNetError, FileNotFoundError):
+    """An input file or folder that is not there."""

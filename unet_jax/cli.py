@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from unet_jax.config import DTYPES, LOSSES, NORMS, OPTIMIZERS, PADDINGS, UPSAMPLES, TrainConfig, UNetConfig
+from unet_jax.config import DTYPES, LOSSES, NORMS, OPTIMIZERS, PADDINGS, UPSAMPLES, TrainConfig, UNetConfig, UNetError
 from unet_jax.presets import PRESETS, resolve
 
 # Options whose values come from a fixed set: the library's own tuples ("none" spells norm=None).
@@ -177,7 +177,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as error:
+    except (UNetError, ValueError, FileNotFoundError, FileExistsError, RuntimeError) as error:
         # Library errors carry the file and the fix; a traceback would bury them.
         print(f"unet-jax {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -16,19 +16,19 @@ small, and `margin=0` gives plain, abutting tiles, each equal to a forward pass 
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import jax
 import numpy as np
 import tifffile
 from PIL import Image
 
-from unet_jax.config import UNetConfig
-from unet_jax.data import Normalization
-from unet_jax.data.folder import read_image
-from unet_jax.data.tiles import mirror_crop
+from unet_jax.config import ConfigError, MissingFileError, UNetConfig
+from unet_jax.data import Normalization, image_pages, mirror_crop, read_image_pages
+from unet_jax.files import OutputError, check_destination, make_directory, write_atomically
 from unet_jax.model import UNet
 from unet_jax.tiling import DEFAULT_BATCH_SIZE, default_tile_size, tile_geometry, usable_tile_size
 from unet_jax.weights_io import load_variables
@@ -49,7 +49,7 @@ class Predictor:
 
     def __init__(self, config: UNetConfig, variables, normalization: Optional[Normalization] = None):
         if normalization is not None and len(normalization.mean) != config.in_channels:
-            raise ValueError(
+            raise ConfigError(
                 f"the normalisation has {len(normalization.mean)} channel(s) but the model expects "
                 f"in_channels={config.in_channels}"
             )
@@ -76,7 +76,7 @@ class Predictor:
         if path.is_dir():
             weights = path / RUN_WEIGHTS
             if not weights.is_file():
-                raise FileNotFoundError(f"{path} is a directory without {RUN_WEIGHTS}: not a finished training run")
+                raise MissingFileError(f"{path} is a directory without {RUN_WEIGHTS}: not a finished training run")
         else:
             weights = path
         variables, config = load_variables(weights, config)
@@ -129,7 +129,7 @@ def predict_probabilities(
             f"expected an image [H, W, {config.in_channels}] (in_channels={config.in_channels}), got shape {image.shape}"
         )
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        raise ConfigError(f"batch_size must be a positive integer (--batch-size), got {batch_size!r}")
     height, width = image.shape[:2]
     if tile_size is None:
         tile_size = default_tile_size(config, height, width, batch_size, margin=margin)
@@ -169,63 +169,97 @@ def predict_files(
     tile_size: Optional[int] = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     mask_format: str = "png",
-) -> list[dict[str, Path]]:
+    overwrite: bool = False,
+    on_written: Optional[Callable[[dict], None]] = None,
+) -> list[dict]:
     """Predict each image and write `OUTPUT/<stem>_mask.png` (or `.tif`), plus `<stem>_probs.npy`
-    (float32 [H, W, num_classes]) when `save_probabilities`. Returns the written paths per image.
+    (float32 [H, W, num_classes]) when `save_probabilities`. Returns, per image, a record
+    {"image", "mask", ["probabilities"], "pages", "height", "width"}, also passed to
+    `on_written` as soon as the image is done.
 
     Masks hold class indices (0 .. num_classes-1; uint8, uint16 past 256 classes), the format
     the training reader takes back, so predictions can be corrected and trained on. A binary
     mask therefore looks black in an image viewer; scale it for viewing, not for storage.
-    Existing outputs are replaced; an input file never is (that is refused before any work).
+    A multi-page TIFF is predicted page by page into a multi-page `<stem>_mask.tif` (whatever
+    `mask_format`) and `<stem>_probs.npy` of shape [pages, H, W, num_classes].
+
+    Everything is checked before the first image is predicted: every input exists, no two
+    inputs share an output, no output lands on an input, and no output exists unless
+    `overwrite`. Each file is written whole or not at all.
     """
     if mask_format not in MASK_FORMATS:
-        raise ValueError(f"mask_format must be one of {sorted(MASK_FORMATS)}, got {mask_format!r}")
+        raise ConfigError(f"mask_format must be one of {sorted(MASK_FORMATS)}, got {mask_format!r}")
     image_paths = [Path(p) for p in image_paths]
     output_dir = Path(output_dir)
-    planned = _plan_outputs(image_paths, output_dir, MASK_FORMATS[mask_format], save_probabilities)
+    planned = _plan_outputs(image_paths, output_dir, MASK_FORMATS[mask_format], save_probabilities, overwrite)
     if tile_size is not None:
         tile_geometry(predictor.config, tile_size)  # a bad tile size fails before the first image is read
-    output_dir.mkdir(parents=True, exist_ok=True)
+    make_directory(output_dir)
     written = []
     for image_path, outputs in zip(image_paths, planned):
-        image = predictor.normalize(read_image(image_path, predictor.config.in_channels))  # [H, W, C]
-        try:
-            probs = predict_probabilities(predictor, image, tile_size, batch_size)  # [H, W, K]
-        except ValueError as error:
-            raise ValueError(f"{image_path}: {error}") from error
+        pages = read_image_pages(image_path, predictor.config.in_channels)  # [H, W, C] each
+        probs = np.stack([_predict_page(predictor, page, tile_size, batch_size, image_path) for page in pages])
         labels = probs.argmax(axis=-1).astype(np.uint8 if predictor.config.num_classes <= 256 else np.uint16)
-        _write_mask(outputs["mask"], labels)
+        stack = len(pages) > 1
+        write_atomically(outputs["mask"], _encode_mask(labels if stack else labels[0], outputs["mask"].suffix), overwrite)
         if save_probabilities:
-            np.save(outputs["probabilities"], probs)
-        written.append({"image": image_path, **outputs})
+            write_atomically(outputs["probabilities"], _encode_npy(probs if stack else probs[0]), overwrite)
+        record = {"image": image_path, **outputs, "pages": len(pages), "height": labels.shape[1], "width": labels.shape[2]}
+        written.append(record)
+        if on_written is not None:
+            on_written(record)
     return written
 
 
-def _plan_outputs(image_paths: list[Path], output_dir: Path, mask_suffix: str, save_probabilities: bool) -> list[dict]:
+def _predict_page(predictor: Predictor, image: np.ndarray, tile_size, batch_size, path: Path) -> np.ndarray:
+    try:
+        return predict_probabilities(predictor, predictor.normalize(image), tile_size, batch_size)  # [H, W, K]
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from error
+
+
+def _plan_outputs(
+    image_paths: list[Path], output_dir: Path, mask_suffix: str, save_probabilities: bool, overwrite: bool
+) -> list[dict]:
     """Output paths per input, after checking every input at once: all exist, no two share an
-    output, and no output would land on an input."""
+    output, no output would land on an input, and none exists unless `overwrite`."""
     missing = [str(p) for p in image_paths if not p.is_file()]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} image(s) not found: {', '.join(missing)}")
-    planned, owner = [], {}
-    inputs = {p.resolve() for p in image_paths}
+        raise MissingFileError(f"{len(missing)} image(s) not found: {', '.join(missing)}")
+    planned, owner, existing = [], {}, []
     for path in image_paths:
-        outputs = {"mask": output_dir / f"{path.stem}_mask{mask_suffix}"}
+        suffix = ".tif" if image_pages(path) > 1 else mask_suffix  # PNG holds one image; TIFF holds stacks
+        outputs = {"mask": output_dir / f"{path.stem}_mask{suffix}"}
         if save_probabilities:
             outputs["probabilities"] = output_dir / f"{path.stem}_probs.npy"
         for out in outputs.values():
+            check_destination(out, overwrite=True, sources=image_paths)  # never an input, never a folder
             key = out.resolve()
-            if key in inputs:
-                raise ValueError(f"{path}: its output {out} is one of the input images; choose another output directory")
             if key in owner:
-                raise ValueError(f"{owner[key]} and {path} would both write {out}: their names share the stem '{path.stem}'")
+                raise ConfigError(f"{owner[key]} and {path} would both write {out}: their names share the stem '{path.stem}'")
             owner[key] = path
+            if out.exists():
+                existing.append(str(out))
         planned.append(outputs)
+    if existing and not overwrite:
+        raise OutputError(
+            f"predicting would replace {len(existing)} existing file(s): {', '.join(existing)}. "
+            "Fix: choose another output folder, or pass --overwrite (overwrite=True) to replace them"
+        )
     return planned
 
 
-def _write_mask(path: Path, labels: np.ndarray) -> None:
-    if path.suffix == ".png":
-        Image.fromarray(labels).save(path)
+def _encode_mask(labels: np.ndarray, suffix: str) -> bytes:
+    """A class map [H, W] (or a stack [N, H, W], TIFF only) as the bytes of a PNG or TIFF file."""
+    buffer = io.BytesIO()
+    if suffix == ".png":
+        Image.fromarray(labels).save(buffer, format="PNG")
     else:
-        tifffile.imwrite(path, labels)
+        tifffile.imwrite(buffer, labels, photometric="minisblack")  # never read 3 pages as RGB
+    return buffer.getvalue()
+
+
+def _encode_npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
