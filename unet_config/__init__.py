@@ -6,7 +6,7 @@ Pure Python, importing neither JAX nor torch: `unet_torch` builds its network fr
 
 from unet_config.architecture import NORMS, PADDINGS, UPSAMPLES, UNetConfig
 from unet_config.errors import ConfigError, MissingFileError, UNetError
-from unet_config.training import DTYPES, LOSSES, OPTIMIZERS, RESUMABLE_FIELDS, TrainConfig
+from unet_config.training import DTYPES, LOSSES, OPTIMIZERS, RESUMABLE_FIELDS, TRAJECTORY_FIELDS, TrainConfig
 
 __all__ = [
     "DTYPES",
@@ -15,6 +15,7 @@ __all__ = [
     "OPTIMIZERS",
     "PADDINGS",
     "RESUMABLE_FIELDS",
+    "TRAJECTORY_FIELDS",
     "UPSAMPLES",
     "ConfigError",
     "MissingFileError",

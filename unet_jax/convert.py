@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from unet_jax.config import UNetConfig
+from unet_jax.config import ConfigError, UNetConfig
 from unet_jax.files import check_destination
 from unet_jax.port import flax_to_torch, torch_to_flax, unflatten_variables
 from unet_jax.weights_io import (
@@ -41,7 +41,7 @@ def convert(
     config = resolve_config(stored, config, src)
     direction = direction or ("flax-to-torch" if kind == "flax" else "torch-to-flax")
     if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        raise ConfigError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     wanted_kind = "torch" if direction == "torch-to-flax" else "flax"
     if kind != wanted_kind:
         raise WeightsFileError(f"{src} holds {kind} weights, but the direction is {direction}")

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 from typing import Optional
 
-from unet_jax.config import UNetConfig
 from unet_jax.data import Samples, load_folder
 from unet_jax.metrics import add_counts, class_counts, scores_from_counts
-from unet_jax.predict import DEFAULT_BATCH_SIZE, Predictor, predict_probabilities
+from unet_jax.predict import Predictor, predict_probabilities
+from unet_jax.tiling import DEFAULT_BATCH_SIZE
+from unet_jax.weights_io import ArchitectureRequest
 
 
 def evaluate(
     weights_path,
     data_dir,
-    config: Optional[UNetConfig] = None,
+    config: ArchitectureRequest = None,
     tile_size: Optional[int] = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> dict:

@@ -63,6 +63,18 @@ def check_destination(path, overwrite: bool, sources: Iterable = ()) -> Path:
     return path
 
 
+def check_folder_destination(path) -> Path:
+    """Raise OutputError unless `path` is a folder, or a folder that can be made, and writable."""
+    path = Path(path)
+    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        what = "is a file, not a folder" if existing == path.absolute() else f"can't be made: {existing} is a file"
+        raise OutputError(f"{path} {what}. Fix: choose another folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: {_FIXES[errno.EACCES]} ({existing} is not writable)")
+    return path
+
+
 def make_directory(path) -> Path:
     """`mkdir -p path`, with an OutputError naming the path when it can't be made."""
     path = Path(path)

@@ -21,7 +21,9 @@ from typing import Callable, Mapping
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from unet_jax.config import UNetConfig
+from unet_jax.config import ConfigError, UNetConfig, UNetError
+
+NAMINGS = ("unet_torch", "seed")  # torch key styles: unet_torch's module names, or the seed `Unet` class's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +118,7 @@ def seed_layer_names(config: UNetConfig) -> dict[str, str]:
     bilinear variant, so only those configs have seed names.
     """
     if config.norm is not None or config.upsample != "transpose":
-        raise ValueError(
+        raise ConfigError(
             "the seed's Unet naming exists only for norm=None, upsample='transpose'; "
             f"this config has norm={config.norm!r}, upsample={config.upsample!r}"
         )
@@ -134,15 +136,15 @@ def seed_layer_names(config: UNetConfig) -> dict[str, str]:
     return names
 
 
-class PortError(ValueError):
+class PortError(UNetError, ValueError):
     """Weights that do not fit the config; the message lists every mismatch at once."""
 
 
 def _torch_entries(config: UNetConfig, naming: str):
     """(torch key, layer, param) for every tensor, in the requested naming."""
     rename = seed_layer_names(config) if naming == "seed" else {}
-    if naming not in ("unet_torch", "seed"):
-        raise ValueError(f"naming must be 'unet_torch' or 'seed', got {naming!r}")
+    if naming not in NAMINGS:
+        raise ConfigError(f"naming must be one of {NAMINGS}, got {naming!r}")
     for layer in layer_table(config):
         name = ".".join(layer.path)
         for param in PARAMS[layer.kind]:

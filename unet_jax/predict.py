@@ -17,7 +17,6 @@ small, and `margin=0` gives plain, abutting tiles, each equal to a forward pass 
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -28,13 +27,12 @@ from PIL import Image
 
 from unet_jax.config import ConfigError, MissingFileError, UNetConfig
 from unet_jax.data import Normalization, image_pages, mirror_crop, read_image_pages
-from unet_jax.files import OutputError, check_destination, make_directory, write_atomically
+from unet_jax.files import OutputError, check_destination, check_folder_destination, make_directory, write_atomically
 from unet_jax.model import UNet
+from unet_jax.run_dir import RunDir, read_normalization
 from unet_jax.tiling import DEFAULT_BATCH_SIZE, default_tile_size, tile_geometry, usable_tile_size
-from unet_jax.weights_io import load_variables
+from unet_jax.weights_io import ArchitectureRequest, load_variables
 
-RUN_WEIGHTS = "weights.safetensors"  # the two files a training run directory holds for prediction
-RUN_NORMALIZATION = "normalization.json"
 MASK_FORMATS = {"png": ".png", "tiff": ".tif"}
 
 
@@ -61,7 +59,7 @@ class Predictor:
 
     @classmethod
     def from_weights(
-        cls, path, config: Optional[UNetConfig] = None, normalization: Optional[Normalization] = None
+        cls, path, config: ArchitectureRequest = None, normalization: Optional[Normalization] = None
     ) -> "Predictor":
         """From a weights file (Flax `.safetensors`, PyTorch `.pt`/`.pth`/`.safetensors`) or a run directory.
 
@@ -70,18 +68,20 @@ class Predictor:
         file given directly) unless `normalization` is passed. Without one, images are fed as
         the reader scales them, to [0, 1] by their dtype's maximum, which is right only for a
         model trained on images scaled the same way.
-        The config stored in a Flax file wins over `config` (see `load_variables`).
+        `config` (a UNetConfig, or just the fields to set) describes a file that stores no config,
+        and may not contradict one that does (`weights_io.resolve_config`).
         """
         path = Path(path)
         if path.is_dir():
-            weights = path / RUN_WEIGHTS
+            weights = RunDir(path).file(RunDir.WEIGHTS)
             if not weights.is_file():
-                raise MissingFileError(f"{path} is a directory without {RUN_WEIGHTS}: not a finished training run")
+                raise MissingFileError(f"{path} is a directory without {RunDir.WEIGHTS}: not a finished training run")
         else:
             weights = path
         variables, config = load_variables(weights, config)
-        if normalization is None and (weights.parent / RUN_NORMALIZATION).is_file():
-            normalization = read_normalization(weights.parent / RUN_NORMALIZATION)
+        beside = weights.parent / RunDir.NORMALIZATION
+        if normalization is None and beside.is_file():
+            normalization = read_normalization(beside)
         return cls(config, variables, normalization)
 
     def normalize(self, image: np.ndarray) -> np.ndarray:
@@ -96,13 +96,6 @@ class Predictor:
     def _probabilities(self, variables, tiles):
         logits = self.model.apply(variables, tiles, train=False)  # [B, T', T', K]
         return jax.nn.softmax(logits, axis=-1)
-
-
-def read_normalization(path) -> Normalization:
-    try:
-        return Normalization.from_dict(json.loads(Path(path).read_text()))
-    except (OSError, ValueError) as error:  # json.JSONDecodeError is a ValueError
-        raise ValueError(f"{path}: not a readable normalisation ({error})") from None
 
 
 # ------------------------------------------------------------------ prediction
@@ -190,7 +183,7 @@ def predict_files(
     if mask_format not in MASK_FORMATS:
         raise ConfigError(f"mask_format must be one of {sorted(MASK_FORMATS)}, got {mask_format!r}")
     image_paths = [Path(p) for p in image_paths]
-    output_dir = Path(output_dir)
+    output_dir = check_folder_destination(output_dir)
     planned = _plan_outputs(image_paths, output_dir, MASK_FORMATS[mask_format], save_probabilities, overwrite)
     if tile_size is not None:
         tile_geometry(predictor.config, tile_size)  # a bad tile size fails before the first image is read

@@ -70,6 +70,14 @@ def load_folder(path: Union[str, Path], in_channels: int, num_classes: int) -> S
     return _load_stack(path / "train-volume.tif", path / "train-labels.tif", in_channels, num_classes)
 
 
+def data_sources(path: Union[str, Path]) -> list[Path]:
+    """The files and folders that `load_folder(path)` reads, so that outputs can stay off them."""
+    path = Path(path)
+    if path.is_file():
+        return [path, path.with_name(path.name.replace("-volume", "-labels"))]
+    return [path / "images", path / "masks", path / "train-volume.tif", path / "train-labels.tif"]
+
+
 def _list(folder: Path) -> dict[str, Path]:
     """Supported files in `folder` by stem; hidden files are skipped, anything else is an error."""
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
