@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert = commands.add_parser("convert", help="convert weights: PyTorch .pt/.pth/.safetensors <-> Flax .safetensors")
     convert.add_argument("src", help="the weights to convert (never replaced)")
     convert.add_argument("dst", help="the file to write; .safetensors for Flax, .pt/.pth/.safetensors for PyTorch")
-    convert.add_argument("--direction", choices=DIRECTIONS, help="default: from what SRC holds")
+    convert.add_argument("--direction", choices=DIRECTIONS, help="which way to convert (default: from what SRC holds)")
     convert.add_argument("--naming", choices=NAMINGS, default=NAMINGS[0],
                          help="torch key names to write, flax-to-torch (default: %(default)s)")
     convert.add_argument("--overwrite", action="store_true", help="replace DST if it exists (default: off)")
