@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import tifffile
 from PIL import Image
@@ -45,7 +46,7 @@ class Predictor:
     keeps that shape fixed, so a run over many same-sized images compiles once.
     """
 
-    def __init__(self, config: UNetConfig, variables, normalization: Optional[Normalization] = None):
+    def __init__(self, config: UNetConfig, variables, normalization: Optional[Normalization] = None, dtype=jnp.float32):
         if normalization is not None and len(normalization.mean) != config.in_channels:
             raise ConfigError(
                 f"the normalisation has {len(normalization.mean)} channel(s) but the model expects "
@@ -53,7 +54,7 @@ class Predictor:
             )
         self.config = config
         self.normalization = normalization
-        self.model = UNet(config)
+        self.model = UNet(config, dtype=dtype)  # the compute dtype; the variables keep theirs
         self.variables = jax.device_put(variables)  # numpy from a file -> device arrays, once
         self._forward = jax.jit(self._probabilities)
 
