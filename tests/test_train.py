@@ -44,9 +44,12 @@ def assert_same_weights(a_dir, b_dir):
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
-    """An uninterrupted 6-step run, checkpoints at 3 and 6: the reference for every resume."""
+    """An uninterrupted 6-step run, checkpoints at 3 and 6: the reference for every resume.
+    What it printed is kept in log.txt beside it."""
     run_dir = tmp_path_factory.mktemp("straight") / "run"
-    train(tiny(steps=6), run_dir, **QUIET)
+    lines = []
+    train(tiny(steps=6), run_dir, progress=False, log=lines.append)
+    (run_dir.parent / "log.txt").write_text("\n".join(lines))
     return run_dir
 
 
@@ -60,15 +63,13 @@ def copy_of(run_dir, tmp_path, drop_results=True):
     return copy
 
 
-def test_presets_are_valid_and_print_their_name(tmp_path, capsys):
+def test_presets_are_valid_and_a_run_prints_its_own(straight):
     for name, cfg in PRESETS.items():
         assert cfg.preset == name
         cfg.model.check_input_size(cfg.tile_size, cfg.tile_size)
     assert PRESETS["seed"].model == dataclasses.replace(PRESETS["seed"].model)  # the seed's network
     assert (PRESETS["paper"].optimizer, PRESETS["paper"].batch_size, PRESETS["paper"].momentum) == ("sgd", 1, 0.99)
-    main(["train", "--run-dir", str(tmp_path / "run"), "--steps", "1", "--no-progress",
-          *[f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]])
-    assert "preset 'demo'" in capsys.readouterr().out
+    assert (straight.parent / "log.txt").read_text().startswith("preset 'demo': ")
 
 
 def test_run_writes_everything_and_weights_port_to_torch(straight, tmp_path):
@@ -193,21 +194,23 @@ def test_divergence_before_the_first_checkpoint_can_be_restarted_in_place(tmp_pa
     # run ("already holds a run") and --resume ("no checkpoint") were refused.
     poison(monkeypatch, at_step=2)
     run_dir = tmp_path / "run"
+    cfg = tiny(steps=2, checkpoint_every=4, eval_every=4)
     with pytest.raises(NonFiniteLossError) as info:
-        train(tiny(steps=4, checkpoint_every=4, eval_every=4), run_dir, **QUIET)
-    message = str(info.value)
-    assert "No checkpoint was saved yet (the first is due at step 4), so nothing is lost" in message
+        train(cfg, run_dir, **QUIET)
+    assert "No checkpoint was saved yet (the first is due at step 4), so nothing is lost" in str(info.value)
     assert RunDir(run_dir).state == "unstarted"
     monkeypatch.undo()
+    again = shutil.copytree(run_dir, tmp_path / "again")
 
-    # --resume restarts it from step 0 ...
-    assert main(["train", "--resume", str(run_dir), "--steps", "2", "--no-progress"]) == 0
+    # --resume starts it again from step 0 ...
+    assert main(["train", "--resume", str(run_dir), "--no-progress"]) == 0
     assert "has no checkpoint yet: starting the run again from step 0" in capsys.readouterr().out
     assert [r["from_step"] for r in RunDir(run_dir).resumes()] == [0]
-    # ... and a new run may replace a run that never reached a checkpoint (this one reached its end).
-    straight = tmp_path / "straight"
-    train(tiny(steps=2, checkpoint_every=4, eval_every=4), straight, **QUIET)
-    assert losses(run_dir) == losses(straight)
+    # ... and a new run may replace it in place, since nothing trained is there.
+    lines = []
+    train(cfg, again, progress=False, log=lines.append)
+    assert lines[0] == f"{again} holds a run that stopped before its first checkpoint: starting over in place"
+    assert losses(run_dir) == losses(again)  # both ran the same two steps from scratch
 
 
 @pytest.mark.parametrize(

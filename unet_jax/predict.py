@@ -16,6 +16,7 @@ small, and `margin=0` gives plain, abutting tiles, each equal to a forward pass 
 
 from __future__ import annotations
 
+import functools
 import io
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -42,8 +43,10 @@ class Predictor:
     """A U-Net ready for inference: config, variables on the device, and the intensity
     normalisation of its training run (None when unknown).
 
-    The forward pass (softmax included) is jit-compiled once per input shape; prediction
-    keeps that shape fixed, so a run over many same-sized images compiles once.
+    The forward pass (softmax included) is jit-compiled once per network and input shape, and
+    the compiled code is shared by every Predictor of that network (evaluation after training,
+    several weights files of one architecture); prediction keeps the shape fixed, so a run over
+    many same-sized images compiles once.
     """
 
     def __init__(self, config: UNetConfig, variables, normalization: Optional[Normalization] = None, dtype=jnp.float32):
@@ -56,7 +59,6 @@ class Predictor:
         self.normalization = normalization
         self.model = UNet(config, dtype=dtype)  # the compute dtype; the variables keep theirs
         self.variables = jax.device_put(variables)  # numpy from a file -> device arrays, once
-        self._forward = jax.jit(self._probabilities)
 
     @classmethod
     def from_weights(
@@ -92,11 +94,13 @@ class Predictor:
 
     def forward(self, tiles):
         """Class probabilities for input tiles [B, T, T, C] -> [B, T', T', num_classes] (async)."""
-        return self._forward(self.variables, tiles)
+        return _probabilities(self.model, self.variables, tiles)
 
-    def _probabilities(self, variables, tiles):
-        logits = self.model.apply(variables, tiles, train=False)  # [B, T', T', K]
-        return jax.nn.softmax(logits, axis=-1)
+
+@functools.partial(jax.jit, static_argnums=0)  # Flax modules hash by their fields: one compile per network
+def _probabilities(model: UNet, variables, tiles):
+    logits = model.apply(variables, tiles, train=False)  # [B, T', T', K]
+    return jax.nn.softmax(logits, axis=-1)
 
 
 # ------------------------------------------------------------------ prediction
