@@ -224,6 +224,7 @@ def _plan_outputs(
     missing = [str(p) for p in image_paths if not p.is_file()]
     if missing:
         raise MissingFileError(f"{len(missing)} image(s) not found: {', '.join(missing)}")
+    inputs = {p.resolve(): p for p in image_paths}
     planned, owner, existing = [], {}, []
     for path in image_paths:
         suffix = ".tif" if image_pages(path) > 1 else mask_suffix  # PNG holds one image; TIFF holds stacks
@@ -231,8 +232,10 @@ def _plan_outputs(
         if save_probabilities:
             outputs["probabilities"] = output_dir / f"{path.stem}_probs.npy"
         for out in outputs.values():
-            check_destination(out, overwrite=True, sources=image_paths)  # never an input, never a folder
+            check_destination(out, overwrite=True)  # not a folder, and its folder can be made
             key = out.resolve()
+            if key in inputs:
+                raise OutputError(f"{out} is the input {inputs[key]}; it is never replaced. Fix: choose another output folder")
             if key in owner:
                 raise ConfigError(f"{owner[key]} and {path} would both write {out}: their names share the stem '{path.stem}'")
             owner[key] = path
@@ -240,8 +243,9 @@ def _plan_outputs(
                 existing.append(str(out))
         planned.append(outputs)
     if existing and not overwrite:
+        shown = ", ".join(existing[:5]) + (f" and {len(existing) - 5} more" if len(existing) > 5 else "")
         raise OutputError(
-            f"predicting would replace {len(existing)} existing file(s): {', '.join(existing)}. "
+            f"predicting would replace {len(existing)} existing file(s): {shown}. "
             "Fix: choose another output folder, or pass --overwrite (overwrite=True) to replace them"
         )
     return planned
