@@ -13,7 +13,9 @@ from PIL import Image
 
 import unet_torch
 from unet_jax.cli import build_parser, main
+from unet_jax.config import DTYPES, LOSSES, OPTIMIZERS, PADDINGS, UPSAMPLES
 from unet_jax.data import make_cells
+from unet_jax.presets import PRESETS
 
 TINY = ["--features", "4", "--depth", "2", "--tile-size", "60", "--batch-size", "2", "--eval-every", "2",
         "--log-every", "1", "--checkpoint-every", "2", "--no-progress"]
@@ -253,6 +255,11 @@ def test_every_option_has_help_with_its_default():
             help_text = command._get_formatter()._expand_help(action)
             shown = "(required)" in help_text if action.required else "default:" in help_text
             assert shown, f"{name} {action.option_strings[0]}: {help_text!r}"
+    train_options = {a.dest: a for a in commands.choices["train"]._actions}
+    for name, library in (("optimizer", OPTIMIZERS), ("loss", LOSSES), ("dtype", DTYPES), ("padding", PADDINGS),
+                          ("upsample", UPSAMPLES)):
+        assert train_options[name].choices is library, name  # the library's own tuple, not a copy
+    assert train_options["preset"].choices == sorted(PRESETS)
     [batch_size] = [a for a in commands.choices["train"]._actions if a.dest == "batch_size"]
     assert batch_size.help.endswith("(default: demo 8, seed 16, paper 1)")  # from the presets themselves
 
