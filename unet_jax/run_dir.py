@@ -68,7 +68,6 @@ class RunDir:
 
     def __init__(self, path):
         self.path = Path(path)
-        self._lock_file = None
 
     def __str__(self) -> str:
         return str(self.path)
@@ -139,10 +138,8 @@ class RunDir:
             handle.truncate()
             handle.write(json.dumps(_holder()) + "\n")
             handle.flush()
-            self._lock_file = handle
             yield self
         finally:
-            self._lock_file = None
             handle.close()  # releases the lock
 
     def _take(self, handle, path: Path) -> None:
