@@ -20,7 +20,7 @@ from benchmarks.variants import VARIANTS
 from unet_jax.config import UNetConfig
 from unet_jax.losses import make_loss
 from unet_jax.model import UNet
-from unet_jax.train_step import create_train_state, make_optimizer, make_train_step
+from unet_jax.train_step import create_train_state, make_optax_optimizer, make_train_step
 
 
 def compile_timed(jitted, *args) -> tuple:
@@ -52,7 +52,7 @@ def synthetic_batch(config: UNetConfig, batch: int, size: int):
 
 
 def bench_train(model: UNet, images, masks, warmup: int, steps: int) -> dict:
-    state = create_train_state(model, make_optimizer("adam", 1e-3), 0, images.shape[1])
+    state = create_train_state(model, make_optax_optimizer("adam", 1e-3), 0, images.shape[1])
     step = make_train_step(make_loss("ce"))
     compiled, compile_info = compile_timed(step, state, images, masks)
     box = {"state": state}
@@ -66,7 +66,7 @@ def bench_train(model: UNet, images, masks, warmup: int, steps: int) -> dict:
 
 
 def bench_predict(model: UNet, images, warmup: int, steps: int) -> dict:
-    params = create_train_state(model, make_optimizer("adam", 1e-3), 0, images.shape[1]).params
+    params = create_train_state(model, make_optax_optimizer("adam", 1e-3), 0, images.shape[1]).params
     predict = jax.jit(lambda params, x: model.apply({"params": params}, x, train=False))
     compiled, compile_info = compile_timed(predict, params, images)
 

@@ -14,7 +14,7 @@ import torch
 from benchmarks import timing
 from benchmarks.variants import VARIANTS
 from unet_torch.model import UNet
-from unet_torch.train_step import make_optimizer, train_step
+from unet_torch.train_step import make_torch_optimizer, train_step
 
 
 def allow_tf32() -> dict:
@@ -55,7 +55,7 @@ def synthetic_batch(model: UNet, batch: int, size: int, device, channels_last: b
 
 
 def build_train_call(variant, model, images, masks, device):
-    optimizer = make_optimizer(model, "adam", 1e-3)
+    optimizer = make_torch_optimizer(model.parameters(), "adam", 1e-3)
     autocast = torch.bfloat16 if variant.dtype == "bf16" else None
 
     def whole_step(images, masks):

@@ -127,7 +127,7 @@ def run_twice() -> dict:
     from unet_jax.losses import make_loss
     from unet_jax.port import flatten_variables
     from unet_jax.train_step import (
-        make_optimizer,
+        make_optax_optimizer,
         make_train_step,
         state_from_variables,
     )
@@ -139,7 +139,7 @@ def run_twice() -> dict:
     result = {"recipe": recipe.name, "jax_backend": jax.default_backend(), "torch_device": harness.TORCH_DEVICE}
     with harness.precision("default"):
         step = make_train_step(make_loss("ce"))  # compiled once, used by both runs
-        tx = make_optimizer(recipe.optimizer, recipe.learning_rate)
+        tx = make_optax_optimizer(recipe.optimizer, recipe.learning_rate)
         finals = []
         for _ in range(2):
             state = state_from_variables(harness.flax_model(recipe.config), tx, jax.tree.map(jnp.array, variables),

@@ -157,6 +157,6 @@ def test_reference_train_step_stays_float64():
     cfg = UNetConfig(features=4, depth=1)
     model = harness.build_torch(cfg).double()
     images, masks = harness.make_batch(cfg, 20, 1)
-    loss = unet_torch.train_step(model, unet_torch.make_optimizer(model), harness.torch_input(images, model),
+    loss = unet_torch.train_step(model, unet_torch.make_torch_optimizer(model.parameters()), harness.torch_input(images, model),
                                  torch.from_numpy(masks))
     assert loss.dtype == torch.float64

@@ -27,7 +27,7 @@ from parity_tests import harness
 from unet_jax.config import UNetConfig
 from unet_jax.losses import make_loss
 from unet_jax.port import flax_to_torch
-from unet_jax.train_step import make_optimizer, make_train_step, state_from_variables
+from unet_jax.train_step import make_optax_optimizer, make_train_step, state_from_variables
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +58,7 @@ def batches(recipe: Recipe) -> list[tuple[np.ndarray, np.ndarray]]:
 
 def train_torch(model: torch.nn.Module, recipe: Recipe, data, prec: harness.Precision | None = None) -> Run:
     """`unet_torch.train_step` for every batch, on `model` as it is (dtype and device)."""
-    optimizer = unet_torch.make_optimizer(model, recipe.optimizer, recipe.learning_rate, recipe.momentum)
+    optimizer = unet_torch.make_torch_optimizer(model.parameters(), recipe.optimizer, recipe.learning_rate, recipe.momentum)
     device = next(model.parameters()).device
     losses, grad_norms = [], []
     for images, masks in data:
@@ -74,7 +74,7 @@ def train_torch(model: torch.nn.Module, recipe: Recipe, data, prec: harness.Prec
 def train_flax(config: UNetConfig, variables, recipe: Recipe, data, dtype=jnp.float32) -> Run:
     """`unet_jax.train_step.make_train_step(make_loss("ce"))` (jitted, state donated) per batch."""
     model = harness.flax_model(config, dtype)
-    tx = make_optimizer(recipe.optimizer, recipe.learning_rate, recipe.momentum)
+    tx = make_optax_optimizer(recipe.optimizer, recipe.learning_rate, recipe.momentum)
     state = state_from_variables(model, tx, jax.tree.map(jnp.array, variables), jax.random.key(0))
     step = make_train_step(make_loss("ce"))
     losses, grad_norms = [], []

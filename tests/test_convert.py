@@ -5,6 +5,7 @@ import pytest
 
 from unet_jax.config import UNetConfig
 from unet_jax.convert import convert
+from unet_jax.files import OutputError
 from unet_jax.port import seed_layer_names
 from unet_jax.weights_io import WeightsFileError, load_variables, read_weights
 
@@ -77,7 +78,7 @@ def test_flax_weights_are_not_written_as_pt(tmp_path, torch_file):
 def test_convert_does_not_overwrite_unless_asked(tmp_path, torch_file):
     dst = tmp_path / "model.safetensors"
     dst.write_bytes(b"precious")
-    with pytest.raises(WeightsFileError, match="already exists"):
+    with pytest.raises(OutputError, match="already exists"):
         convert(torch_file[0], dst, config=CFG)
     assert dst.read_bytes() == b"precious"
     convert(torch_file[0], dst, config=CFG, overwrite=True)
@@ -119,3 +120,14 @@ def test_seed_naming_is_refused_for_batch_norm(tmp_path, torch_file):
     with pytest.raises(ValueError, match="seed"):
         convert(tmp_path / "model.safetensors", tmp_path / "seed.pt", naming="seed")
     assert not (tmp_path / "seed.pt").exists()
+
+
+def test_convert_never_replaces_its_source_even_with_overwrite(tmp_path, torch_file):
+    # The user ran `unet-jax convert X X --overwrite`: X used to be replaced by its own conversion.
+    src, _ = torch_file
+    convert(src, tmp_path / "model.safetensors", config=CFG)
+    before = (tmp_path / "model.safetensors").read_bytes()
+    for path in (tmp_path / "model.safetensors", tmp_path / "." / "model.safetensors"):
+        with pytest.raises(OutputError, match="is the input"):
+            convert(tmp_path / "model.safetensors", path, overwrite=True)
+    assert (tmp_path / "model.safetensors").read_bytes() == before

@@ -7,7 +7,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from unet_jax.data import DataError, Normalization, load_folder, make_cells, split_validation
+from unet_jax.data import DataError, Normalization, image_pages, load_folder, make_cells, read_image, split_validation
 
 
 def _write(path, array):
@@ -205,3 +205,20 @@ def test_split_validation_is_deterministic_disjoint_and_complete():
     assert len(split_validation(samples, 0.0)[1]) == 0
     with pytest.raises(ValueError):
         split_validation(samples.take([0]), 0.5)
+
+
+def test_a_multi_page_tiff_among_the_images_gets_the_right_advice(tmp_path):
+    # It used to read as "64 channel(s) ... set in_channels=64".
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    tifffile.imwrite(tmp_path / "images" / "a.tif", np.zeros((64, 16, 16), np.uint8))
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "masks" / "a.png")
+    message = _error(tmp_path)
+    assert "images/a.tif: a stack of 64 images" in message and "-volume.tif" in message and "channel" not in message
+
+
+def test_planar_rgb_is_one_image_not_a_stack(tmp_path):
+    tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((3, 8, 9), np.uint8), photometric="rgb", planarconfig="separate")
+    assert image_pages(tmp_path / "rgb.tif") == 1 and read_image(tmp_path / "rgb.tif", 3).shape == (8, 9, 3)
+    tifffile.imwrite(tmp_path / "pages.tif", np.zeros((5, 8, 9, 3), np.uint8), photometric="rgb")
+    assert image_pages(tmp_path / "pages.tif") == 5

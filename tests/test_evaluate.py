@@ -4,20 +4,17 @@ on a model that predicts one class everywhere, and weights for another network r
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
+from random_weights import random_variables  # tests/random_weights.py
 from unet_jax.config import UNetConfig
 from unet_jax.data import load_folder
-from unet_jax.evaluate import class_counts, evaluate
-from unet_jax.metrics import segmentation_counts
+from unet_jax.evaluate import evaluate
 from unet_jax.port import PortError
 from unet_jax.predict import Predictor, predict_probabilities
 from unet_jax.weights_io import save_flax_weights
-
-from random_weights import random_variables  # tests/random_weights.py
 
 CONFIG = UNetConfig(features=4, depth=2)  # valid sizes 4k >= 44, output = input - 40
 TILE = 60  # output 20: several tiles per test image
@@ -99,13 +96,3 @@ def test_weights_of_another_network_list_every_mismatch(tmp_path):
     assert "wrong shape: down1.conv1.weight is (4, 1, 3, 3), expected (8, 1, 3, 3)" in message
     assert "missing: down3.conv1.weight" in message
     assert message.count("\n") > 10  # every mismatch, not the first one
-
-
-def test_numpy_counts_equal_the_training_metric():
-    rng = np.random.default_rng(0)
-    logits = rng.normal(size=(1, 9, 7, 3)).astype(np.float32)  # [1, H, W, K]
-    labels = rng.integers(0, 3, (1, 9, 7))
-    expected = segmentation_counts(jnp.asarray(logits), jnp.asarray(labels))
-    counts = class_counts(logits.argmax(-1), labels, 3)
-    for key, value in expected.items():
-        np.testing.assert_array_equal(counts[key], np.asarray(value))

@@ -9,8 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from unet_jax import UNet, UNetConfig
-from unet_jax import layers
+from unet_jax import UNet, UNetConfig, layers
 
 
 def test_pool_equals_flax_max_pool():

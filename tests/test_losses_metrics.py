@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from unet_jax.losses import cross_entropy, make_loss, soft_dice_loss
-from unet_jax.metrics import add_counts, scores_from_counts, segmentation_counts
+from unet_jax.metrics import add_counts, class_counts, scores_from_counts, segmentation_counts
 
 # Jitted once per shape: eager JAX compiles every small op on its own, which is slower here.
 cross_entropy_jit = jax.jit(cross_entropy)
@@ -139,3 +139,13 @@ def test_counts_add_up_over_batches():
         np.testing.assert_array_equal(total[key], whole[key])
     assert scores_from_counts(total) == scores_from_counts(whole)
     assert int(total["actual"].sum()) == int(total["predicted"].sum()) == labels.size
+
+
+def test_numpy_counts_equal_the_training_metric():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(1, 9, 7, 3)).astype(np.float32)  # [1, H, W, K]
+    labels = rng.integers(0, 3, (1, 9, 7))
+    expected = segmentation_counts(jnp.asarray(logits), jnp.asarray(labels))
+    counts = class_counts(logits.argmax(-1), labels, 3)
+    for key, value in expected.items():
+        np.testing.assert_array_equal(counts[key], np.asarray(value))

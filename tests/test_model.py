@@ -56,7 +56,7 @@ def expected_parameter_count(cfg: UNetConfig) -> int:
         cout = cfg.features * 2**level
         total += conv3x3(cin, cout) + conv3x3(cout, cout)
         cin = cout
-    for step in range(cfg.depth):
+    for _ in range(cfg.depth):
         cout = cin // 2
         kernel_area = 4 if cfg.upsample == "transpose" else 1
         total += kernel_area * cin * cout + cout  # up-conv

@@ -16,10 +16,10 @@ import pytest
 from unet_jax.config import UNetConfig
 from unet_jax.losses import cross_entropy
 from unet_jax.model import UNet
-from unet_jax.train import make_validate
 from unet_jax.train_step import (
     create_train_state,
-    make_optimizer,
+    make_eval_step,
+    make_optax_optimizer,
     make_train_step,
     state_from_variables,
 )
@@ -43,7 +43,8 @@ def _host_copy(tree):
 
 
 def _tree_diff_norm(a, b):
-    return math.sqrt(sum(float(np.sum((np.asarray(x, np.float64) - y) ** 2)) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))))
+    pairs = zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+    return math.sqrt(sum(float(np.sum((np.asarray(x, np.float64) - y) ** 2)) for x, y in pairs))
 
 
 def test_sizes_are_what_the_tests_assume():
@@ -52,7 +53,7 @@ def test_sizes_are_what_the_tests_assume():
 
 def test_one_adam_step_learns_and_donates_the_state():
     model = UNet(CFG)
-    state = create_train_state(model, make_optimizer("adam", LEARNING_RATE), 0, INPUT)
+    state = create_train_state(model, make_optax_optimizer("adam", LEARNING_RATE), 0, INPUT)
     images, masks = _data()
     before = _host_copy(state.params)
 
@@ -82,7 +83,8 @@ def test_one_adam_step_learns_and_donates_the_state():
     # Adam's first step moves each weight by lr * m / (sqrt(v) + eps) = lr * g / (|g| + eps):
     # never more than lr, and exactly lr where the gradient is not tiny. The head's two biases
     # get gradients sum(softmax - one_hot) = +-g, never 0 for random data.
-    largest_move = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree_util.tree_leaves(after), jax.tree_util.tree_leaves(before)))
+    pairs = zip(jax.tree_util.tree_leaves(after), jax.tree_util.tree_leaves(before))
+    largest_move = max(float(np.max(np.abs(a - b))) for a, b in pairs)
     assert largest_move <= LEARNING_RATE * (1 + 1e-4)
     np.testing.assert_allclose(np.abs(after["head"]["bias"] - before["head"]["bias"]), LEARNING_RATE, rtol=1e-3)
 
@@ -95,7 +97,8 @@ def test_one_sgd_step_with_batch_norm_updates_batch_stats():
     model = UNet(UNetConfig(features=4, depth=2, norm="batch"))
     variables = jax.jit(model.init)(jax.random.key(0, impl="rbg"), jnp.zeros((1, INPUT, INPUT, 1)))
     learning_rate = 0.1
-    state = state_from_variables(model, make_optimizer("sgd", learning_rate, momentum=0.9), variables, jax.random.key(1, impl="rbg"))
+    tx = make_optax_optimizer("sgd", learning_rate, momentum=0.9)
+    state = state_from_variables(model, tx, variables, jax.random.key(1, impl="rbg"))
     before = _host_copy(state.params)
     stats_before = _host_copy(state.batch_stats)
     passed_leaf = state.batch_stats["down1"]["norm1"]["mean"]
@@ -122,14 +125,21 @@ def test_one_sgd_step_with_batch_norm_updates_batch_stats():
             assert not np.allclose(value, flat_before[path]), name
     assert norms == 2 * 5  # down1, down2, bottom, up1, up2: two norms each
 
-    # The trainer's validation (inference mode, running statistics) counts every label pixel.
-    scores, predictions = make_validate(cross_entropy, BATCH)(new_state, np.asarray(images), np.asarray(masks))
-    assert predictions.shape == (BATCH, OUTPUT, OUTPUT) and math.isfinite(scores["loss"])
+    # The eval step (what validation runs) is inference mode: running statistics, no update.
+    metrics = make_eval_step(cross_entropy)(new_state, images, masks)
+    variables = {"params": new_state.params, "batch_stats": new_state.batch_stats}
+    logits = model.apply(variables, images, train=False)
+    margin = (INPUT - OUTPUT) // 2
+    expected = cross_entropy(logits, masks[:, margin : margin + OUTPUT, margin : margin + OUTPUT])
+    assert float(metrics["loss"]) == pytest.approx(float(expected), rel=1e-6)
+    np.testing.assert_array_equal(metrics["predictions"], np.argmax(logits, -1))
+    assert int(np.sum(metrics["actual"])) == BATCH * OUTPUT * OUTPUT
+    assert int(new_state.step) == 1 and not new_state.params["head"]["kernel"].is_deleted()  # read, not donated
 
 
 def test_make_optimizer():
-    assert isinstance(make_optimizer("adam"), optax.GradientTransformation)
-    assert isinstance(make_optimizer("sgd", 0.01, momentum=0.99), optax.GradientTransformation)
+    assert isinstance(make_optax_optimizer("adam"), optax.GradientTransformation)
+    assert isinstance(make_optax_optimizer("sgd", 0.01, momentum=0.99), optax.GradientTransformation)
     with pytest.raises(ValueError, match="rmsprop") as info:
-        make_optimizer("rmsprop")
+        make_optax_optimizer("rmsprop")
     assert "adam" in str(info.value) and "sgd" in str(info.value)

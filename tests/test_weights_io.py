@@ -6,8 +6,9 @@ import types
 import numpy as np
 import pytest
 
-from unet_jax import weights_io
-from unet_jax.config import UNetConfig
+from unet_jax import files
+from unet_jax.config import ConfigError, UNetConfig
+from unet_jax.files import OutputError
 from unet_jax.port import PortError, flatten_variables, torch_to_flax
 from unet_jax.weights_io import (
     WeightsFileError,
@@ -209,8 +210,7 @@ def test_flax_safetensors_round_trip_keeps_the_config(tmp_path, variables):
     path = save_flax_weights(variables, CFG, tmp_path / "w.safetensors")
     kind, _, stored = read_weights(path)
     assert (kind, stored) == ("flax", CFG)
-    # The stored config wins over the one passed (and over the seed default).
-    loaded, config = load_variables(path, UNetConfig())
+    loaded, config = load_variables(path)  # the stored config, not the seed default
     assert config == CFG
     expected, actual = flatten_variables(variables), flatten_variables(loaded)
     assert expected.keys() == actual.keys()
@@ -229,7 +229,7 @@ def test_save_keeps_only_params_and_batch_stats(tmp_path, variables):
 def test_save_refuses_to_overwrite_and_leaves_the_file_alone(tmp_path, variables):
     path = tmp_path / "w.safetensors"
     path.write_bytes(b"precious")
-    with pytest.raises(WeightsFileError, match="already exists") as info:
+    with pytest.raises(OutputError, match="already exists") as info:
         save_flax_weights(variables, CFG, path)
     assert "overwrite" in str(info.value)
     assert path.read_bytes() == b"precious"
@@ -242,7 +242,7 @@ def test_torch_save_refuses_to_overwrite(tmp_path, make_state_dict):
     _torch()
     path = tmp_path / "w.pt"
     path.write_bytes(b"precious")
-    with pytest.raises(WeightsFileError, match="already exists"):
+    with pytest.raises(OutputError, match="already exists"):
         save_torch_state_dict(make_state_dict(CFG), CFG, path)
     assert path.read_bytes() == b"precious"
     save_torch_state_dict(make_state_dict(CFG), CFG, path, overwrite=True)
@@ -254,7 +254,7 @@ def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch, variables):
         raise OSError("disk full")
 
     fake_os = types.SimpleNamespace(fdopen=os.fdopen, replace=crash)
-    monkeypatch.setattr(weights_io, "os", fake_os)
+    monkeypatch.setattr(files, "os", fake_os)
     existing = tmp_path / "old.safetensors"
     existing.write_bytes(b"precious")
     for path, overwrite in ((tmp_path / "new.safetensors", False), (existing, True)):
@@ -285,3 +285,44 @@ def test_flax_file_that_does_not_fit_its_config_is_a_port_error(tmp_path, variab
     save_flax_weights(variables, CFG, tmp_path / "w.safetensors")
     with pytest.raises(PortError, match="missing: params/head/kernel"):
         load_variables(tmp_path / "w.safetensors")
+
+
+# ------------------------------------------------------------------- what users pass
+def test_architecture_options_that_contradict_the_stored_config_are_an_error(tmp_path, variables):
+    # The user ran `evaluate --weights w.safetensors --num-classes 3` after a mask error: the flag
+    # used to be ignored silently.
+    path = save_flax_weights(variables, CFG, tmp_path / "w.safetensors")
+    with pytest.raises(ConfigError) as info:
+        load_variables(path, {"num_classes": 3, "features": 4})
+    message = str(info.value)
+    assert "w.safetensors" in message and "num_classes=2" in message and "num_classes=3" in message
+    assert "features" not in message  # an agreeing option is no conflict
+    with pytest.raises(ConfigError, match="depth=2"):
+        load_variables(path, UNetConfig())  # a whole config counts field by field
+    assert load_variables(path, {"depth": 2, "norm": "batch"})[1] == CFG
+
+
+def test_options_describe_a_file_without_a_config(tmp_path, torch_state_dict):
+    torch = _torch()
+    torch.save(torch_state_dict(), tmp_path / "w.pt")
+    assert load_variables(tmp_path / "w.pt", {"features": 4, "depth": 2, "norm": "batch"})[1] == CFG
+
+
+def test_a_plain_pickle_is_refused_without_torch_advice(tmp_path):
+    import pickle
+
+    _torch()
+    with open(tmp_path / "model.pt", "wb") as f:
+        pickle.dump({"down1.conv1.weight": np.zeros((4, 1, 3, 3), np.float32)}, f)
+    with pytest.raises(WeightsFileError) as info:
+        read_weights(tmp_path / "model.pt")
+    message = str(info.value)
+    assert "model.pt is a plain Python pickle" in message and "torch.save(model.state_dict()" in message
+    assert "weights_only" not in message and "\n" not in message
+
+
+def test_weights_with_nan_values_are_refused(tmp_path, variables):
+    variables["params"]["up1"]["conv2"]["kernel"][0, 0, 0, 0] = np.nan
+    path = save_flax_weights(variables, CFG, tmp_path / "diverged.safetensors")
+    with pytest.raises(WeightsFileError, match=r"diverged.safetensors: 1 tensor\(s\) hold NaN.*params/up1/conv2/kernel"):
+        load_variables(path)

@@ -1,17 +1,13 @@
-"""The original U-Net (Ronneberger et al. 2015) in JAX/Flax.
+"""The original U-Net (Ronneberger et al. 2015) in JAX/Flax."""
 
-`UNetConfig` is pure Python; the Flax pieces are imported on first use, so that
-`unet_torch` can share the config without importing JAX.
-"""
+from importlib.metadata import PackageNotFoundError, version
 
-from unet_jax.config import UNetConfig
+from unet_jax.config import TrainConfig, UNetConfig, UNetError
+from unet_jax.model import UNet
 
-__all__ = ["UNetConfig", "UNet"]
+try:
+    __version__ = version("unet-jax")
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "unknown"
 
-
-def __getattr__(name):
-    if name == "UNet":
-        from unet_jax.model import UNet
-
-        return UNet
-    raise AttributeError(f"module 'unet_jax' has no attribute {name!r}")
+__all__ = ["TrainConfig", "UNet", "UNetConfig", "UNetError", "__version__"]

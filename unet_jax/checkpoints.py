@@ -2,18 +2,28 @@
 
 Orbax writes each step into a temporary directory and renames it when complete, so a kill
 mid-write leaves the previous checkpoint as the latest one; `latest_step` never sees a torn
-write. The data order needs no state of its own: batch `s` is drawn from a generator seeded
-with (seed, s), so restoring the step restores the data order too.
+write. Once a checkpoint is complete, a manifest of its files (`unet_jax.manifest`) is added,
+so that damage done later (a disk error, a truncated copy) is found, and named, before
+anything is restored; `restore_newest_intact` then falls back to the newest checkpoint that
+is whole and restores with finite parameters. The data order needs no state of its own:
+batch `s` is drawn from a generator seeded with (seed, s), so restoring the step restores the
+data order too.
 """
 
 from __future__ import annotations
 
+import gc
+import logging
+import sys
 from pathlib import Path
 from typing import Optional
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
+from unet_jax.config import MissingFileError
+from unet_jax.manifest import check_manifest, has_manifest, write_manifest
 from unet_jax.train_step import TrainState
 
 
@@ -34,22 +44,115 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(
             self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
         )
+        self._unsealed: list[int] = []  # saved steps whose manifest is still to be written
 
     def latest_step(self) -> Optional[int]:
         return self._manager.latest_step()
 
     def save(self, state: TrainState) -> None:
+        """Start writing `state` in the background; the previous save is sealed first (by then,
+        checkpoint_every steps later, it has long been complete)."""
+        self._seal()
         self._manager.save(int(state.step), args=ocp.args.StandardSave(_savable(state)), force=True)
+        self._unsealed.append(int(state.step))
+
+    def _seal(self) -> None:
+        """Wait for the checkpoint being written, then record the files of every complete one."""
+        self._manager.wait_until_finished()
+        for step in self._unsealed:
+            if (self.directory / str(step)).is_dir():  # not yet removed by max_to_keep
+                write_manifest(self.directory / str(step))
+        self._unsealed = []
 
     def restore(self, template: TrainState, step: Optional[int] = None) -> TrainState:
         """`template` (a freshly initialised state) supplies the structure, shapes and code."""
         step = self.latest_step() if step is None else step
         if step is None:
-            raise FileNotFoundError(f"no checkpoint in {self.directory}; nothing to resume from")
+            raise MissingFileError(f"no checkpoint in {self.directory}; nothing to resume from")
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _savable(template))
         restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
         return template.replace(**restored)
 
+    def restore_newest_intact(self, template: TrainState) -> tuple[Optional[TrainState], list[tuple[int, str]]]:
+        """(the newest checkpoint that restores whole with finite parameters, or None when none
+        does, and (step, why) for every newer one that did not)."""
+        skipped = []
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            state, why = self._try_restore(template, step)
+            if state is not None and not all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state.params)):
+                state, why = None, "its parameters hold NaN or infinite values"
+            if state is not None:
+                return state, skipped
+            skipped.append((step, why))
+        return None, skipped
+
+    def _try_restore(self, template: TrainState, step: int) -> tuple[Optional[TrainState], Optional[str]]:
+        """(the restored state, None), or (None, why it failed) in one line."""
+        folder = self.directory / str(step)
+        if has_manifest(folder):
+            damage = check_manifest(folder)
+            if damage is not None:
+                return None, damage
+        try:
+            return self.restore(template, step), None
+        except Exception as error:  # Orbax and TensorStore raise bare Exception, ValueError, JSONDecodeError, ...
+            why = _first_line(error)
+        _silence_failed_reads(self.directory / str(step))
+        gc.collect()  # the failed reads' futures, freed with the error, report when collected
+        return None, why
+
+    def wait(self) -> None:
+        """Block until a checkpoint being written in the background is complete (and sealed)."""
+        self._seal()
+
+    def reload(self) -> None:
+        """Re-read the checkpoint folder (after checkpoints were moved out of it)."""
+        self._manager.reload()
+
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        try:
+            self._seal()
+        finally:
+            self._manager.close()
+
+
+_SILENCED_CHECKPOINTS: set[str] = set()
+
+
+def _silence_failed_reads(checkpoint: Path) -> None:
+    """Keep the failure of a damaged checkpoint to the one line we report.
+
+    Only checkpoints without a manifest get here damaged (the process died before it was
+    written). Orbax reads a checkpoint's arrays in parallel on an event loop that it closes as soon as
+    the first read fails. The other reads report anyway, some only later: asyncio logs each
+    failed future as "Future exception was never retrieved" when it is collected, and
+    TensorStore threads that finish after the loop closed raise "RuntimeError: Event loop is
+    closed" into sys.unraisablehook: ~150 lines for one bad file. From the first failure on,
+    both are dropped: the futures' reports only where they name a checkpoint that failed.
+    """
+    first = not _SILENCED_CHECKPOINTS
+    _SILENCED_CHECKPOINTS.add(str(checkpoint))
+    if not first:
+        return  # the filters are installed at the first failure
+    logging.getLogger("asyncio").addFilter(_drop_failed_read_reports)
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        error = unraisable.exc_value
+        if any(isinstance(e, RuntimeError) and str(e) == "Event loop is closed" for e in (error, error.__cause__)):
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
+
+
+def _drop_failed_read_reports(record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not (message.startswith("Future exception was never retrieved")
+                and any(path in message for path in _SILENCED_CHECKPOINTS))
+
+
+def _first_line(error: Exception, limit: int = 160) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -1,48 +1,113 @@
-"""`unet-jax`: train, convert, evaluate, predict. Thin: the logic lives in library modules."""
+"""`unet-jax`: train, convert, evaluate, predict. Thin: the logic lives in library modules.
+
+Expected failures (a bad option, a file that can't be read or may not be written, a run
+directory in use) are the project's `UNetError`s: printed as one message naming the path and
+the fix, exit status 2. Ctrl-C stops with exit status 130 and says what was kept. Anything
+else is a bug, and keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
 import sys
+from importlib.metadata import version
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
-from unet_jax.config import PADDINGS, UPSAMPLES, UNetConfig
-from unet_jax.presets import PRESETS, TrainConfig, resolve
+from unet_jax import __version__
+from unet_jax.config import DTYPES, LOSSES, NORMS, OPTIMIZERS, PADDINGS, UPSAMPLES, ConfigError, TrainConfig, UNetConfig, UNetError
+from unet_jax.convert import DIRECTIONS
+from unet_jax.port import NAMINGS
+from unet_jax.predict import MASK_FORMATS
+from unet_jax.presets import PRESETS, resolve
+from unet_jax.run_dir import TrainingInterrupted
+from unet_jax.tiling import DEFAULT_BATCH_SIZE
 
-# Options whose values come from a fixed set.
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
+
+ARCHITECTURE_FIELDS = dataclasses.fields(UNetConfig)
+TRAINING_FIELDS = [f for f in dataclasses.fields(TrainConfig) if f.name not in ("preset", "model")]
+
+# Options whose values come from a fixed set: the library's own tuples ("none" spells norm=None).
 CHOICES = {
     "padding": PADDINGS,
     "upsample": UPSAMPLES,
-    "norm": ("none", "batch"),
-    "optimizer": ("adam", "sgd"),
-    "loss": ("ce", "dice", "ce+dice"),
-    "dtype": ("float32", "bfloat16"),
+    "norm": tuple("none" if norm is None else norm for norm in NORMS),
+    "optimizer": OPTIMIZERS,
+    "loss": LOSSES,
+    "dtype": DTYPES,
 }
 
 
-def _add_field_options(parser, fields, exclude=()):
-    """One --option per dataclass field, defaulting to None (= keep the preset's value)."""
-    for field in fields:
-        if field.name in exclude:
-            continue
-        flag = "--" + field.name.replace("_", "-")
-        kind = type(field.default) if field.default is not None else str
-        if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
-        else:
-            parser.add_argument(flag, type=kind, choices=CHOICES.get(field.name), default=None)
+# ------------------------------------------------------------------- commands
+def cmd_train(args) -> int:
+    from unet_jax.train import default_run_dir, resume, train
+
+    options = _given(args, [*ARCHITECTURE_FIELDS, *TRAINING_FIELDS])
+    if args.resume:
+        if args.preset is not None:
+            raise ConfigError("--preset starts a new run; a resumed run keeps the config it was started with")
+        resume(args.resume, options, progress=not args.no_progress)
+    else:
+        cfg = resolve(args.preset or "demo", options)
+        train(cfg, args.run_dir or default_run_dir(cfg), progress=not args.no_progress)
+    return 0
 
 
-def _model_options(parser):
-    group = parser.add_argument_group("architecture (UNetConfig fields; default: the preset's / the seed's)")
-    _add_field_options(group, dataclasses.fields(UNetConfig))
+def cmd_convert(args) -> int:
+    from unet_jax.convert import convert
+
+    direction, config = convert(args.src, args.dst, direction=args.direction, config=_given(args, ARCHITECTURE_FIELDS),
+                                naming=args.naming, overwrite=args.overwrite)
+    print(f"{args.src} -> {args.dst} ({direction}, {config})")
+    return 0
 
 
-def _overrides(args, fields) -> dict:
+def cmd_evaluate(args) -> int:
+    from unet_jax.data import data_sources
+    from unet_jax.evaluate import evaluate
+    from unet_jax.files import check_destination, write_atomically
+
+    if args.output:  # checked before the work, written after it
+        check_destination(args.output, args.overwrite, sources=[args.weights, *data_sources(args.data)])
+    result = evaluate(args.weights, args.data, config=_given(args, ARCHITECTURE_FIELDS), tile_size=args.tile_size,
+                      batch_size=args.batch_size)
+    line = json.dumps(result)
+    print(line)
+    if args.output:
+        write_atomically(Path(args.output), (line + "\n").encode(), overwrite=args.overwrite)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from unet_jax.predict import Predictor, predict_files
+
+    def report(record: dict) -> None:
+        print(json.dumps(_jsonable(record)) if args.json else _describe(record), flush=True)
+
+    predictor = Predictor.from_weights(args.weights, config=_given(args, ARCHITECTURE_FIELDS))
+    predict_files(predictor, args.images, args.output, save_probabilities=args.probabilities, tile_size=args.tile_size,
+                  batch_size=args.batch_size, mask_format=args.format, overwrite=args.overwrite, on_written=report)
+    return 0
+
+
+def _describe(record: dict) -> str:
+    """One line per predicted image: "a.png: 512x512 -> out/a_mask.png, out/a_probs.npy"."""
+    size = f"{record['height']}x{record['width']}"
+    size = f"{record['pages']} pages of {size}" if record["pages"] > 1 else size
+    outputs = ", ".join(str(record[k]) for k in ("mask", "probabilities") if k in record)
+    return f"{record['image']}: {size} -> {outputs}"
+
+
+def _jsonable(record: dict) -> dict:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in record.items()}
+
+
+def _given(args, fields) -> dict:
+    """The config fields the user set on the command line ("none" spells norm=None)."""
     values = {f.name: getattr(args, f.name, None) for f in fields}
     values = {k: v for k, v in values.items() if v is not None}
     if values.get("norm") == "none":
@@ -50,137 +115,113 @@ def _overrides(args, fields) -> dict:
     return values
 
 
-def _config_from_args(args) -> Optional[UNetConfig]:
-    overrides = _overrides(args, dataclasses.fields(UNetConfig))
-    return UNetConfig(**overrides) if overrides else None
-
-
-# ------------------------------------------------------------------- commands
-def cmd_train(args) -> int:
-    from unet_jax.train import train
-
-    fields = [*dataclasses.fields(UNetConfig), *dataclasses.fields(TrainConfig)]
-    overrides = _overrides(args, [f for f in fields if f.name not in ("preset", "model")])
-    if args.resume:
-        run_dir = Path(args.resume)
-        config_path = run_dir / "config.json"
-        if not config_path.is_file():
-            raise FileNotFoundError(f"--resume {run_dir}: no config.json there, so it is not a run directory")
-        cfg = TrainConfig.load(config_path)
-        cfg = resolve_from(cfg, overrides)
-    else:
-        cfg = resolve(args.preset, overrides)
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir = Path(args.run_dir or f"runs/{cfg.preset}-{stamp}")
-    train(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress)
-    return 0
-
-
-def resolve_from(cfg: TrainConfig, overrides: dict) -> TrainConfig:
-    """Overrides on a resumed run: only what does not change the network or its data."""
-    changed = {k for k, v in overrides.items() if getattr(cfg, k, getattr(cfg.model, k, None)) != v}
-    allowed = {"steps", "eval_every", "log_every", "checkpoint_every", "keep_checkpoints"}
-    if changed - allowed:
-        raise ValueError(
-            f"--resume continues a run exactly, so only {sorted(allowed)} may change; got {sorted(changed - allowed)}"
-        )
-    return dataclasses.replace(cfg, **{k: overrides[k] for k in changed})
-
-
-def cmd_convert(args) -> int:
-    from unet_jax.convert import convert
-
-    direction, config = convert(
-        args.src, args.dst, direction=args.direction, config=_config_from_args(args), naming=args.naming,
-        overwrite=args.overwrite,
-    )
-    print(f"{args.src} -> {args.dst} ({direction}, {config})")
-    return 0
-
-
-def cmd_evaluate(args) -> int:
-    from unet_jax.evaluate import evaluate
-
-    result = evaluate(args.weights, args.data, config=_config_from_args(args), tile_size=args.tile_size,
-                      batch_size=args.batch_size)
-    line = json.dumps(result)
-    print(line)
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(line + "\n")
-    return 0
-
-
-def cmd_predict(args) -> int:
-    from unet_jax.predict import Predictor, predict_files
-
-    predictor = Predictor.from_weights(args.weights, config=_config_from_args(args))
-    written = predict_files(
-        predictor, args.images, args.output, save_probabilities=args.probabilities, tile_size=args.tile_size,
-        batch_size=args.batch_size, mask_format=args.format,
-    )
-    for path in written:
-        print(path)
-    return 0
-
-
 # --------------------------------------------------------------------- parser
+def _show(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return "none" if value is None else str(value)
+
+
+def _preset_default(field: dataclasses.Field) -> str:
+    """A field's value in each preset: "16" if they agree, "demo 8, seed 16, paper 1" if not."""
+    values = {name: getattr(cfg.model if field in ARCHITECTURE_FIELDS else cfg, field.name) for name, cfg in PRESETS.items()}
+    if len(set(map(_show, values.values()))) == 1:
+        return _show(next(iter(values.values())))
+    return ", ".join(f"{name} {_show(value)}" for name, value in values.items())
+
+
+def _stored_default(field: dataclasses.Field) -> str:
+    return f"what the weights file stores; else {_show(field.default)}"
+
+
+def _add_field_options(group, fields, default: Callable[[dataclasses.Field], str]) -> None:
+    """One --option per dataclass field, defaulting to None (= not given); the help is the field's own."""
+    for field in fields:
+        flag = "--" + field.name.replace("_", "-")
+        help_text = f"{field.metadata['help']} (default: {default(field)})"
+        if isinstance(field.default, bool):
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            continue
+        kind = type(field.default) if field.default is not None else str
+        group.add_argument(flag, type=kind, choices=CHOICES.get(field.name), default=None, help=help_text)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="unet-jax", description=__doc__)
+    parser = argparse.ArgumentParser(prog="unet-jax", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version",
+                        version=f"unet-jax {__version__} (jax {version('jax')}, flax {version('flax')})")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a U-Net (default: the CPU demo on built-in synthetic cells)")
-    train.add_argument("--preset", default="demo", choices=sorted(PRESETS),
-                       help="demo: small net, CPU-sized; seed: the seed's full net, Adam, batch 16; paper: SGD 0.99, batch 1")
-    train.add_argument("--run-dir", help="where the run is written (default: runs/<preset>-<time>)")
-    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
-    train.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _model_options(train)
-    group = train.add_argument_group("training (TrainConfig fields; default: the preset's)")
-    _add_field_options(group, dataclasses.fields(TrainConfig), exclude=("preset", "model"))
+    train.add_argument("--preset", choices=sorted(PRESETS),
+                       help="demo: small net, CPU-sized; seed: the seed's full net, Adam, batch 16; paper: SGD 0.99, "
+                            "batch 1 (default: demo)")
+    where = train.add_mutually_exclusive_group()
+    where.add_argument("--run-dir", help="where the new run is written (default: runs/<preset>-<time>)")
+    where.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue the run in RUN_DIR from its newest intact checkpoint; --steps, --learning-rate "
+                            "and the bookkeeping options may change (default: start a new run)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar (default: off)")
+    _add_field_options(train.add_argument_group("architecture (default: the preset's)"), ARCHITECTURE_FIELDS, _preset_default)
+    _add_field_options(train.add_argument_group("training (default: the preset's)"), TRAINING_FIELDS, _preset_default)
     train.set_defaults(run=cmd_train)
 
     convert = commands.add_parser("convert", help="convert weights: PyTorch .pt/.pth/.safetensors <-> Flax .safetensors")
-    convert.add_argument("src")
-    convert.add_argument("dst")
-    convert.add_argument("--direction", choices=("torch-to-flax", "flax-to-torch"),
-                         help="default: from what SRC holds")
-    convert.add_argument("--naming", choices=("unet_torch", "seed"), default="unet_torch",
-                         help="torch key names to write (flax-to-torch)")
-    convert.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
-    _model_options(convert)
+    convert.add_argument("src", help="the weights to convert (never replaced)")
+    convert.add_argument("dst", help="the file to write; .safetensors for Flax, .pt/.pth/.safetensors for PyTorch")
+    convert.add_argument("--direction", choices=DIRECTIONS, help="which way to convert (default: from what SRC holds)")
+    convert.add_argument("--naming", choices=NAMINGS, default=NAMINGS[0],
+                         help="torch key names to write, flax-to-torch (default: %(default)s)")
+    convert.add_argument("--overwrite", action="store_true", help="replace DST if it exists (default: off)")
+    _add_field_options(convert.add_argument_group("architecture"), ARCHITECTURE_FIELDS, _stored_default)
     convert.set_defaults(run=cmd_convert)
 
     evaluate = commands.add_parser("evaluate", help="Dice / IoU / pixel accuracy of weights on a data folder")
-    evaluate.add_argument("--weights", required=True, help="a run directory, Flax .safetensors or PyTorch .pt/.pth/.safetensors")
-    evaluate.add_argument("--data", required=True, help="DIR with images/ and masks/ (or an ISBI TIFF pair)")
-    evaluate.add_argument("--output", help="also write the JSON line to this file")
-    evaluate.add_argument("--tile-size", type=int)
-    evaluate.add_argument("--batch-size", type=int, default=4)
-    _model_options(evaluate)
+    evaluate.add_argument("--weights", required=True,
+                          help="a run directory, Flax .safetensors or PyTorch .pt/.pth/.safetensors (required)")
+    evaluate.add_argument("--data", required=True, help="DIR with images/ and masks/, or an ISBI *-volume.tif (required)")
+    evaluate.add_argument("--output", help="also write the JSON line to this file (default: print only)")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace --output if it exists (default: off)")
+    _tiling_options(evaluate)
+    _add_field_options(evaluate.add_argument_group("architecture"), ARCHITECTURE_FIELDS, _stored_default)
     evaluate.set_defaults(run=cmd_evaluate)
 
     predict = commands.add_parser("predict", help="segment images of any size with the overlap-tile strategy")
-    predict.add_argument("images", nargs="+", metavar="IMAGE")
-    predict.add_argument("--weights", required=True, help="a run directory, Flax .safetensors or PyTorch weights")
-    predict.add_argument("--output", required=True, help="directory for the masks")
-    predict.add_argument("--probabilities", action="store_true", help="also write class probabilities as .npy")
-    predict.add_argument("--format", choices=("png", "tiff"), default="png")
-    predict.add_argument("--tile-size", type=int, help="input tile side (default: the largest that fits)")
-    predict.add_argument("--batch-size", type=int, default=4)
-    _model_options(predict)
+    predict.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or TIFF images; a multi-page TIFF is a stack")
+    predict.add_argument("--weights", required=True, help="a run directory, Flax .safetensors or PyTorch weights (required)")
+    predict.add_argument("--output", required=True, help="folder for <stem>_mask.png (or .tif) per image (required)")
+    predict.add_argument("--probabilities", action="store_true",
+                         help="also write class probabilities as <stem>_probs.npy (default: off)")
+    predict.add_argument("--format", choices=sorted(MASK_FORMATS), default="png",
+                         help="mask file format; stacks are always TIFF (default: %(default)s)")
+    predict.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: off)")
+    predict.add_argument("--json", action="store_true", help="print one JSON object per image (default: one line of text)")
+    _tiling_options(predict)
+    _add_field_options(predict.add_argument_group("architecture"), ARCHITECTURE_FIELDS, _stored_default)
     predict.set_defaults(run=cmd_predict)
     return parser
+
+
+def _tiling_options(parser) -> None:
+    parser.add_argument("--tile-size", type=int,
+                        help="input tile side; capped at one tile per image, refused over the memory budget "
+                             "(default: the size that fits the budget and computes the fewest pixels)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="tiles per forward pass (default: %(default)s)")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as error:
-        # Library errors carry the file and the fix; a traceback would bury them.
+    except TrainingInterrupted as stop:
+        print(f"unet-jax {args.command}: {stop}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print(f"unet-jax {args.command}: interrupted; every file written so far is complete", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except UNetError as error:
         print(f"unet-jax {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -10,18 +10,17 @@ from __future__ import annotations
 
 from typing import Optional
 
-import numpy as np
-
-from unet_jax.config import UNetConfig
 from unet_jax.data import Samples, load_folder
-from unet_jax.metrics import add_counts, scores_from_counts
-from unet_jax.predict import DEFAULT_BATCH_SIZE, Predictor, predict_probabilities
+from unet_jax.metrics import add_counts, class_counts, scores_from_counts
+from unet_jax.predict import Predictor, predict_probabilities
+from unet_jax.tiling import DEFAULT_BATCH_SIZE
+from unet_jax.weights_io import ArchitectureRequest
 
 
 def evaluate(
     weights_path,
     data_dir,
-    config: Optional[UNetConfig] = None,
+    config: ArchitectureRequest = None,
     tile_size: Optional[int] = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> dict:
@@ -48,19 +47,3 @@ def evaluate_samples(
         probs = predict_probabilities(predictor, predictor.normalize(image), tile_size, batch_size)  # [H, W, K]
         total = add_counts(total, class_counts(probs.argmax(axis=-1), mask, num_classes))
     return {**scores_from_counts(total), "num_images": len(samples)}
-
-
-def class_counts(predicted: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
-    """Per-class true-positive, predicted and true pixel counts, int64 [K] each.
-
-    The numpy twin of `metrics.segmentation_counts`, from class maps [H, W] rather than logits:
-    a whole image's one-hot comparison would cost H*W*K memory on the host for nothing.
-    """
-    predicted, labels = np.ravel(predicted), np.ravel(labels)
-    if predicted.shape != labels.shape:
-        raise ValueError(f"prediction and mask differ in size: {predicted.size} vs {labels.size} pixels")
-    return {
-        "true_positive": np.bincount(labels[predicted == labels], minlength=num_classes).astype(np.int64),
-        "predicted": np.bincount(predicted, minlength=num_classes).astype(np.int64),
-        "actual": np.bincount(labels, minlength=num_classes).astype(np.int64),
-    }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import optax
 
-LOSSES = ("ce", "dice", "ce+dice")
+from unet_jax.config import LOSSES
 
 
 def cross_entropy(logits, labels):

@@ -1,7 +1,9 @@
 """Segmentation metrics from summed per-class counts, so that they add up over batches.
 
 Dice and IoU are computed from counts accumulated over a whole evaluation set (not averaged
-per tile), which is what "Dice on the held-out images" means.
+per tile), which is what "Dice on the held-out images" means. The counts come from logits on
+the device (`segmentation_counts`, inside the jitted steps) or from class maps on the host
+(`class_counts`, for whole images); both return the same three per-class vectors.
 """
 
 from __future__ import annotations
@@ -21,6 +23,22 @@ def segmentation_counts(logits, labels):
         "true_positive": (is_pred & is_true).sum(axis=(0, 1, 2)),
         "predicted": is_pred.sum(axis=(0, 1, 2)),
         "actual": is_true.sum(axis=(0, 1, 2)),
+    }
+
+
+def class_counts(predicted: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
+    """Per-class true-positive, predicted and true pixel counts, int64 [K] each.
+
+    The numpy twin of `segmentation_counts`, from class maps [H, W] rather than logits: a
+    whole image's one-hot comparison would cost H*W*K memory on the host for nothing.
+    """
+    predicted, labels = np.ravel(predicted), np.ravel(labels)
+    if predicted.shape != labels.shape:
+        raise ValueError(f"prediction and mask differ in size: {predicted.size} vs {labels.size} pixels")
+    return {
+        "true_positive": np.bincount(labels[predicted == labels], minlength=num_classes).astype(np.int64),
+        "predicted": np.bincount(predicted, minlength=num_classes).astype(np.int64),
+        "actual": np.bincount(labels, minlength=num_classes).astype(np.int64),
     }
 
 

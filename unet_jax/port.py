@@ -10,7 +10,7 @@ Layouts: Conv2d OIHW <-> Flax HWIO. ConvTranspose2d stores (in, out, kH, kW) and
 gradient of a convolution, applies the kernel spatially flipped relative to Flax's
 `ConvTranspose` (which does not flip), so the kernel is flipped in H and W on the way.
 
-Pure numpy: no torch import here (file reading lives in `unet_jax.weights_io`).
+Numpy arrays in and out; no torch import here (file reading lives in `unet_jax.weights_io`).
 """
 
 from __future__ import annotations
@@ -19,8 +19,11 @@ import dataclasses
 from typing import Callable, Mapping
 
 import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
 
-from unet_jax.config import UNetConfig
+from unet_jax.config import ConfigError, UNetConfig, UNetError
+
+NAMINGS = ("unet_torch", "seed")  # torch key styles: unet_torch's module names, or the seed `Unet` class's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +118,7 @@ def seed_layer_names(config: UNetConfig) -> dict[str, str]:
     bilinear variant, so only those configs have seed names.
     """
     if config.norm is not None or config.upsample != "transpose":
-        raise ValueError(
+        raise ConfigError(
             "the seed's Unet naming exists only for norm=None, upsample='transpose'; "
             f"this config has norm={config.norm!r}, upsample={config.upsample!r}"
         )
@@ -133,19 +136,24 @@ def seed_layer_names(config: UNetConfig) -> dict[str, str]:
     return names
 
 
-class PortError(ValueError):
+class PortError(UNetError, ValueError):
     """Weights that do not fit the config; the message lists every mismatch at once."""
 
 
 def _torch_entries(config: UNetConfig, naming: str):
     """(torch key, layer, param) for every tensor, in the requested naming."""
     rename = seed_layer_names(config) if naming == "seed" else {}
-    if naming not in ("unet_torch", "seed"):
-        raise ValueError(f"naming must be 'unet_torch' or 'seed', got {naming!r}")
+    if naming not in NAMINGS:
+        raise ConfigError(f"naming must be one of {NAMINGS}, got {naming!r}")
     for layer in layer_table(config):
         name = ".".join(layer.path)
         for param in PARAMS[layer.kind]:
             yield f"{rename.get(name, name)}.{param.torch_name}", layer, param
+
+
+def _flax_location(layer: Layer, param: Param) -> str:
+    """Where a tensor lives among flattened Flax variables: "params/down1/conv1/kernel"."""
+    return "/".join((param.collection, *layer.path, param.leaf))
 
 
 def detect_naming(keys) -> str:
@@ -167,7 +175,9 @@ def _raise_mismatches(what: str, config: UNetConfig, missing, unexpected, missha
     lines += [f"  missing: {k} (expected shape {s})" for k, s in missing]
     lines += [f"  unexpected: {k} (shape {s})" for k, s in unexpected]
     lines += [f"  wrong shape: {k} is {got}, expected {want}" for k, got, want in misshaped]
-    lines.append("Check that the config (features, depth, in_channels, num_classes, norm, upsample) is the one the weights were trained with.")
+    lines.append(
+        "Check that the config (features, depth, in_channels, num_classes, norm, upsample) is the one the weights were trained with."
+    )
     raise PortError("\n".join(lines))
 
 
@@ -178,7 +188,7 @@ def torch_to_flax(state_dict: Mapping[str, np.ndarray], config: UNetConfig) -> d
     """
     state_dict = {k: np.asarray(v) for k, v in _strip_prefix(state_dict).items()}
     naming = detect_naming(state_dict)
-    variables: dict = {}
+    flat: dict[str, np.ndarray] = {}
     missing, misshaped, seen = [], [], set()
     for key, layer, param in _torch_entries(config, naming):
         want = param.torch_shape(layer)
@@ -190,13 +200,10 @@ def torch_to_flax(state_dict: Mapping[str, np.ndarray], config: UNetConfig) -> d
         if value.shape != want:
             misshaped.append((key, value.shape, want))
             continue
-        node = variables.setdefault(param.collection, {})
-        for part in layer.path:
-            node = node.setdefault(part, {})
-        node[param.leaf] = np.array(param.to_flax(value), order="C")  # a copy; keeps 0-d scalars 0-d
+        flat[_flax_location(layer, param)] = np.array(param.to_flax(value), order="C")  # a copy; keeps 0-d scalars 0-d
     unexpected = [(k, v.shape) for k, v in state_dict.items() if k not in seen]
     _raise_mismatches(f"PyTorch state_dict ({naming} naming)", config, missing, unexpected, misshaped)
-    return variables
+    return unflatten_variables(flat)
 
 
 def flax_to_torch(variables: Mapping, config: UNetConfig, naming: str = "unet_torch") -> dict[str, np.ndarray]:
@@ -208,7 +215,7 @@ def flax_to_torch(variables: Mapping, config: UNetConfig, naming: str = "unet_to
     state_dict: dict[str, np.ndarray] = {}
     missing, misshaped, seen = [], [], set()
     for key, layer, param in _torch_entries(config, naming):
-        location = "/".join((param.collection, *layer.path, param.leaf))
+        location = _flax_location(layer, param)
         want = param.to_flax(np.empty(param.torch_shape(layer))).shape  # reported in Flax layout
         if location not in flat:
             missing.append((location, want))
@@ -224,25 +231,11 @@ def flax_to_torch(variables: Mapping, config: UNetConfig, naming: str = "unet_to
     return state_dict
 
 
-def flatten_variables(variables: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
-    """{"params": {"head": {"bias": x}}} -> {"params/head/bias": x}."""
-    flat = {}
-    for name, value in variables.items():
-        key = f"{prefix}{name}"
-        if isinstance(value, Mapping):
-            flat.update(flatten_variables(value, key + "/"))
-        else:
-            flat[key] = value
-    return flat
+def flatten_variables(variables: Mapping) -> dict[str, np.ndarray]:
+    """{"params": {"head": {"bias": x}}} -> {"params/head/bias": x}, the keys of Flax weight files."""
+    return flatten_dict(variables, sep="/")
 
 
 def unflatten_variables(flat: Mapping[str, np.ndarray]) -> dict:
     """Inverse of `flatten_variables`."""
-    nested: dict = {}
-    for key, value in flat.items():
-        *parents, leaf = key.split("/")
-        node = nested
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return nested
+    return unflatten_dict(flat, sep="/")

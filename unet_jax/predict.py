@@ -3,50 +3,38 @@
 A U-Net sees a fixed tile. To predict a whole image, the image is cut into a grid of output
 tiles that cover it; each input tile is its output tile grown by the context margin on every
 side, read from the image mirrored at its borders (Ronneberger et al. 2015, Fig. 2); the
-output tiles are pasted side by side, with no blending.
+output tiles are pasted side by side, with no blending. `unet_jax.tiling` sets the geometry:
+tiles start on the 2x2-pool grid, and bilinear networks drop a few edge pixels per tile.
 
-One rule goes beyond the paper: tiles start at multiples of 2**depth. A tile's 2x2 pools
-group pixels relative to the tile's own origin, so two tiles whose origins differ by a
-number of pixels that is not a multiple of 2**depth pool different pixel pairs. With the
-paper's stride (the output size, 388 for a 572 input) that happens at depth >= 3, since
-388 = 4 (mod 16). Rounding the stride down to a multiple of 2**depth (388 -> 384, the few
-surplus output rows are dropped) makes the pools line up, and then, for unpadded
-("valid") configs with transposed up-convolutions, the tiled prediction *equals* one forward
-pass over the whole mirror-padded image: tiling changes speed and memory, never the answer.
-(Bilinear up-sampling clamps at tile edges, so there the equality holds only approximately.)
-
-Same-padding configs have no context margin in the config sense: every conv zero-pads, so
-pixels near a tile edge see zeros instead of their neighbours. By default each tile
-therefore still carries a margin of 2**depth mirrored/neighbouring pixels (one bottleneck
-pixel) that is predicted and thrown away; `same_padding_margin=0` gives plain, abutting
-tiles, each equal to a forward pass on that tile alone.
+What is exact: for valid-padding networks, transposed or bilinear up-sampling, with or without
+BatchNorm, the tiled prediction equals one forward pass over the whole image mirror-padded by
+(context + margin) and cropped, up to float32 rounding: tiling changes speed and memory, never
+the answer. What is not: same-padding networks zero-pad at every tile edge, so their tiles
+differ from a whole-image pass near the edges; the default margin of 2**depth pixels keeps that
+small, and `margin=0` gives plain, abutting tiles, each equal to a forward pass on that tile alone.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
+import functools
+import io
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import tifffile
 from PIL import Image
 
-from unet_jax.config import UNetConfig
-from unet_jax.data import Normalization
-from unet_jax.data.folder import read_image
-from unet_jax.data.tiles import mirror_crop
+from unet_jax.config import ConfigError, MissingFileError, UNetConfig
+from unet_jax.data import Normalization, image_pages, mirror_crop, read_image_pages
+from unet_jax.files import OutputError, check_destination, check_folder_destination, make_directory, write_atomically
 from unet_jax.model import UNet
-from unet_jax.weights_io import load_variables
+from unet_jax.run_dir import RunDir, read_normalization
+from unet_jax.tiling import DEFAULT_BATCH_SIZE, default_tile_size, tile_geometry, usable_tile_size
+from unet_jax.weights_io import ArchitectureRequest, load_variables
 
-DEFAULT_BATCH_SIZE = 4
-RUN_WEIGHTS = "weights.safetensors"  # the two files a training run directory holds for prediction
-RUN_NORMALIZATION = "normalization.json"
-MEMORY_FRACTION = 0.5  # of the accelerator's free memory that the activation estimate may use
-CPU_MEMORY_BUDGET = 2 * 2**30  # bytes, where the device reports no memory statistics (CPU)
 MASK_FORMATS = {"png": ".png", "tiff": ".tif"}
 
 
@@ -55,25 +43,26 @@ class Predictor:
     """A U-Net ready for inference: config, variables on the device, and the intensity
     normalisation of its training run (None when unknown).
 
-    The forward pass (softmax included) is jit-compiled once per input shape; prediction
-    keeps that shape fixed, so a run over many same-sized images compiles once.
+    The forward pass (softmax included) is jit-compiled once per network and input shape, and
+    the compiled code is shared by every Predictor of that network (evaluation after training,
+    several weights files of one architecture); prediction keeps the shape fixed, so a run over
+    many same-sized images compiles once.
     """
 
-    def __init__(self, config: UNetConfig, variables, normalization: Optional[Normalization] = None):
+    def __init__(self, config: UNetConfig, variables, normalization: Optional[Normalization] = None, dtype=jnp.float32):
         if normalization is not None and len(normalization.mean) != config.in_channels:
-            raise ValueError(
+            raise ConfigError(
                 f"the normalisation has {len(normalization.mean)} channel(s) but the model expects "
                 f"in_channels={config.in_channels}"
             )
         self.config = config
         self.normalization = normalization
-        self.model = UNet(config)
+        self.model = UNet(config, dtype=dtype)  # the compute dtype; the variables keep theirs
         self.variables = jax.device_put(variables)  # numpy from a file -> device arrays, once
-        self._forward = jax.jit(self._probabilities)
 
     @classmethod
     def from_weights(
-        cls, path, config: Optional[UNetConfig] = None, normalization: Optional[Normalization] = None
+        cls, path, config: ArchitectureRequest = None, normalization: Optional[Normalization] = None
     ) -> "Predictor":
         """From a weights file (Flax `.safetensors`, PyTorch `.pt`/`.pth`/`.safetensors`) or a run directory.
 
@@ -82,18 +71,20 @@ class Predictor:
         file given directly) unless `normalization` is passed. Without one, images are fed as
         the reader scales them, to [0, 1] by their dtype's maximum, which is right only for a
         model trained on images scaled the same way.
-        The config stored in a Flax file wins over `config` (see `load_variables`).
+        `config` (a UNetConfig, or just the fields to set) describes a file that stores no config,
+        and may not contradict one that does (`weights_io.resolve_config`).
         """
         path = Path(path)
         if path.is_dir():
-            weights = path / RUN_WEIGHTS
+            weights = RunDir(path).file(RunDir.WEIGHTS)
             if not weights.is_file():
-                raise FileNotFoundError(f"{path} is a directory without {RUN_WEIGHTS}: not a finished training run")
+                raise MissingFileError(f"{path} is a directory without {RunDir.WEIGHTS}: not a finished training run")
         else:
             weights = path
         variables, config = load_variables(weights, config)
-        if normalization is None and (weights.parent / RUN_NORMALIZATION).is_file():
-            normalization = read_normalization(weights.parent / RUN_NORMALIZATION)
+        beside = weights.parent / RunDir.NORMALIZATION
+        if normalization is None and beside.is_file():
+            normalization = read_normalization(beside)
         return cls(config, variables, normalization)
 
     def normalize(self, image: np.ndarray) -> np.ndarray:
@@ -103,147 +94,13 @@ class Predictor:
 
     def forward(self, tiles):
         """Class probabilities for input tiles [B, T, T, C] -> [B, T', T', num_classes] (async)."""
-        return self._forward(self.variables, tiles)
-
-    def _probabilities(self, variables, tiles):
-        logits = self.model.apply(variables, tiles, train=False)  # [B, T', T', K]
-        return jax.nn.softmax(logits, axis=-1)
+        return _probabilities(self.model, self.variables, tiles)
 
 
-def read_normalization(path) -> Normalization:
-    try:
-        return Normalization.from_dict(json.loads(Path(path).read_text()))
-    except (OSError, ValueError) as error:  # json.JSONDecodeError is a ValueError
-        raise ValueError(f"{path}: not a readable normalisation ({error})") from None
-
-
-# ------------------------------------------------------------------ tile geometry
-@dataclasses.dataclass(frozen=True)
-class TileGeometry:
-    """Where one square input tile's useful output lies.
-
-    The input tile starting at image position p (rows and columns alike) has its first used
-    output pixel at image position p + context; that pixel is output row `crop` of the tile,
-    and `stride` output pixels are used from there.
-    """
-
-    tile_size: int  # input side T
-    context: int  # input pixels before the first used output pixel
-    crop: int  # output pixels dropped before it (0 for valid convs, the margin for same)
-    stride: int  # used output pixels per tile, a multiple of 2**depth
-
-    def tiles_along(self, length: int) -> int:
-        return math.ceil(length / self.stride)
-
-
-def tile_geometry(config: UNetConfig, tile_size: int, same_padding_margin: Optional[int] = None) -> TileGeometry:
-    """The geometry for input tiles of side `tile_size`; ValueError naming valid sizes if unusable."""
-    config.check_input_size(tile_size, tile_size)
-    context, crop, usable = _tile_output(config, tile_size, same_padding_margin)
-    step = 2**config.depth
-    stride = max(usable, 0) // step * step
-    if stride == 0:
-        smallest = next(_tile_sizes(config, same_padding_margin))
-        raise ValueError(
-            f"tile size {tile_size} leaves {usable} output pixel(s) per tile, fewer than 2**depth = {step} "
-            f"(tiles must start on the 2x2-pool grid). Use a tile size of at least {smallest}."
-        )
-    return TileGeometry(tile_size, context, crop, stride)
-
-
-def _tile_output(config: UNetConfig, tile_size: int, same_padding_margin: Optional[int]) -> tuple[int, int, int]:
-    """(context, crop, usable output pixels) of a valid input tile size."""
-    if config.padding == "valid":
-        if same_padding_margin is not None:
-            raise ValueError("same_padding_margin applies to padding='same' configs only")
-        output = config.output_size(tile_size)
-        return (tile_size - output) // 2, 0, output
-    margin = 2**config.depth if same_padding_margin is None else same_padding_margin
-    if not isinstance(margin, int) or margin < 0:
-        raise ValueError(f"same_padding_margin must be a non-negative integer, got {margin!r}")
-    return margin, margin, tile_size - 2 * margin
-
-
-def _tile_sizes(config: UNetConfig, same_padding_margin: Optional[int]):
-    """Every valid input size that leaves a non-zero stride, ascending, without end."""
-    size = 1
-    while True:
-        if config.is_valid_input_size(size) and _tile_output(config, size, same_padding_margin)[2] >= 2**config.depth:
-            yield size
-        size += 1
-
-
-# ------------------------------------------------------------------ default tile size
-def activation_bytes(config: UNetConfig, tile_size: int, bytes_per_value: int = 4) -> int:
-    """Bytes of every feature map of one tile's forward pass, summed.
-
-    An upper bound on what inference keeps alive (XLA frees maps it no longer needs, but the
-    skips live until the decoder), and simple enough to check by hand.
-    """
-    shrink, per_conv = config.conv_shrink, (2 if config.norm else 1)  # BatchNorm adds a map per conv
-
-    def convs(size, channels):  # two 3x3 convs: their output maps, and the size after them
-        return per_conv * channels * ((size - shrink) ** 2 + (size - 2 * shrink) ** 2), size - 2 * shrink
-
-    size = tile_size
-    values = size * size * config.in_channels  # the input tile
-    for level in range(config.depth):
-        maps, size = convs(size, config.channels(level))
-        size //= 2
-        values += maps + config.channels(level) * size * size  # + the pooled map
-    maps, size = convs(size, config.channels(config.depth))
-    values += maps
-    for step in range(1, config.depth + 1):
-        channels, size = config.channels(config.depth - step), 2 * size
-        maps, after = convs(size, channels)
-        values += 3 * channels * size * size + maps  # up-conv output, the concat (twice as wide), convs
-        size = after
-    values += 2 * config.num_classes * size * size  # logits and probabilities
-    return values * bytes_per_value
-
-
-def memory_budget_bytes(device=None) -> int:
-    """`MEMORY_FRACTION` of the device's free memory, or `CPU_MEMORY_BUDGET` where it reports none."""
-    device = device or jax.devices()[0]
-    try:
-        stats = device.memory_stats()
-    except Exception:  # some backends raise instead of returning None
-        stats = None
-    if not stats or "bytes_limit" not in stats:
-        return CPU_MEMORY_BUDGET
-    return int(MEMORY_FRACTION * max(stats["bytes_limit"] - stats.get("bytes_in_use", 0), 0))
-
-
-def default_tile_size(
-    config: UNetConfig,
-    height: int,
-    width: int,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    budget_bytes: Optional[int] = None,
-    same_padding_margin: Optional[int] = None,
-) -> int:
-    """The valid tile size that fits the memory budget and computes the fewest pixels.
-
-    Candidates are the valid tile sizes from the smallest usable one up to the first whose
-    single tile covers the whole image, keeping those whose batch (`batch_size` tiles, or
-    fewer when the image has fewer) has `activation_bytes` within `budget_bytes` (default:
-    `memory_budget_bytes()`). Among them wins the one that pushes the fewest pixels through the
-    network, zero-padded batch slots included; ties go to the larger tile. If not even the
-    smallest tile fits the budget it is used anyway: the estimate is an upper bound.
-    """
-    budget = memory_budget_bytes() if budget_bytes is None else budget_bytes
-    smallest = best = best_cost = None
-    for size in _tile_sizes(config, same_padding_margin):
-        geometry = tile_geometry(config, size, same_padding_margin)
-        tiles = geometry.tiles_along(height) * geometry.tiles_along(width)
-        batch = min(batch_size, tiles)  # fewer tiles than batch_size shrink the batch, so no early stop on memory
-        smallest = smallest or size
-        cost = math.ceil(tiles / batch) * batch * size * size
-        if batch * activation_bytes(config, size) <= budget and (best_cost is None or cost <= best_cost):
-            best, best_cost = size, cost
-        if geometry.stride >= max(height, width):
-            break  # one tile covers the image: larger tiles only add padding
-    return best or smallest
+@functools.partial(jax.jit, static_argnums=0)  # Flax modules hash by their fields: one compile per network
+def _probabilities(model: UNet, variables, tiles):
+    logits = model.apply(variables, tiles, train=False)  # [B, T', T', K]
+    return jax.nn.softmax(logits, axis=-1)
 
 
 # ------------------------------------------------------------------ prediction
@@ -252,13 +109,16 @@ def predict_probabilities(
     image: np.ndarray,
     tile_size: Optional[int] = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
-    same_padding_margin: Optional[int] = None,
+    margin: Optional[int] = None,
 ) -> np.ndarray:
     """Class probabilities float32 [H, W, num_classes] for a normalised image [H, W, C] of any size.
 
-    `tile_size` is the input tile side (default: `default_tile_size`). Tiles go through the
-    network `batch_size` at a time (fewer if the image has fewer tiles), the last batch
-    zero-filled, so each image size compiles exactly one shape.
+    `tile_size` is the input tile side: default `default_tile_size`; a larger one than a single
+    tile covering the image needs is capped to that, and one whose batch exceeds the memory
+    budget is refused (`usable_tile_size`). `margin`: output pixels dropped on each tile side
+    (default `tiling.default_margin`). Tiles go through the network `batch_size` at a time
+    (fewer if the image has fewer tiles), the last batch zero-filled, so each image size
+    compiles exactly one shape.
     """
     config = predictor.config
     image = np.asarray(image, np.float32)
@@ -267,11 +127,13 @@ def predict_probabilities(
             f"expected an image [H, W, {config.in_channels}] (in_channels={config.in_channels}), got shape {image.shape}"
         )
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        raise ConfigError(f"batch_size must be a positive integer (--batch-size), got {batch_size!r}")
     height, width = image.shape[:2]
     if tile_size is None:
-        tile_size = default_tile_size(config, height, width, batch_size, same_padding_margin=same_padding_margin)
-    geometry = tile_geometry(config, tile_size, same_padding_margin)
+        tile_size = default_tile_size(config, height, width, batch_size, margin=margin)
+    else:
+        tile_size = usable_tile_size(config, tile_size, height, width, batch_size, margin=margin)
+    geometry = tile_geometry(config, tile_size, margin)
     s, t = geometry.stride, geometry.tile_size
     rows, cols = geometry.tiles_along(height), geometry.tiles_along(width)
     origins = [(r * s, c * s) for r in range(rows) for c in range(cols)]  # image position of each used output tile
@@ -305,63 +167,101 @@ def predict_files(
     tile_size: Optional[int] = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     mask_format: str = "png",
-) -> list[dict[str, Path]]:
+    overwrite: bool = False,
+    on_written: Optional[Callable[[dict], None]] = None,
+) -> list[dict]:
     """Predict each image and write `OUTPUT/<stem>_mask.png` (or `.tif`), plus `<stem>_probs.npy`
-    (float32 [H, W, num_classes]) when `save_probabilities`. Returns the written paths per image.
+    (float32 [H, W, num_classes]) when `save_probabilities`. Returns, per image, a record
+    {"image", "mask", ["probabilities"], "pages", "height", "width"}, also passed to
+    `on_written` as soon as the image is done.
 
     Masks hold class indices (0 .. num_classes-1; uint8, uint16 past 256 classes), the format
     the training reader takes back, so predictions can be corrected and trained on. A binary
     mask therefore looks black in an image viewer; scale it for viewing, not for storage.
-    Existing outputs are replaced; an input file never is (that is refused before any work).
+    A multi-page TIFF is predicted page by page into a multi-page `<stem>_mask.tif` (whatever
+    `mask_format`) and `<stem>_probs.npy` of shape [pages, H, W, num_classes].
+
+    Everything is checked before the first image is predicted: every input exists, no two
+    inputs share an output, no output lands on an input, and no output exists unless
+    `overwrite`. Each file is written whole or not at all.
     """
     if mask_format not in MASK_FORMATS:
-        raise ValueError(f"mask_format must be one of {sorted(MASK_FORMATS)}, got {mask_format!r}")
+        raise ConfigError(f"mask_format must be one of {sorted(MASK_FORMATS)}, got {mask_format!r}")
     image_paths = [Path(p) for p in image_paths]
-    output_dir = Path(output_dir)
-    planned = _plan_outputs(image_paths, output_dir, MASK_FORMATS[mask_format], save_probabilities)
+    output_dir = check_folder_destination(output_dir)
+    planned = _plan_outputs(image_paths, output_dir, MASK_FORMATS[mask_format], save_probabilities, overwrite)
     if tile_size is not None:
         tile_geometry(predictor.config, tile_size)  # a bad tile size fails before the first image is read
-    output_dir.mkdir(parents=True, exist_ok=True)
+    make_directory(output_dir)
     written = []
     for image_path, outputs in zip(image_paths, planned):
-        image = predictor.normalize(read_image(image_path, predictor.config.in_channels))  # [H, W, C]
-        try:
-            probs = predict_probabilities(predictor, image, tile_size, batch_size)  # [H, W, K]
-        except ValueError as error:
-            raise ValueError(f"{image_path}: {error}") from error
+        pages = read_image_pages(image_path, predictor.config.in_channels)  # [H, W, C] each
+        probs = np.stack([_predict_page(predictor, page, tile_size, batch_size, image_path) for page in pages])
         labels = probs.argmax(axis=-1).astype(np.uint8 if predictor.config.num_classes <= 256 else np.uint16)
-        _write_mask(outputs["mask"], labels)
+        stack = len(pages) > 1
+        write_atomically(outputs["mask"], _encode_mask(labels if stack else labels[0], outputs["mask"].suffix), overwrite)
         if save_probabilities:
-            np.save(outputs["probabilities"], probs)
-        written.append({"image": image_path, **outputs})
+            write_atomically(outputs["probabilities"], _encode_npy(probs if stack else probs[0]), overwrite)
+        record = {"image": image_path, **outputs, "pages": len(pages), "height": labels.shape[1], "width": labels.shape[2]}
+        written.append(record)
+        if on_written is not None:
+            on_written(record)
     return written
 
 
-def _plan_outputs(image_paths: list[Path], output_dir: Path, mask_suffix: str, save_probabilities: bool) -> list[dict]:
+def _predict_page(predictor: Predictor, image: np.ndarray, tile_size, batch_size, path: Path) -> np.ndarray:
+    try:
+        return predict_probabilities(predictor, predictor.normalize(image), tile_size, batch_size)  # [H, W, K]
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from error
+
+
+def _plan_outputs(
+    image_paths: list[Path], output_dir: Path, mask_suffix: str, save_probabilities: bool, overwrite: bool
+) -> list[dict]:
     """Output paths per input, after checking every input at once: all exist, no two share an
-    output, and no output would land on an input."""
+    output, no output would land on an input, and none exists unless `overwrite`."""
     missing = [str(p) for p in image_paths if not p.is_file()]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} image(s) not found: {', '.join(missing)}")
-    planned, owner = [], {}
-    inputs = {p.resolve() for p in image_paths}
+        raise MissingFileError(f"{len(missing)} image(s) not found: {', '.join(missing)}")
+    inputs = {p.resolve(): p for p in image_paths}
+    planned, owner, existing = [], {}, []
     for path in image_paths:
-        outputs = {"mask": output_dir / f"{path.stem}_mask{mask_suffix}"}
+        suffix = ".tif" if image_pages(path) > 1 else mask_suffix  # PNG holds one image; TIFF holds stacks
+        outputs = {"mask": output_dir / f"{path.stem}_mask{suffix}"}
         if save_probabilities:
             outputs["probabilities"] = output_dir / f"{path.stem}_probs.npy"
         for out in outputs.values():
+            check_destination(out, overwrite=True)  # not a folder, and its folder can be made
             key = out.resolve()
             if key in inputs:
-                raise ValueError(f"{path}: its output {out} is one of the input images; choose another output directory")
+                raise OutputError(f"{out} is the input {inputs[key]}; it is never replaced. Fix: choose another output folder")
             if key in owner:
-                raise ValueError(f"{owner[key]} and {path} would both write {out}: their names share the stem '{path.stem}'")
+                raise ConfigError(f"{owner[key]} and {path} would both write {out}: their names share the stem '{path.stem}'")
             owner[key] = path
+            if out.exists():
+                existing.append(str(out))
         planned.append(outputs)
+    if existing and not overwrite:
+        shown = ", ".join(existing[:5]) + (f" and {len(existing) - 5} more" if len(existing) > 5 else "")
+        raise OutputError(
+            f"predicting would replace {len(existing)} existing file(s): {shown}. "
+            "Fix: choose another output folder, or pass --overwrite (overwrite=True) to replace them"
+        )
     return planned
 
 
-def _write_mask(path: Path, labels: np.ndarray) -> None:
-    if path.suffix == ".png":
-        Image.fromarray(labels).save(path)
+def _encode_mask(labels: np.ndarray, suffix: str) -> bytes:
+    """A class map [H, W] (or a stack [N, H, W], TIFF only) as the bytes of a PNG or TIFF file."""
+    buffer = io.BytesIO()
+    if suffix == ".png":
+        Image.fromarray(labels).save(buffer, format="PNG")
     else:
-        tifffile.imwrite(path, labels)
+        tifffile.imwrite(buffer, labels, photometric="minisblack")  # never read 3 pages as RGB
+    return buffer.getvalue()
+
+
+def _encode_npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()

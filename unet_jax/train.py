@@ -1,24 +1,20 @@
-"""The training run: data, the jitted step, validation, logging, checkpoints and resume.
+"""The training run: data, the jitted step, validation, logging, checkpoints, resume.
 
-A run directory holds everything needed to continue or use the run:
-
-    config.json          the resolved TrainConfig (what --resume rebuilds from)
-    normalization.json   the intensity normalisation fitted on the training images
-    metrics.jsonl        one JSON record per logged train window and per validation
-    checkpoints/         Orbax checkpoints of the full train state (last K kept)
-    weights.safetensors  the final Flax weights (`unet-jax convert` turns them into torch)
-    summary.json         final validation metrics
-    loss.png, predictions.png
+`train` starts a run in a run directory and `resume` continues one; `unet_jax.run_dir` says
+what the directory holds and when each is allowed. Nothing is written before the config,
+the data and the directory have been checked, and the directory is locked for the run's life.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import datetime
 import math
+import signal
+import threading
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -26,35 +22,31 @@ import numpy as np
 from tqdm import tqdm
 
 from unet_jax.checkpoints import Checkpointer
+from unet_jax.config import TRAJECTORY_FIELDS, ConfigError, TrainConfig, UNetError
 from unet_jax.data import Normalization, Samples, augment, load_folder, make_cells, sample_tiles, split_validation
 from unet_jax.evaluate import evaluate_samples
 from unet_jax.losses import make_loss
-from unet_jax.metrics import add_counts, scores_from_counts, segmentation_counts
+from unet_jax.metrics import add_counts, scores_from_counts
 from unet_jax.model import UNet
 from unet_jax.plots import plot_losses, plot_predictions
 from unet_jax.predict import Predictor
-from unet_jax.presets import TrainConfig
-from unet_jax.train_step import (
-    TrainState,
-    create_train_state,
-    loss_and_logits,
-    make_optimizer,
-    make_train_step,
-)
+from unet_jax.run_dir import MetricsLog, RunDir, RunDirError, TrainingInterrupted
+from unet_jax.train_step import TrainState, create_train_state, make_eval_step, make_optax_optimizer, make_train_step
 from unet_jax.weights_io import save_flax_weights
 
 VAL_SEED_OFFSET = 1_000_003  # the held-out cells come from a different stream than the training ones
 
 
-class NonFiniteLossError(RuntimeError):
-    """Training diverged; the last good checkpoint is left as it was."""
+class NonFiniteLossError(UNetError):
+    """Training diverged; every checkpoint saved before is left as it was."""
 
 
+# ------------------------------------------------------------------ data
 def load_data(cfg: TrainConfig) -> tuple[Samples, Samples]:
     """(train, validation) samples, not yet normalised."""
     if cfg.data is None:
         if cfg.model.in_channels != 1 or cfg.model.num_classes != 2:
-            raise ValueError("the built-in cells are 1-channel, 2-class: pass --data for other in_channels/num_classes")
+            raise ConfigError("the built-in cells are 1-channel, 2-class: pass --data for other in_channels/num_classes")
         size = cfg.cells_image_size
         return (
             make_cells(cfg.cells_train_images, size, seed=cfg.seed),
@@ -63,7 +55,10 @@ def load_data(cfg: TrainConfig) -> tuple[Samples, Samples]:
     train = load_folder(cfg.data, cfg.model.in_channels, cfg.model.num_classes)
     if cfg.val_data is not None:
         return train, load_folder(cfg.val_data, cfg.model.in_channels, cfg.model.num_classes)
-    return split_validation(train, cfg.val_fraction, seed=cfg.seed)
+    try:
+        return split_validation(train, cfg.val_fraction, seed=cfg.seed)
+    except ValueError as error:
+        raise ConfigError(f"--data {cfg.data}: {error}") from None
 
 
 def batch_at(samples: Samples, cfg: TrainConfig, step: int) -> tuple[np.ndarray, np.ndarray]:
@@ -79,139 +74,249 @@ def validation_tiles(samples: Samples, cfg: TrainConfig) -> tuple[np.ndarray, np
     return sample_tiles(samples.images, samples.masks, rng, count, cfg.tile_size, cfg.label_size)
 
 
-def make_validate(loss_fn, batch_size: int):
-    @jax.jit
-    def val_batch(state: TrainState, images, masks):
-        loss, (logits, labels, _) = loss_and_logits(
-            state.params, state.batch_stats, state.apply_fn, images, masks, loss_fn, train=False
-        )
-        return loss, segmentation_counts(logits, labels), jnp.argmax(logits, -1)
+def validate(eval_step, state: TrainState, images: np.ndarray, masks: np.ndarray, batch_size: int):
+    """(loss and scores over all tiles, predictions of the first batch), `batch_size` tiles per call."""
+    counts, losses, first_predictions = None, [], None
+    for start in range(0, len(images), batch_size):
+        metrics = eval_step(state, images[start : start + batch_size], masks[start : start + batch_size])
+        counts = add_counts(counts, {k: metrics[k] for k in ("true_positive", "predicted", "actual")})
+        losses.append(float(metrics["loss"]))
+        if first_predictions is None:
+            first_predictions = np.asarray(metrics["predictions"])
+    return {"loss": float(np.mean(losses)), **scores_from_counts(counts)}, first_predictions
 
-    def validate(state: TrainState, images: np.ndarray, masks: np.ndarray):
-        """(metrics over all tiles, predictions of the first batch)."""
-        counts, losses, first_predictions = None, [], None
-        for start in range(0, len(images), batch_size):
-            loss, batch_counts, predictions = val_batch(
-                state, images[start : start + batch_size], masks[start : start + batch_size]
+
+# ------------------------------------------------------------------ entry points
+def train(cfg: TrainConfig, run_dir, progress: bool = True, log=print) -> dict:
+    """Start a run of `cfg` in `run_dir`; returns the summary.
+
+    Refused (before anything is written) if the directory holds a trained run or another
+    process holds it. A directory left by a run that stopped before its first checkpoint
+    holds nothing trained, so the new run replaces it.
+    """
+    run = RunDir(run_dir)
+    run.check_new_run()  # fail fast, before loading data; checked again under the lock
+    samples = load_data(cfg)  # bad data fails here, before anything is written
+    with run.lock():
+        run.check_no_trained_run()
+        if run.state == "unstarted":
+            log(f"{run} holds a run that stopped before its first checkpoint: starting over in place")
+            run.clear()
+        return _Session(cfg, run, samples, progress, log).run(changes=None)
+
+
+def resume(run_dir, requested: Optional[Mapping[str, Any]] = None, progress: bool = True, log=print) -> dict:
+    """Continue the run in `run_dir` from its newest intact checkpoint; returns the summary.
+
+    `requested` may change what `TrainConfig.resumed_with` allows (the step count, the
+    learning rate, bookkeeping); a new learning rate is recorded, and the run is then no
+    longer an exact continuation. Without any checkpoint the run starts again from step 0.
+    Nothing in the directory changes until the checkpoint has been restored.
+    """
+    run = RunDir(run_dir)
+    run.check_resumable()
+    with run.lock():
+        cfg, changes = run.load_config().resumed_with(requested or {})
+        samples = load_data(cfg)
+        return _Session(cfg, run, samples, progress, log).run(changes=changes)
+
+
+def default_run_dir(cfg: TrainConfig) -> Path:
+    return Path("runs") / f"{cfg.preset}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+
+
+# ------------------------------------------------------------------ the run
+class _Session:
+    """One process's share of a run: from a fresh or restored state to the last step."""
+
+    def __init__(self, cfg: TrainConfig, run: RunDir, samples: tuple[Samples, Samples], progress: bool, log):
+        self.cfg, self.run_dir, self.progress, self.log = cfg, run, progress, log
+        self.train_samples, self.val_samples = samples
+        self.started = False  # config.json written: the directory now holds this run
+        self.step = 0  # the last step completed
+
+    def run(self, changes: Optional[dict]) -> dict:
+        """`changes` None: a new run; else a resume with these {field: (old, new)} changes."""
+        cfg = self.cfg
+        self.log(f"preset {cfg.preset!r}: {cfg.model}, tiles {cfg.tile_size}->{cfg.label_size}, batch {cfg.batch_size}, "
+                 f"{cfg.steps} steps, {cfg.optimizer} lr {cfg.learning_rate}, loss {cfg.loss}, {cfg.dtype}, "
+                 f"data {cfg.data or 'built-in synthetic cells'}, run dir {self.run_dir}")
+        # A pure function of the training images: refitting one that was never saved gives the same numbers.
+        normalization = self.run_dir.load_normalization() if changes is not None else None
+        normalization = normalization or Normalization.from_images(self.train_samples.images)
+        train_samples = self.train_samples.map_images(normalization.apply)
+        val_images, val_masks = validation_tiles(self.val_samples.map_images(normalization.apply), cfg)
+        model = UNet(cfg.model, dtype=jnp.dtype(cfg.dtype))
+        template = create_train_state(model, make_optax_optimizer(cfg.optimizer, cfg.learning_rate, cfg.momentum),
+                                      cfg.seed, cfg.tile_size)
+        checkpointer = Checkpointer(self.run_dir.file(RunDir.CHECKPOINTS), keep=cfg.keep_checkpoints)
+        eval_step = make_eval_step(make_loss(cfg.loss))
+        try:
+            try:
+                state = template if changes is None else self._restore(checkpointer, template, changes)
+                self.step = int(state.step)
+                # The run has really started: what --resume rebuilds from is written now.
+                self.run_dir.save_config(cfg)
+                self.run_dir.save_normalization(normalization)
+                self.started = True
+                metrics_log = MetricsLog(self.run_dir.file(RunDir.METRICS), keep_until=self.step)
+                state = self._loop(state, train_samples, eval_step, val_images, val_masks, checkpointer, metrics_log)
+            finally:
+                checkpointer.close()  # waits for a checkpoint still being written
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(f"interrupted at step {self.step}. {self._where_to_continue()}") from None
+        return self._finish(state, eval_step, val_images, val_masks, normalization, metrics_log)
+
+    def _restore(self, checkpointer: Checkpointer, template: TrainState, changes: dict) -> TrainState:
+        cfg, run = self.cfg, self.run_dir
+        state, skipped = checkpointer.restore_newest_intact(template)
+        if state is None and skipped:
+            reasons = "; ".join(f"step {s}: {why}" for s, why in skipped)
+            raise RunDirError(
+                f"no checkpoint in {checkpointer.directory} can be restored ({reasons}). Fix: to start this run again "
+                f"from step 0, move that folder aside (mv {checkpointer.directory} {checkpointer.directory}.broken) and "
+                f"run `unet-jax train --resume {run}` again"
             )
-            counts = add_counts(counts, batch_counts)
-            losses.append(float(loss))
-            if first_predictions is None:
-                first_predictions = np.asarray(predictions)
-        return {"loss": float(np.mean(losses)), **scores_from_counts(counts)}, first_predictions
+        start = 0 if state is None else int(state.step)
+        if start > cfg.steps:
+            raise ConfigError(f"--steps {cfg.steps} is below step {start}, where the run in {run} already is")
+        for step, why in skipped:
+            moved = run.set_aside(step)
+            self.log(f"checkpoint {step} in {checkpointer.directory} can't be restored ({why}): moved to {moved}")
+        if skipped:
+            checkpointer.reload()
+        exact = start == 0 or not (set(changes) & set(TRAJECTORY_FIELDS))
+        if state is None:
+            self.log(f"{run} has no checkpoint yet: starting the run again from step 0")
+            with contextlib.suppress(FileNotFoundError):
+                run.file(RunDir.RESUMES).unlink()  # the run begins anew
+        else:
+            self.log(f"resumed from step {start}" + (f", skipping checkpoint(s) {[s for s, _ in skipped]}" if skipped else ""))
+        for name, (old, new) in changes.items():
+            note = "" if exact or name not in TRAJECTORY_FIELDS else ": from here on the run is no longer an exact continuation"
+            self.log(f"{name} {old} -> {new}{note}")
+        run.record_resume({"at": datetime.datetime.now().isoformat(timespec="seconds"), "from_step": start,
+                           "changes": {k: list(v) for k, v in changes.items()}, "exact": exact})
+        return template if state is None else state
 
-    return validate
+    def _loop(self, state, train_samples, eval_step, val_images, val_masks, checkpointer, metrics_log) -> TrainState:
+        """Run the steps after `state.step` up to `cfg.steps`; returns the last state."""
+        cfg = self.cfg
+        start = int(state.step)
+        train_step = make_train_step(make_loss(cfg.loss), augment=augment if cfg.augment else None)
+        window, timer = [], _Throughput()
+        bar = tqdm(total=cfg.steps, initial=start, desc="train", disable=not self.progress, dynamic_ncols=True)
+        with _stop_between_steps(self.log) as stop, contextlib.closing(bar):
+            for step in range(start + 1, cfg.steps + 1):
+                with timer.data():
+                    images, masks = batch_at(train_samples, cfg, step)
+                # Dispatch is asynchronous: the host samples the next batch while the device computes.
+                state, metrics = train_step(state, images, masks)
+                window.append(metrics)
+                bar.update(1)
+                if step == start + 1:  # keep compilation out of the throughput figures
+                    jax.block_until_ready(metrics)
+                    self.log(f"first step, compilation included: {timer.restart():.1f} s")
+                else:
+                    timer.steps += 1
+                last = step == cfg.steps
+                if step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or last:
+                    record = _train_record(step, window, timer, cfg.batch_size)
+                    if not record.pop("finite"):
+                        checkpointer.wait()  # so that the message names every checkpoint there is
+                        raise NonFiniteLossError(self._divergence_message(step, record, window_start=step - len(window) + 1))
+                    metrics_log.write(record)
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", steps_s=f"{record['steps_per_s']:.2f}",
+                                    img_s=f"{record['img_per_s']:.1f}")
+                    window = []
+                    timer.restart()
+                if step % cfg.eval_every == 0 or last:
+                    val_metrics, _ = validate(eval_step, state, val_images, val_masks, cfg.batch_size)
+                    metrics_log.write({"step": step, "split": "val", **val_metrics})
+                    bar.write(f"step {step}: val loss {val_metrics['loss']:.4f}, foreground Dice {val_metrics['dice']:.4f}, "
+                              f"IoU {val_metrics['iou']:.4f}")
+                if step % cfg.checkpoint_every == 0 or last:
+                    checkpointer.save(state)  # only ever after the window's loss and gradients were finite
+                self.step = step
+                if stop.is_set():
+                    raise KeyboardInterrupt
+        return state
+
+    # ------------------------------------------------------------------ messages
+    def _where_to_continue(self) -> str:
+        """What exists now, and the command that continues from it."""
+        run = self.run_dir
+        if not self.started:
+            return "Nothing was written yet: run the same command again."
+        steps = run.checkpoint_steps()
+        if steps:
+            recomputed = "" if steps[-1] == self.step else "; the steps after it are recomputed, identically"
+            return (f"The latest checkpoint is step {steps[-1]} ({run.file(RunDir.CHECKPOINTS) / str(steps[-1])}): continue "
+                    f"with `unet-jax train --resume {run}`{recomputed}.")
+        return (f"No checkpoint was saved yet (the first is due at step {self.cfg.checkpoint_every}), so nothing is "
+                f"lost: start the run again with `unet-jax train --resume {run}`.")
+
+    def _divergence_message(self, step: int, record: dict, window_start: int) -> str:
+        cfg, run = self.cfg, self.run_dir
+        lower = f"{cfg.learning_rate / 10:g}"
+        what = f"the training loss became {record['loss']}" if not math.isfinite(record["loss"]) else "the gradients became non-finite"
+        steps = run.checkpoint_steps()
+        if steps:
+            exists = (f"The latest checkpoint, step {steps[-1]} ({run.file(RunDir.CHECKPOINTS) / str(steps[-1])}), was saved "
+                      "while loss and gradients were finite: continue from it with a lower learning rate")
+        else:
+            exists = (f"No checkpoint was saved yet (the first is due at step {cfg.checkpoint_every}), so nothing is lost: "
+                      "start the run again from step 0 with a lower learning rate")
+        when = f"at step {step}" if window_start == step else f"between steps {window_start} and {step}"
+        return (f"{what} {when}; stopped without saving anything more. {exists}: "
+                f"`unet-jax train --resume {run} --learning-rate {lower}`.")
+
+    # ------------------------------------------------------------------ the end
+    def _finish(self, state, eval_step, val_images, val_masks, normalization: Normalization, metrics_log) -> dict:
+        cfg, run = self.cfg, self.run_dir
+        variables = {"params": state.params}
+        if state.batch_stats is not None:
+            variables["batch_stats"] = state.batch_stats
+        save_flax_weights(jax.device_get(variables), cfg.model, run.file(RunDir.WEIGHTS), overwrite=True)
+        val_metrics, predictions = validate(eval_step, state, val_images, val_masks, cfg.batch_size)
+        shown = min(4, len(predictions))
+        plot_predictions(val_images[:shown], val_masks[:shown], predictions[:shown], run.file(RunDir.PREDICTIONS_PLOT))
+        plot_losses(metrics_log.records, run.file(RunDir.LOSS_PLOT))
+        # The tiles score training's view; users judge whole images, predicted overlap-tile.
+        predictor = Predictor(cfg.model, variables, normalization)
+        whole = evaluate_samples(predictor, self.val_samples, batch_size=cfg.batch_size)
+        resumes = run.resumes()
+        summary = {"preset": cfg.preset, "steps": int(state.step), "exact_continuation": all(r["exact"] for r in resumes),
+                   "resumes": resumes, "validation_tiles": val_metrics, "validation_whole_images": whole}
+        run.save_summary(summary)
+        self.log(f"done: held-out foreground Dice {whole['dice']:.4f}, IoU {whole['iou']:.4f}, pixel accuracy "
+                 f"{whole['pixel_accuracy']:.4f} on {whole['num_images']} whole images ({len(val_images)} tiles: Dice "
+                 f"{val_metrics['dice']:.4f}); weights in {run.file(RunDir.WEIGHTS)}")
+        return summary
 
 
-class MetricsLog:
-    """metrics.jsonl, appended as the run goes; on resume, records past the checkpoint are dropped
-    so that the file reads as one uninterrupted run."""
+@contextlib.contextmanager
+def _stop_between_steps(log):
+    """While training, a first Ctrl-C asks the loop to stop after the current step, so that no
+    step, checkpoint write or log record is cut in half; a second one stops at once. (Signal
+    handlers belong to the main thread; elsewhere Ctrl-C keeps its usual effect.)"""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = signal.getsignal(signal.SIGINT)
 
-    def __init__(self, path: Path, resume_step: Optional[int] = None):
-        self.path = path
-        self.records: list[dict] = []
-        if resume_step is not None and path.exists():
-            self.records = [r for r in map(json.loads, path.read_text().splitlines()) if r["step"] <= resume_step]
-            path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+    def on_ctrl_c(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        log("stopping after this step (Ctrl-C again to stop at once)")
 
-    def write(self, record: dict) -> None:
-        self.records.append(record)
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-
-
-def train(
-    cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool = True, log=print
-) -> dict:
-    """Run (or, with `resume`, continue) training in `run_dir`; returns the summary."""
-    run_dir = Path(run_dir)
-    _check_run_dir(run_dir, resume)
-    log(f"preset {cfg.preset!r}: {cfg.model}, tiles {cfg.tile_size}->{cfg.label_size}, batch {cfg.batch_size}, "
-        f"{cfg.steps} steps, {cfg.optimizer} lr {cfg.learning_rate}, loss {cfg.loss}, {cfg.dtype}, "
-        f"data {cfg.data or 'built-in synthetic cells'}, run dir {run_dir}")
-
-    train_samples, val_samples = load_data(cfg)  # bad data fails here, before anything is written
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(run_dir / "config.json")
-    normalization = _normalization(train_samples, run_dir, resume)
-    train_samples = train_samples.map_images(normalization.apply)
-    val_images, val_masks = validation_tiles(val_samples.map_images(normalization.apply), cfg)
-
-    model = UNet(cfg.model, dtype=jnp.dtype(cfg.dtype))
-    tx = make_optimizer(cfg.optimizer, cfg.learning_rate, cfg.momentum)
-    state = create_train_state(model, tx, cfg.seed, cfg.tile_size)
-    checkpointer = Checkpointer(run_dir / "checkpoints", keep=cfg.keep_checkpoints)
-    if resume:
-        state = checkpointer.restore(state)
-        log(f"resumed from step {int(state.step)}")
-    start = int(state.step)
-    metrics_log = MetricsLog(run_dir / "metrics.jsonl", resume_step=start if resume else None)
-
-    loss_fn = make_loss(cfg.loss)
-    train_step = make_train_step(loss_fn, augment=augment if cfg.augment else None)
-    validate = make_validate(loss_fn, cfg.batch_size)
-
-    window, timer = [], _Throughput()
-    bar = tqdm(total=cfg.steps, initial=start, desc="train", disable=not progress, dynamic_ncols=True)
+    signal.signal(signal.SIGINT, on_ctrl_c)
     try:
-        for step in range(start + 1, cfg.steps + 1):
-            with timer.data():
-                images, masks = batch_at(train_samples, cfg, step)
-            # Dispatch is asynchronous: the host samples the next batch while the device computes.
-            state, metrics = train_step(state, images, masks)
-            window.append(metrics)
-            bar.update(1)
-            if step == start + 1:  # keep compilation out of the throughput figures
-                jax.block_until_ready(metrics)
-                log(f"first step, compilation included: {timer.restart():.1f} s")
-            else:
-                timer.steps += 1
-            last = step == cfg.steps
-            if step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or last:
-                record = _train_record(step, window, timer, cfg.batch_size)
-                if not math.isfinite(record["loss"]):
-                    raise NonFiniteLossError(
-                        f"the training loss became {record['loss']} by step {step}; stopped without saving. "
-                        f"The last good checkpoint in {run_dir / 'checkpoints'} is intact: resume from it with a "
-                        "lower --learning-rate, or check the data for NaN/inf values."
-                    )
-                metrics_log.write(record)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", steps_s=f"{record['steps_per_s']:.2f}",
-                                img_s=f"{record['img_per_s']:.1f}")
-                window = []
-                timer.restart()
-            if step % cfg.eval_every == 0 or last:
-                val_metrics, _ = validate(state, val_images, val_masks)
-                metrics_log.write({"step": step, "split": "val", **val_metrics})
-                bar.write(f"step {step}: val loss {val_metrics['loss']:.4f}, foreground Dice {val_metrics['dice']:.4f}, "
-                          f"IoU {val_metrics['iou']:.4f}")
-            if step % cfg.checkpoint_every == 0 or last:
-                checkpointer.save(state)
+        yield stop
     finally:
-        bar.close()
-        checkpointer.close()
-
-    whole_images = (val_samples, normalization)
-    return _finish(cfg, run_dir, state, validate, val_images, val_masks, whole_images, metrics_log, log)
-
-
-def _check_run_dir(run_dir: Path, resume: bool) -> None:
-    if resume:
-        if not (run_dir / "config.json").is_file():
-            raise FileNotFoundError(f"{run_dir} holds no run (no config.json) to resume")
-    elif (run_dir / "config.json").exists():
-        raise FileExistsError(
-            f"{run_dir} already holds a run; continue it with --resume {run_dir}, or choose another --run-dir"
-        )
-
-
-def _normalization(train_samples: Samples, run_dir: Path, resume: bool) -> Normalization:
-    path = run_dir / "normalization.json"
-    if resume and path.exists():
-        return Normalization.from_dict(json.loads(path.read_text()))
-    normalization = Normalization.from_images(train_samples.images)
-    path.write_text(json.dumps(normalization.to_dict(), indent=2) + "\n")
-    return normalization
+        signal.signal(signal.SIGINT, previous)
 
 
 class _Throughput:
@@ -234,41 +339,24 @@ class _Throughput:
 
 
 def _train_record(step: int, window: list, timer: _Throughput, batch_size: int) -> dict:
+    """The logged record of a window of steps, with "finite": whether every loss and gradient norm
+    in it was finite (a finite loss can still come with an infinite gradient that ruins the update)."""
     fetched = jax.device_get(window)  # the one sync point per logging window
     seconds = time.perf_counter() - timer.start
     counts = None
     for metrics in fetched:
         counts = add_counts(counts, {k: metrics[k] for k in ("true_positive", "predicted", "actual")})
     timed = max(timer.steps, 1)
+    losses = [float(m["loss"]) for m in fetched]
     return {
         "step": step,
         "split": "train",
-        "loss": float(np.mean([m["loss"] for m in fetched])),
-        "last_loss": float(fetched[-1]["loss"]),
+        "loss": float(np.mean(losses)),
+        "last_loss": losses[-1],
         "grad_norm": float(fetched[-1]["grad_norm"]),
         "dice": scores_from_counts(counts)["dice"],
         "steps_per_s": timer.steps / seconds,
         "img_per_s": timer.steps * batch_size / seconds,
         "data_ms_per_step": 1000 * timer.data_seconds / timed,
+        "finite": all(math.isfinite(x) for m in fetched for x in (float(m["loss"]), float(m["grad_norm"]))),
     }
-
-
-def _finish(cfg, run_dir, state, validate, val_images, val_masks, whole_images, metrics_log, log) -> dict:
-    variables = {"params": state.params}
-    if state.batch_stats is not None:
-        variables["batch_stats"] = state.batch_stats
-    save_flax_weights(jax.device_get(variables), cfg.model, run_dir / "weights.safetensors", overwrite=True)
-    val_metrics, predictions = validate(state, val_images, val_masks)
-    shown = min(4, len(predictions))
-    plot_predictions(val_images[:shown], val_masks[:shown], predictions[:shown], run_dir / "predictions.png")
-    plot_losses(metrics_log.records, run_dir / "loss.png")
-    # The tiles score training's view; users judge whole images, predicted overlap-tile.
-    val_samples, normalization = whole_images
-    whole = evaluate_samples(Predictor(cfg.model, variables, normalization), val_samples, batch_size=cfg.batch_size)
-    summary = {"preset": cfg.preset, "steps": int(state.step), "validation_tiles": val_metrics,
-               "validation_whole_images": whole}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    log(f"done: held-out foreground Dice {whole['dice']:.4f}, IoU {whole['iou']:.4f}, pixel accuracy "
-        f"{whole['pixel_accuracy']:.4f} on {whole['num_images']} whole images ({len(val_images)} tiles: Dice "
-        f"{val_metrics['dice']:.4f}); weights in {run_dir / 'weights.safetensors'}")
-    return summary

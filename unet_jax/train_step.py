@@ -1,4 +1,5 @@
-"""The train state and the pure, jit-compiled `(state, batch) -> (state, metrics)` step."""
+"""The train state, the pure jit-compiled `(state, batch) -> (state, metrics)` train step, and its
+inference-mode twin `(state, batch) -> metrics` that validation runs."""
 
 from __future__ import annotations
 
@@ -10,10 +11,9 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
+from unet_jax.config import OPTIMIZERS
 from unet_jax.layers import center_crop
 from unet_jax.metrics import segmentation_counts
-
-OPTIMIZERS = ("adam", "sgd")
 
 
 class TrainState(train_state.TrainState):
@@ -24,8 +24,8 @@ class TrainState(train_state.TrainState):
     rng: Optional[jax.Array] = None
 
 
-def make_optimizer(name: str = "adam", learning_rate: float = 1e-3, momentum: float = 0.99):
-    """optax twins of the torch reference: Adam (same formula as torch.optim.Adam) or SGD
+def make_optax_optimizer(name: str = "adam", learning_rate: float = 1e-3, momentum: float = 0.99):
+    """optax twins of `unet_torch.make_torch_optimizer`: Adam (same formula as torch.optim.Adam) or SGD
     with heavy-ball momentum (optax's trace equals torch's momentum buffer)."""
     if name == "adam":
         return optax.adam(learning_rate)
@@ -86,3 +86,20 @@ def make_train_step(loss_fn: Callable, augment: Optional[Callable] = None, jit: 
         return state, metrics
 
     return jax.jit(train_step, donate_argnums=0) if jit else train_step
+
+
+def make_eval_step(loss_fn: Callable, jit: bool = True):
+    """`eval_step(state, images [N,H,W,C], masks [N,H',W']) -> metrics`: the train step's loss and
+    per-class counts in inference mode (BatchNorm uses its running statistics; no augmentation,
+    no update), plus the predicted classes `predictions` [N, h, w] of the logits' size.
+
+    The state is only read, never donated.
+    """
+
+    def eval_step(state: TrainState, images, masks):
+        loss, (logits, labels, _) = loss_and_logits(
+            state.params, state.batch_stats, state.apply_fn, images, masks, loss_fn, train=False
+        )
+        return {"loss": loss, **segmentation_counts(logits, labels), "predictions": jnp.argmax(logits, axis=-1)}
+
+    return jax.jit(eval_step) if jit else eval_step

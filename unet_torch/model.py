@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unet_jax.config import UNetConfig  # pure Python: importing it pulls in no JAX
+from unet_config import UNetConfig  # pure Python: importing it pulls in no JAX
 
 
 class ConvBlock(nn.Module):

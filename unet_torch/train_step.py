@@ -12,16 +12,18 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from unet_config import OPTIMIZERS
 from unet_torch.model import center_crop
 
 
-def make_optimizer(model: torch.nn.Module, name: str = "adam", learning_rate: float = 1e-3, momentum: float = 0.99):
-    """The seed's Adam(lr=1e-3), or the paper's SGD with momentum 0.99."""
+def make_torch_optimizer(parameters, name: str = "adam", learning_rate: float = 1e-3, momentum: float = 0.99):
+    """The seed's Adam(lr=1e-3), or the paper's SGD with momentum 0.99, over `parameters`
+    (as `torch.optim` takes them: `model.parameters()`)."""
     if name == "adam":
-        return torch.optim.Adam(model.parameters(), lr=learning_rate)
+        return torch.optim.Adam(parameters, lr=learning_rate)
     if name == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=momentum)
-    raise ValueError(f"optimizer must be 'adam' or 'sgd', got {name!r}")
+        return torch.optim.SGD(parameters, lr=learning_rate, momentum=momentum)
+    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
 
 
 def train_step(

@@ -5,7 +5,7 @@ Everything but `augment` is plain numpy on the host; `augment` is JAX, for the j
 
 from unet_jax.data.augment import augment
 from unet_jax.data.cells import make_cells
-from unet_jax.data.folder import DataError, load_folder, read_image
+from unet_jax.data.folder import DataError, data_sources, image_pages, load_folder, read_image, read_image_pages
 from unet_jax.data.samples import Normalization, Samples, split_validation
 from unet_jax.data.tiles import mirror_crop, mirror_pad, sample_tiles
 
@@ -14,8 +14,11 @@ __all__ = [
     "Normalization",
     "Samples",
     "augment",
+    "data_sources",
+    "image_pages",
     "load_folder",
     "read_image",
+    "read_image_pages",
     "make_cells",
     "mirror_crop",
     "mirror_pad",

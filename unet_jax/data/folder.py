@@ -31,13 +31,14 @@ import numpy as np
 import tifffile
 from PIL import Image
 
+from unet_jax.config import UNetError
 from unet_jax.data.samples import Samples
 
 SUFFIXES = (".png", ".tif", ".tiff")
 MASK_SUFFIX = "_mask"
 
 
-class DataError(ValueError):
+class DataError(UNetError, ValueError):
     """A data set on disk that can't be used as it is; the message names the file and the fix."""
 
 
@@ -67,6 +68,14 @@ def load_folder(path: Union[str, Path], in_channels: int, num_classes: int) -> S
                 )
         return _load_pairs(images_dir, masks_dir, in_channels, num_classes)
     return _load_stack(path / "train-volume.tif", path / "train-labels.tif", in_channels, num_classes)
+
+
+def data_sources(path: Union[str, Path]) -> list[Path]:
+    """The files and folders that `load_folder(path)` reads, so that outputs can stay off them."""
+    path = Path(path)
+    if path.is_file():
+        return [path, path.with_name(path.name.replace("-volume", "-labels"))]
+    return [path / "images", path / "masks", path / "train-volume.tif", path / "train-labels.tif"]
 
 
 def _list(folder: Path) -> dict[str, Path]:
@@ -121,7 +130,9 @@ def _load_stack(volume_path: Path, labels_path: Path, in_channels: int, num_clas
     """ISBI-2012 style: a multi-page image TIFF and a label TIFF with one page per slice."""
     for p in (volume_path, labels_path):
         if not p.is_file():
-            raise DataError(f"{p}: missing. Fix: an ISBI volume needs its label stack beside it ({volume_path.name} + {labels_path.name})")
+            raise DataError(
+                f"{p}: missing. Fix: an ISBI volume needs its label stack beside it ({volume_path.name} + {labels_path.name})"
+            )
     volume, labels = _read(volume_path, palette_to_rgb=True), _read(labels_path, palette_to_rgb=False)
     volume = volume[None] if volume.ndim == 2 else volume  # [N, H, W] or [N, H, W, C]
     labels = labels[None] if labels.ndim == 2 else labels  # [N, H, W]
@@ -139,9 +150,54 @@ def _load_stack(volume_path: Path, labels_path: Path, in_channels: int, num_clas
 
 
 def read_image(path: Union[str, Path], in_channels: int) -> np.ndarray:
-    """One image file as float32 [H, W, in_channels] scaled to [0, 1]: what prediction reads,
-    with exactly the checks and messages of training's reader."""
-    return _to_image(_read(Path(path), palette_to_rgb=True), path, in_channels)
+    """One image file as float32 [H, W, in_channels] scaled to [0, 1], with exactly the checks and
+    messages of training's reader. A multi-page TIFF stack is refused with what to do instead."""
+    path = Path(path)
+    pages = image_pages(path)
+    if pages > 1:
+        raise DataError(
+            f"{path}: a stack of {pages} images (a multi-page TIFF), not one image. Fix: save one image per file, "
+            "or for training and evaluation use the ISBI layout: NAME-volume.tif with its NAME-labels.tif beside it, "
+            "given as --data NAME-volume.tif (`unet-jax predict` reads stacks page by page)"
+        )
+    return _to_image(_read(path, palette_to_rgb=True), path, in_channels)
+
+
+def read_image_pages(path: Union[str, Path], in_channels: int) -> list[np.ndarray]:
+    """Every image of a file as float32 [H, W, in_channels] each: the pages of a multi-page TIFF
+    stack, or the one image of any other file."""
+    path = Path(path)
+    pages = image_pages(path)
+    if pages == 1:
+        return [read_image(path, in_channels)]
+    raw = _read(path, palette_to_rgb=True)
+    raw = raw.reshape(pages, *raw.shape[raw.ndim - _image_axes(path) :])  # [pages, H, W(, C)]
+    return [_to_image(page, f"{path}[page {k}]", in_channels) for k, page in enumerate(raw)]
+
+
+def image_pages(path: Union[str, Path]) -> int:
+    """How many images a file holds: the pages of a multi-page TIFF stack, 1 for anything else.
+
+    TIFF axes Y, X and S (samples: colour channels, also when stored as planes) make one
+    image; every other axis (pages, Z, time, ...) counts images.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return 1
+    series = _tiff_series(path)
+    return int(np.prod([n for n, axis in zip(series.shape, series.axes) if axis not in "YXS"], dtype=np.int64))
+
+
+def _image_axes(path: Path) -> int:
+    return sum(axis in "YXS" for axis in _tiff_series(path).axes)
+
+
+def _tiff_series(path: Path):
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return tif.series[0]
+    except Exception as error:
+        raise DataError(f"{path}: cannot be read ({type(error).__name__}: {error}). Fix: re-save the file or remove it") from error
 
 
 def _read(path: Path, palette_to_rgb: bool) -> np.ndarray:
@@ -189,7 +245,8 @@ def _to_image(raw: np.ndarray, path: Union[str, Path], in_channels: int) -> np.n
         want = "grey" if in_channels == 1 else f"{in_channels}-channel"
         raise DataError(
             f"{path}: has {image.shape[-1]} channel(s) but the model expects in_channels={in_channels}. "
-            f"Fix: convert the images to {want}, or set in_channels={image.shape[-1]}"
+            f"Fix: convert the images to {want}, or use a model with in_channels={image.shape[-1]} "
+            f"(train: --in-channels {image.shape[-1]})"
         )
     return np.ascontiguousarray(image, dtype=np.float32)
 
@@ -220,6 +277,7 @@ def _to_mask(raw: np.ndarray, path: Union[str, Path], num_classes: int) -> tuple
     preview = np.unique(values)[:8].tolist()
     raise DataError(
         f"{path}: mask values {preview}{'...' if len(np.unique(values)) > 8 else ''} reach {top}, but num_classes="
-        f"{num_classes} allows 0..{num_classes - 1}. Fix: for a class mask set num_classes={top + 1}; for binary masks "
+        f"{num_classes} allows 0..{num_classes - 1}. Fix: for a class mask use a model with num_classes={top + 1} "
+        f"(train: --num-classes {top + 1}); for binary masks "
         "use 0/1 or 0/255; for an instance mask (0 background, 1..N objects, 2-class model) save it as 16-bit PNG or TIFF"
     )

@@ -1,0 +1,25 @@
+"""What both frameworks share: the architecture and training configs, their names, and the error base.
+
+Pure Python, importing neither JAX nor torch: `unet_torch` builds its network from the same
+`UNetConfig` as `unet_jax`, and must never pull in JAX.
+"""
+
+from unet_config.architecture import NORMS, PADDINGS, UPSAMPLES, UNetConfig
+from unet_config.errors import ConfigError, MissingFileError, UNetError
+from unet_config.training import DTYPES, LOSSES, OPTIMIZERS, RESUMABLE_FIELDS, TRAJECTORY_FIELDS, TrainConfig
+
+__all__ = [
+    "DTYPES",
+    "LOSSES",
+    "NORMS",
+    "OPTIMIZERS",
+    "PADDINGS",
+    "RESUMABLE_FIELDS",
+    "TRAJECTORY_FIELDS",
+    "UPSAMPLES",
+    "ConfigError",
+    "MissingFileError",
+    "TrainConfig",
+    "UNetConfig",
+    "UNetError",
+]

@@ -1,0 +1,240 @@
+"""The run directory: one owner for its file names, its lock, and the files it holds.
+
+    config.json          the resolved TrainConfig (written once the run has really started)
+    normalization.json   the intensity normalisation fitted on the training images
+    metrics.jsonl        one JSON record per logged train window and per validation
+    resumes.jsonl        one JSON record per --resume: the step it continued from, what changed
+    checkpoints/         Orbax checkpoints of the full train state (the newest K kept)
+    unusable-checkpoints/  checkpoints a resume could not restore, moved aside (never deleted)
+    weights.safetensors  the final Flax weights (`unet-jax convert` turns them into torch)
+    summary.json         final validation metrics, and whether the run was an exact continuation
+    loss.png, predictions.png
+    run.lock             held by the process that is writing the run; names it
+
+What a directory holds decides what may happen to it (`RunDir.state`):
+  "empty"      no config.json: a new run may start there.
+  "unstarted"  config.json but no checkpoint and no weights: a run that stopped before its
+               first checkpoint. Nothing trained exists, so a new run may replace it, and
+               --resume starts it again from step 0.
+  "run"        a checkpoint or final weights: only --resume may continue it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import errno
+import fcntl
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Iterator, Optional
+
+from unet_jax.config import ConfigError, MissingFileError, TrainConfig, UNetError
+from unet_jax.data import Normalization
+from unet_jax.files import check_folder_destination, make_directory, output_errors, write_atomically
+
+
+class RunDirError(UNetError):
+    """A run directory that can't be used for what was asked; the message says why and what to do."""
+
+
+class TrainingInterrupted(UNetError):
+    """Ctrl-C: the run stopped cleanly; the message says where it can be continued from."""
+
+
+def read_normalization(path) -> Normalization:
+    """A `normalization.json` (of a run directory, or beside a weights file)."""
+    try:
+        return Normalization.from_dict(json.loads(Path(path).read_text()))
+    except (OSError, ValueError) as error:  # json.JSONDecodeError is a ValueError
+        raise ConfigError(f"{path}: not a readable normalisation ({error}). Fix: restore the file from the run") from None
+
+
+class RunDir:
+    CONFIG = "config.json"
+    NORMALIZATION = "normalization.json"
+    METRICS = "metrics.jsonl"
+    RESUMES = "resumes.jsonl"
+    CHECKPOINTS = "checkpoints"
+    UNUSABLE_CHECKPOINTS = "unusable-checkpoints"
+    WEIGHTS = "weights.safetensors"
+    SUMMARY = "summary.json"
+    LOSS_PLOT = "loss.png"
+    PREDICTIONS_PLOT = "predictions.png"
+    LOCK = "run.lock"
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    # ------------------------------------------------------------------ state
+    def checkpoint_steps(self) -> list[int]:
+        """Steps of the complete checkpoints, ascending. Orbax names a complete one by its step
+        and renames a partial write into place only when it is whole, so nothing else counts."""
+        directory = self.file(self.CHECKPOINTS)
+        if not directory.is_dir():
+            return []
+        return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+
+    @property
+    def state(self) -> str:
+        """"empty", "unstarted" or "run" (module docstring)."""
+        if not self.file(self.CONFIG).is_file():
+            return "empty"
+        if self.checkpoint_steps() or self.file(self.WEIGHTS).exists():
+            return "run"
+        return "unstarted"
+
+    def check_new_run(self) -> None:
+        """RunDirError unless a new run may start here: a folder that can be written, that no
+        process holds, and that holds nothing trained. Checked again under the lock
+        (`check_no_trained_run`), since another process may start a run meanwhile."""
+        check_folder_destination(self.path)
+        self.check_not_in_use()
+        self.check_no_trained_run()
+
+    def check_no_trained_run(self) -> None:
+        if self.state == "run":
+            raise RunDirError(
+                f"{self.path} already holds a run. Fix: continue it with `unet-jax train --resume {self.path}`, "
+                "or choose another --run-dir"
+            )
+
+    def check_resumable(self) -> None:
+        self.check_not_in_use()
+        if not self.file(self.CONFIG).is_file():
+            raise MissingFileError(
+                f"{self.path} holds no run to resume (no {self.CONFIG}). Fix: start one with "
+                f"`unet-jax train --run-dir {self.path}`, or give the folder of an existing run"
+            )
+
+    # ------------------------------------------------------------------ lock
+    def check_not_in_use(self) -> None:
+        """RunDirError naming the process that holds the lock, if one does (the lock is not kept)."""
+        path = self.file(self.LOCK)
+        if path.is_file():
+            with open(path) as handle:
+                self._take(handle, path)  # released when the handle closes
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator["RunDir"]:
+        """Hold the directory's lock for the life of a run: a second process is refused, naming
+        the holder. The operating system drops the lock when the process dies, however it dies."""
+        make_directory(self.path)
+        path = self.file(self.LOCK)
+        with output_errors(path):
+            handle = open(path, "a+")
+        try:
+            self._take(handle, path)
+            handle.seek(0)
+            handle.truncate()
+            handle.write(json.dumps(_holder()) + "\n")
+            handle.flush()
+            yield self
+        finally:
+            handle.close()  # releases the lock
+
+    def _take(self, handle, path: Path) -> None:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            raise RunDirError(self._busy_message(path)) from None
+
+    def _busy_message(self, path: Path) -> str:
+        try:
+            holder = json.loads(path.read_text())
+            who = f"process {holder['pid']} on {holder['host']} (`{holder['command']}`, since {holder['since']})"
+            stop = f", or stop it (kill {holder['pid']})"
+        except (OSError, ValueError, KeyError, TypeError):  # the holder has not written its name yet
+            who, stop = "another process", ""
+        return (
+            f"{self.path} is in use by {who}; two runs in one directory would mix their files. "
+            f"Fix: wait for it to finish{stop}, or choose another --run-dir"
+        )
+
+    # ------------------------------------------------------------------ files
+    def load_config(self) -> TrainConfig:
+        path = self.file(self.CONFIG)
+        try:
+            return TrainConfig.from_dict(json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError) as error:
+            raise ConfigError(f"{path}: not a readable training config ({error})") from None
+
+    def save_config(self, cfg: TrainConfig) -> None:
+        self._write_json(self.CONFIG, cfg.to_dict())
+
+    def load_normalization(self) -> Optional[Normalization]:
+        path = self.file(self.NORMALIZATION)
+        return read_normalization(path) if path.is_file() else None
+
+    def save_normalization(self, normalization: Normalization) -> None:
+        self._write_json(self.NORMALIZATION, normalization.to_dict())
+
+    def save_summary(self, summary: dict) -> None:
+        self._write_json(self.SUMMARY, summary)
+
+    def resumes(self) -> list[dict]:
+        path = self.file(self.RESUMES)
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+    def record_resume(self, record: dict) -> None:
+        with output_errors(self.file(self.RESUMES)), self.file(self.RESUMES).open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def clear(self) -> None:
+        """Remove what a run that never reached its first checkpoint left behind (state "unstarted")."""
+        if self.state == "run":
+            raise RunDirError(f"{self.path} holds a trained run; it is never cleared")  # a bug if reached
+        for name in (self.CONFIG, self.NORMALIZATION, self.METRICS, self.RESUMES, self.SUMMARY):
+            with output_errors(self.file(name)):
+                self.file(name).unlink(missing_ok=True)
+
+    def set_aside(self, step: int) -> Path:
+        """Move checkpoint `step` out of the checkpoints folder (it could not be restored)."""
+        target = make_directory(self.file(self.UNUSABLE_CHECKPOINTS)) / str(step)
+        suffix = 1
+        while target.exists():
+            target = target.with_name(f"{step}.{suffix}")
+            suffix += 1
+        with output_errors(target):
+            os.replace(self.file(self.CHECKPOINTS) / str(step), target)
+        return target
+
+    def _write_json(self, name: str, value) -> None:
+        write_atomically(self.file(name), (json.dumps(value, indent=2) + "\n").encode(), overwrite=True)
+
+
+def _holder() -> dict:
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "since": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+class MetricsLog:
+    """metrics.jsonl, appended as the run goes. On resume from step k, records past k are dropped,
+    so that the file reads as one uninterrupted run."""
+
+    def __init__(self, path: Path, keep_until: Optional[int] = None):
+        self.path = path
+        self.records: list[dict] = []
+        if keep_until is not None and path.exists():
+            self.records = [r for r in map(json.loads, path.read_text().splitlines()) if r["step"] <= keep_until]
+        write_atomically(path, "".join(json.dumps(r) + "\n" for r in self.records).encode(), overwrite=True)
+
+    def write(self, record: dict) -> None:
+        self.records.append(record)
+        with output_errors(self.path), self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
