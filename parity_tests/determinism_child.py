@@ -59,7 +59,7 @@ def determinism_recipe():
     """Small on a CPU (bit-identity is cheap to show there); on a GPU the seed network, whose
     large reductions are where non-deterministic kernels (split sums, atomics) would show."""
     from parity_tests import harness, training
-    from unet_jax.config import UNetConfig
+    from unet_config import UNetConfig
 
     if harness.ON_GPU:
         return training.Recipe("seed-188px-batch2-3adam", UNetConfig(), 188, 2, "adam", 1e-3, steps=3)

@@ -31,7 +31,7 @@ from parity_tests.errors import (  # noqa: F401 (re-exported)
     rel_error,
     zero_to_rounding,
 )
-from unet_jax.config import UNetConfig
+from unet_config import UNetConfig
 from unet_jax.model import UNet as FlaxUNet
 from unet_jax.port import flatten_variables, torch_to_flax
 

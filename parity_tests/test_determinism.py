@@ -29,7 +29,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import unet_torch
 from parity_tests import determinism_child, harness
-from unet_jax.config import UNetConfig
+from unet_config import UNetConfig
 
 CONFIG = determinism_child.determinism_recipe().name
 REPO = Path(__file__).resolve().parent.parent

@@ -15,7 +15,7 @@ import pytest
 
 from parity_tests import harness, numpy_reference
 from parity_tests.seed_network import golden_figures, load_golden, seed_input_image, seed_state_dict, seed_to_unet_torch
-from unet_jax.config import UNetConfig
+from unet_config import UNetConfig
 from unet_jax.port import flax_to_torch
 
 # The bound for strict float32. Measured on this CPU (AMD EPYC, 2 cores; jax/jaxlib

@@ -28,7 +28,7 @@ import pytest
 import torch
 
 from parity_tests import harness, training
-from unet_jax.config import UNetConfig
+from unet_config import UNetConfig
 
 SMALL = training.Recipe("features8-depth2-44px", UNetConfig(features=8, depth=2), 44, 2, "adam", 1e-3)
 SMALL_BN = training.Recipe("features8-depth2-44px-batchnorm", UNetConfig(features=8, depth=2, norm="batch"), 44, 2,

@@ -24,7 +24,7 @@ from parity_tests.seed_network import (
     seed_state_dict,
     seed_to_unet_torch,
 )
-from unet_jax.config import UNetConfig
+from unet_config import UNetConfig
 from unet_jax.port import flax_to_torch, torch_to_flax
 
 # Strict float32 against the float64 golden figures, and between the frameworks. Measured

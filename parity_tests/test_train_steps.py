@@ -19,7 +19,7 @@ import torch
 
 import unet_torch
 from parity_tests import harness, training
-from unet_jax.config import UNetConfig
+from unet_config import UNetConfig
 
 RECIPES = {
     r.name: r

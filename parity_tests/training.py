@@ -24,7 +24,7 @@ import torch
 
 import unet_torch
 from parity_tests import harness
-from unet_jax.config import UNetConfig
+from unet_config import UNetConfig
 from unet_jax.losses import make_loss
 from unet_jax.port import flax_to_torch
 from unet_jax.train_step import make_optax_optimizer, make_train_step, state_from_variables
