@@ -8,8 +8,8 @@ convolutions with ReLUs; a final 1x1 convolution maps to the classes. The option
 `UNetConfig` beyond the paper (same padding, bilinear up-sampling + 1x1 conv, BatchNorm
 after each 3x3 conv) are written from their textbook definitions.
 
-Nothing here comes from `unet_jax` or `unet_torch`: only the config (`unet_config`, pure Python). Every operation is a
-direct sum over its window, in NHWC float64. Weights are read from a state_dict in PyTorch's
+Nothing here comes from `unet_jax` or `unet_torch`, only the config (`unet_config`, pure
+Python). Every operation is a direct sum over its window, in NHWC float64. Weights are read from a state_dict in PyTorch's
 layouts (conv OIHW; up-conv (in, out, kH, kW) applied by its definition
 out[2i+a, 2j+b, o] = sum_c x[i, j, c] W[c, o, a, b]); the concat puts the cropped skip first,
 as the seed network does. So a bug shared by both models (a crop one pixel off centre, the
