@@ -103,7 +103,7 @@ def train_torch_deterministic(model, recipe, data):
     import unet_torch
     from parity_tests import harness, training
 
-    optimizer = unet_torch.make_optimizer(model, recipe.optimizer, recipe.learning_rate, recipe.momentum)
+    optimizer = unet_torch.make_torch_optimizer(model.parameters(), recipe.optimizer, recipe.learning_rate, recipe.momentum)
     device = next(model.parameters()).device
     losses = []
     for images, masks in data:

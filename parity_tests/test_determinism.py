@@ -101,7 +101,7 @@ def test_deterministic_step_is_the_product_step():
     results = []
     for step in (unet_torch.train_step, determinism_child.deterministic_train_step):
         copied = copy.deepcopy(model)
-        optimizer = unet_torch.make_optimizer(copied, "sgd", 0.1, 0.9)
+        optimizer = unet_torch.make_torch_optimizer(copied.parameters(), "sgd", 0.1, 0.9)
         loss = step(copied, optimizer, harness.torch_input(images, copied), torch.from_numpy(masks))
         results.append((float(loss), harness.torch_state(copied)))
     (product_loss, product_state), (loss, state) = results
@@ -140,7 +140,7 @@ def _ops_of_one_step(step) -> set[str]:
     config = determinism_child.determinism_recipe().config  # the determinism run's network on a CPU
     model = harness.build_torch(config)
     images, masks = harness.make_batch(config, 44, 2)
-    optimizer = unet_torch.make_optimizer(model, "adam", 1e-3)
+    optimizer = unet_torch.make_torch_optimizer(model.parameters(), "adam", 1e-3)
     with _RecordOps() as recorder:
         step(model, optimizer, harness.torch_input(images, model), torch.from_numpy(masks))
     return recorder.names
