@@ -12,3 +12,10 @@ Forced rather than defaulted: a shell that asks for preallocation would starve t
 import os
 
 os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+
+# Strict JAX, as Equinox's test suite runs: no implicit dtype promotion (a silent float64 or
+# weak-type upcast becomes an error) and no implicit rank promotion (a broadcast between arrays
+# of different rank must be written out). Environment variables, so that the CLI and benchmark
+# children the tests start run under the same rules. The library is written to pass them.
+os.environ["JAX_NUMPY_DTYPE_PROMOTION"] = "strict"
+os.environ["JAX_NUMPY_RANK_PROMOTION"] = "raise"

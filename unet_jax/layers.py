@@ -9,6 +9,14 @@ import jax.numpy as jnp
 from jax import lax
 
 
+def at_least_float32(dtype):
+    """float64 for float64, else float32: the precision of BatchNorm statistics and of logits.
+
+    Spelled out rather than `jnp.promote_types(dtype, float32)`, which JAX's strict dtype
+    promotion (the tests run under it) refuses for bfloat16."""
+    return jnp.float64 if jnp.dtype(dtype) == jnp.float64 else jnp.float32
+
+
 def max_pool_2x2(x):
     """2x2 max-pool, stride 2, as the element-wise max of the window's four strided views.
 
@@ -51,7 +59,7 @@ class BatchNorm(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool):
         channels = x.shape[-1]
-        stats_dtype = jnp.promote_types(self.param_dtype, jnp.float32)  # float32 under bf16, float64 for references
+        stats_dtype = at_least_float32(self.param_dtype)  # float32 under bf16, float64 for references
         scale = self.param("scale", nn.initializers.ones, (channels,), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (channels,), self.param_dtype)
         running_mean = self.variable("batch_stats", "mean", jnp.zeros, (channels,), stats_dtype)
@@ -59,9 +67,10 @@ class BatchNorm(nn.Module):
         batches_tracked = self.variable("batch_stats", "num_batches_tracked", jnp.zeros, (), jnp.int32)
 
         if train:
-            x_wide = x.astype(jnp.promote_types(x.dtype, stats_dtype))  # statistics never in bf16
-            mean = x_wide.mean(axis=(0, 1, 2))
-            var = jnp.square(x_wide - mean).mean(axis=(0, 1, 2))
+            wide = jnp.float64 if jnp.float64 in (x.dtype, stats_dtype) else jnp.float32  # never bf16
+            x_wide = x.astype(wide)
+            mean = x_wide.mean(axis=(0, 1, 2))  # [C]
+            var = jnp.square(x_wide - _per_channel(mean)).mean(axis=(0, 1, 2))
             if not self.is_initializing():
                 count = x.size // channels
                 running_mean.value = (1 - self.momentum) * running_mean.value + self.momentum * mean
@@ -73,5 +82,10 @@ class BatchNorm(nn.Module):
             mean, var = running_mean.value, running_var.value
 
         dtype = self.dtype or x.dtype
-        multiplier = (lax.rsqrt(var + self.epsilon) * scale).astype(dtype)
-        return (x - mean.astype(dtype)) * multiplier + bias.astype(dtype)
+        multiplier = (lax.rsqrt(var + self.epsilon) * scale.astype(var.dtype)).astype(dtype)  # in the statistics dtype
+        return (x - _per_channel(mean.astype(dtype))) * _per_channel(multiplier) + _per_channel(bias.astype(dtype))
+
+
+def _per_channel(vector):
+    """[C] -> [1, 1, 1, C]: broadcast against NHWC maps explicitly (no implicit rank promotion)."""
+    return vector.reshape(1, 1, 1, -1)

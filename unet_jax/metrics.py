@@ -8,6 +8,7 @@ the device (`segmentation_counts`, inside the jitted steps) or from class maps o
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -15,10 +16,8 @@ import numpy as np
 def segmentation_counts(logits, labels):
     """Per-class true-positive, predicted and true pixel counts.  # each [C]"""
     num_classes = logits.shape[-1]
-    predicted = jnp.argmax(logits, axis=-1)
-    classes = jnp.arange(num_classes)
-    is_pred = predicted[..., None] == classes  # [N, H, W, C]
-    is_true = labels[..., None] == classes
+    is_pred = jax.nn.one_hot(jnp.argmax(logits, axis=-1), num_classes, dtype=jnp.bool_)  # [N, H, W, C]
+    is_true = jax.nn.one_hot(labels, num_classes, dtype=jnp.bool_)
     return {
         "true_positive": (is_pred & is_true).sum(axis=(0, 1, 2)),
         "predicted": is_pred.sum(axis=(0, 1, 2)),

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from unet_jax.config import UNetConfig
-from unet_jax.layers import BatchNorm, center_crop, max_pool_2x2
+from unet_jax.layers import BatchNorm, at_least_float32, center_crop, max_pool_2x2
 
 # The paper initialises from N(0, sqrt(2 / fan_in)) (He et al.); biases start at zero.
 he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
@@ -89,7 +89,7 @@ class UNet(nn.Module):
         logits = nn.Conv(
             cfg.num_classes, (1, 1), kernel_init=he_normal, dtype=self.dtype, param_dtype=self.param_dtype, name="head"
         )(x)
-        return logits.astype(jnp.promote_types(self.dtype, jnp.float32))
+        return logits.astype(at_least_float32(self.dtype))
 
     def _upsample(self, x, features: int, name: str):
         if self.config.upsample == "transpose":

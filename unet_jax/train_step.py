@@ -81,7 +81,11 @@ def make_train_step(loss_fn: Callable, augment: Optional[Callable] = None, jit: 
         (loss, (logits, labels, batch_stats)), grads = grad_fn(
             state.params, state.batch_stats, state.apply_fn, images, masks, loss_fn
         )
-        state = state.apply_gradients(grads=grads, batch_stats=batch_stats, rng=rng)
+        # optax's Adam raises its decay rates to the int32 step count (`b1 ** count`), which
+        # needs JAX's standard dtype promotion; everything else here runs under "strict" too,
+        # as the tests do (conftest.py).
+        with jax.numpy_dtype_promotion("standard"):
+            state = state.apply_gradients(grads=grads, batch_stats=batch_stats, rng=rng)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **segmentation_counts(logits, labels)}
         return state, metrics
 
