@@ -27,7 +27,7 @@ parity-report: install
 	$(PY) -m parity_tests.run_report --out parity_tests/results/cpu
 
 # Deliberate bugs in both models, the port, the losses and the crops, each run against its
-# tests (~15 min on 2 cores; not part of `make test`). Report: parity_tests/results/mutation/.
+# tests (~8 min on 2 cores; not part of `make test`). Report: parity_tests/results/mutation/.
 mutation: install
 	$(PY) -m parity_tests.mutation_check
 

@@ -1,6 +1,6 @@
 """The mutation list stays applicable to the code, and the checker really tells caught from passed.
 
-The full check (`make mutation`, ~15 min) is too slow for every CI run; these keep it honest:
+The full check (`make mutation`, ~8 min on 2 cores) is too slow for every CI run; these keep it honest:
 when a rewrite moves the code a mutation targets, the mutation must be rewritten with it.
 """
 
