@@ -173,10 +173,11 @@ def test_output_shapes(cfg, height, width, batch):
 
 # -------------------------------------------------------------------- dtypes
 def _conv_operand_dtypes(jaxpr):
-    """dtypes of (input, kernel) of every convolution in a jaxpr, nested ones included."""
+    """dtypes of (input, kernel) of every convolution in a jaxpr, nested ones included: the
+    conv primitives, and the matmuls of the 2x2 up-convolutions (layers.UpConv2x2)."""
     found = []
     for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "conv_general_dilated":
+        if eqn.primitive.name in ("conv_general_dilated", "dot_general"):
             found.append((eqn.invars[0].aval.dtype, eqn.invars[1].aval.dtype))
         for value in eqn.params.values():
             for sub in value if isinstance(value, (list, tuple)) else (value,):

@@ -6,6 +6,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+from flax.linen.dtypes import promote_dtype
 from jax import lax
 
 
@@ -31,6 +32,34 @@ def max_pool_2x2(x):
     top = jnp.maximum(x[:, 0::2, 0::2], x[:, 0::2, 1::2])
     bottom = jnp.maximum(x[:, 1::2, 0::2], x[:, 1::2, 1::2])
     return jnp.maximum(top, bottom)  # [N, H, W, C] -> [N, H/2, W/2, C]
+
+
+class UpConv2x2(nn.Module):
+    """The 2x2 stride-2 "up-convolution" as one matmul and a depth-to-space.
+
+    Its 2x2 windows don't overlap, so every output pixel receives exactly one kernel tap:
+    out[n, 2i+a, 2j+b, o] = bias[o] + sum_c x[n, i, j, c] K'[a, b, c, o]. That is a [C] x [C, 4*O]
+    product per input pixel, rearranged. `nn.ConvTranspose` computes the same thing as a
+    convolution of the input dilated by 2, which XLA:CPU runs as a slow generic
+    "convolution-base-dilated" (3 up-convs, under 2% of the demo network's FLOPs, took 16% of its
+    train step; benchmarks/NOTES.md). Parameters are exactly `nn.ConvTranspose`'s, kernel
+    (2, 2, in, out) and bias (out,), in its convention (K' is K flipped in both spatial axes,
+    since `nn.ConvTranspose` does not flip), so checkpoints and `unet_jax.port` are unchanged.
+    """
+
+    features: int
+    kernel_init: Any = nn.initializers.lecun_normal()
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        n, h, w, c = x.shape
+        kernel = self.param("kernel", self.kernel_init, (2, 2, c, self.features), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+        x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = jnp.einsum("nhwc,abco->nhawbo", x, kernel[::-1, ::-1])  # [N, h, 2, w, 2, O]
+        return y.reshape(n, 2 * h, 2 * w, self.features) + _per_channel(bias)
 
 
 def center_crop(x, height: int, width: int):

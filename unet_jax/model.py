@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from unet_jax.config import UNetConfig
-from unet_jax.layers import BatchNorm, at_least_float32, center_crop, max_pool_2x2
+from unet_jax.layers import BatchNorm, UpConv2x2, at_least_float32, center_crop, max_pool_2x2
 
 # The paper initialises from N(0, sqrt(2 / fan_in)) (He et al.); biases start at zero.
 he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
@@ -93,16 +93,10 @@ class UNet(nn.Module):
 
     def _upsample(self, x, features: int, name: str):
         if self.config.upsample == "transpose":
-            # Flax does not flip the kernel (PyTorch does); unet_jax.port flips it on import.
-            return nn.ConvTranspose(
-                features,
-                (2, 2),
-                strides=(2, 2),
-                padding="VALID",
-                kernel_init=he_normal,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                name=name,
+            # nn.ConvTranspose's function and parameters, as a matmul (layers.UpConv2x2). Flax
+            # does not flip the kernel (PyTorch does); unet_jax.port flips it on import.
+            return UpConv2x2(
+                features, kernel_init=he_normal, dtype=self.dtype, param_dtype=self.param_dtype, name=name
             )(x)
         n, h, w, c = x.shape
         # Half-pixel bilinear, which for 2x upsampling equals PyTorch's align_corners=False.
