@@ -11,6 +11,7 @@ Time it on an otherwise idle machine: the figure is only as good as the machine 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import subprocess
 import sys
@@ -66,7 +67,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="unet-demo-") as tmp:
         result = run_demo(Path(tmp) / "run")
-    report = {"device": host_device(), "versions": package_versions(), "result": result}
+    measured = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    report = {"device": host_device(), "versions": package_versions(), "measured_utc": measured, "result": result}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "demo.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / "demo.md").write_text(to_markdown(report))
