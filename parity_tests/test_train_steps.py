@@ -32,17 +32,17 @@ RECIPES = {
 
 # Measured here (AMD EPYC, 2 cores; jax/jaxlib 0.10.2, optax 0.2.8, torch 2.13.0+cpu), strict
 # float32; each bound is ~10x the largest of flax-vs-f64, torch-vs-f64 and flax-vs-torch:
-LOSS_TOL = 4e-5  # per-step loss: measured max 3.8e-6 (adam-batchnorm, between)
+LOSS_TOL = 4e-5  # per-step loss: measured max 4.3e-6 (adam-batchnorm, between)
 GRAD_NORM_TOL = 4e-4  # per-step global gradient norm: measured max 4.0e-5 (sgd-momentum, torch)
 # Per-tensor parameter error / parameter change of the float64 run. Adam's ~lr*sign(g) update
 # turns float32 noise in small gradients into whole steps, so this is the loosest figure:
-# measured max 3.3e-2 (adam, flax vs torch, bottom.conv2.weight); 3x.
+# measured max 3.4e-2 (adam, flax vs torch); 3x.
 DRIFT_TOL = 0.1
 # BatchNorm running statistics after 10 steps, per tensor, against how far they moved. They
-# follow the activations, so they inherit the parameters' drift: measured max 7.1e-3 (torch);
-# 3x. (One step's statistics are held to 1e-5 in test_forward.)
+# follow the activations, so they inherit the parameters' drift: measured max 8.2e-3 (Flax);
+# 2.4x. (One step's statistics are held to 1e-5 in test_forward.)
 RUNNING_STATS_DRIFT_TOL = 2e-2
-GLOBAL_DRIFT_TOL = 6e-3  # measured max 6.0e-4 (adam-batchnorm, between)
+GLOBAL_DRIFT_TOL = 6e-3  # measured max 6.5e-4 (adam-batchnorm, between)
 # Step-1 gradients per tensor: measured max 6.2e-6; the bound of test_gradients' small nets
 # (32x), on this batch: a kink flip on other data can exceed it (float32_gradient_noise.md).
 STEP1_GRAD_TOL = 2e-4
