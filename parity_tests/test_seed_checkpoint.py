@@ -30,8 +30,9 @@ from unet_jax.port import flax_to_torch, torch_to_flax
 # Strict float32 against the float64 golden figures, and between the frameworks. Measured
 # here at 572 x 572 (AMD EPYC, 2 cores; jax 0.10.2, torch 2.13.0+cpu): single logits 1.7e-6
 # Flax, 1.6e-6 torch, 2.7e-6 between (2.4e-6 / 3.3e-6 with the earlier ConvTranspose up-conv);
-# row and column sums, where rounding averages out, at most 5.5e-7. Bounds: the strict-mode 1e-5 for single logits (3x), 5e-6 for sums (9x).
-# A wiring error moves these figures by tens of percent.
+# row and column sums, where rounding averages out, at most 5.5e-7. Bounds: the strict-mode
+# 1e-5 for single logits (3x), 5e-6 for sums (9x). A wiring error moves these figures by tens
+# of percent.
 SEED_TOL_STRICT = 1e-5
 SEED_SUMS_TOL_STRICT = 5e-6
 

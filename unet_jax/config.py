@@ -4,34 +4,5 @@ The configs live outside `unet_jax` so that `unet_torch` can import them without
 package's `__init__`, which imports JAX.
 """
 
-from unet_config import (
-    DTYPES,
-    LOSSES,
-    NORMS,
-    OPTIMIZERS,
-    PADDINGS,
-    RESUMABLE_FIELDS,
-    TRAJECTORY_FIELDS,
-    UPSAMPLES,
-    ConfigError,
-    MissingFileError,
-    TrainConfig,
-    UNetConfig,
-    UNetError,
-)
-
-__all__ = [
-    "DTYPES",
-    "LOSSES",
-    "NORMS",
-    "OPTIMIZERS",
-    "PADDINGS",
-    "RESUMABLE_FIELDS",
-    "TRAJECTORY_FIELDS",
-    "UPSAMPLES",
-    "ConfigError",
-    "MissingFileError",
-    "TrainConfig",
-    "UNetConfig",
-    "UNetError",
-]
+from unet_config import *  # noqa: F403 (the whole public API, re-exported)
+from unet_config import __all__  # noqa: F401
