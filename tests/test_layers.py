@@ -35,3 +35,18 @@ def test_batchnorm_unet_gradient_is_the_same_jitted_and_eager():
     for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted)):
         # float32 rounding differs between fused and unfused code by ~1e-7 of the largest gradient
         assert float(jnp.abs(a - b).max()) <= 1e-5 * scale
+
+
+def test_up_conv_is_flax_conv_transpose_with_the_same_parameters():
+    # A non-symmetric kernel and odd sizes: a flipped, transposed or shifted tap would show.
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 5, 7, 3)), jnp.float32)  # [N, h, w, C]
+    reference = nn.ConvTranspose(4, (2, 2), strides=(2, 2), padding="VALID")
+    variables = reference.init(jax.random.key(0), x)
+    variables = jax.tree.map(lambda v: v + jnp.arange(v.size, dtype=v.dtype).reshape(v.shape) / v.size, variables)
+    expected = reference.apply(variables, x)  # [N, 2h, 2w, O]
+    up = layers.UpConv2x2(4)
+    assert jax.tree.map(jnp.shape, up.init(jax.random.key(0), x)) == jax.tree.map(jnp.shape, variables)
+    with jax.default_matmul_precision("highest"):
+        got = jax.jit(up.apply)(variables, x)
+    assert got.shape == (2, 10, 14, 4)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)  # float32 sums of 3 products
