@@ -11,7 +11,6 @@ Time it on an otherwise idle machine: the figure is only as good as the machine 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.devices import host_device, package_versions
+from benchmarks.devices import write_measurement
 
 COMMAND = ["train", "--preset", "demo", "--no-progress"]
 
@@ -67,12 +66,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="unet-demo-") as tmp:
         result = run_demo(Path(tmp) / "run")
-    measured = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    report = {"device": host_device(), "versions": package_versions(), "measured_utc": measured, "result": result}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "demo.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "demo.md").write_text(to_markdown(report))
-    print(to_markdown(report))
+    write_measurement(args.out, "demo", result, to_markdown)
     return 0
 
 

@@ -7,14 +7,17 @@ Package versions come from installed metadata, the GPU name and driver from `nvi
 
 from __future__ import annotations
 
+import datetime
 import importlib.metadata
+import json
 import os
 import platform
 import re
 import shutil
 import subprocess
 import sys
-from typing import Optional
+from pathlib import Path
+from typing import Callable, Optional
 
 # Dense (no sparsity) peak TFLOP/s from the NVIDIA datasheets: "NVIDIA H100 Tensor Core GPU"
 # (SXM and PCIe columns), "NVIDIA H200 Tensor Core GPU" (same compute as H100 SXM) and
@@ -130,6 +133,20 @@ def package_versions() -> dict:
         if dist_name.startswith(("jax-cuda", "nvidia-cudnn", "nvidia-cublas", "triton")):
             versions[dist_name] = dist.version
     return versions
+
+
+def write_measurement(out: Path, stem: str, result: dict, to_markdown: Callable[[dict], str], **fields) -> dict:
+    """`out/<stem>.json` and `.md` for one measurement, stamped with the device, the versions and
+    the time; the markdown is printed too. Returns the report (`to_markdown`'s argument)."""
+    measured = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    report = {"device": host_device(), "versions": package_versions(), "measured_utc": measured, **fields,
+              "result": result}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    markdown = to_markdown(report)
+    (out / f"{stem}.md").write_text(markdown)
+    print(markdown)
+    return report
 
 
 def xla_environment() -> dict:

@@ -22,14 +22,13 @@ the accelerator.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from benchmarks.devices import host_device, package_versions
+from benchmarks.devices import write_measurement
 from benchmarks.timing import summarize_ms, timed_calls
 from unet_jax import UNet, UNetConfig
 from unet_jax.data import augment, make_cells, sample_tiles
@@ -145,28 +144,15 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--host-only", action="store_true", help="measure host sampling only (no train step)")
     args = parser.parse_args(argv)
-    if args.host_only:
-        if args.quick:
-            result = measure_host(UNetConfig(features=4, depth=2), tile=60, batch=2, steps=5, image_size=64)
-        else:
-            config = UNetConfig(features=args.features, depth=args.depth)
-            result = measure_host(config, args.tile, args.batch, args.steps, image_size=max(700, args.tile))
-        report = {"device": host_device(), "versions": package_versions(), "quick": args.quick, "result": result}
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "host_sampling.json").write_text(json.dumps(report, indent=2) + "\n")
-        (args.out / "host_sampling.md").write_text(host_markdown(report))
-        print(host_markdown(report))
-        return 0
+    measure_fn, stem, markdown = (
+        (measure_host, "host_sampling", host_markdown) if args.host_only else (measure, "input_pipeline", to_markdown)
+    )
     if args.quick:
-        result = measure(UNetConfig(features=4, depth=2), tile=60, batch=2, steps=5, image_size=64)
+        result = measure_fn(UNetConfig(features=4, depth=2), tile=60, batch=2, steps=5, image_size=64)
     else:  # default: the seed network at the seed's batch, on 700x700 images
         config = UNetConfig(features=args.features, depth=args.depth)
-        result = measure(config, tile=args.tile, batch=args.batch, steps=args.steps, image_size=max(700, args.tile))
-    report = {"device": host_device(), "versions": package_versions(), "quick": args.quick, "result": result}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "input_pipeline.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "input_pipeline.md").write_text(to_markdown(report))
-    print(to_markdown(report))
+        result = measure_fn(config, tile=args.tile, batch=args.batch, steps=args.steps, image_size=max(700, args.tile))
+    write_measurement(args.out, stem, result, markdown, quick=args.quick)
     return 0
 
 
