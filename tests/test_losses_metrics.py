@@ -32,6 +32,17 @@ def test_cross_entropy_equals_torch(seed, classes):
     np.testing.assert_allclose(float(cross_entropy_jit(jnp.asarray(logits), jnp.asarray(labels))), expected.item(), rtol=1e-6)
 
 
+def test_cross_entropy_gradient_is_softmax_minus_one_hot_over_pixels():
+    # d/dlogits of the mean cross-entropy = (softmax - one_hot) / pixels, computed here in float64 numpy.
+    logits, labels = _random_batch(3, c=4)
+    got = jax.jit(jax.grad(cross_entropy))(jnp.asarray(logits), jnp.asarray(labels))
+    wide = logits.astype(np.float64)
+    softmax = np.exp(wide - wide.max(-1, keepdims=True))
+    softmax /= softmax.sum(-1, keepdims=True)
+    expected = (softmax - np.eye(4)[labels]) / labels.size
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-8)
+
+
 def test_cross_entropy_by_hand():
     # Two pixels, two classes: logits (0, 0) -> -log(1/2); logits (log 3, 0) with label 0 -> -log(3/4).
     logits = jnp.array([[[[0.0, 0.0], [np.log(3.0), 0.0]]]])  # [1, 1, 2, 2]
