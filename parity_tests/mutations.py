@@ -83,7 +83,7 @@ _TORCH_LABEL_CROP = Edit(
 )
 # The bottleneck's second ReLU left out.
 _FLAX_NO_RELU = Edit(
-    FLAX_MODEL, "x = nn.relu(x)", 'x = x if (self.name == "bottom" and i == 2) else nn.relu(x)'
+    FLAX_MODEL, "x = relu(x)", 'x = x if (self.name == "bottom" and i == 2) else relu(x)'
 )
 _TORCH_NO_RELU = Edit(
     TORCH_MODEL,
@@ -92,8 +92,8 @@ _TORCH_NO_RELU = Edit(
 )
 _FLAX_AVG_POOL = Edit(
     FLAX_LAYERS,
-    "return jnp.maximum(top, bottom)",
-    "return (x[:, 0::2, 0::2] + x[:, 0::2, 1::2] + x[:, 1::2, 0::2] + x[:, 1::2, 1::2]) / 4",
+    "return jnp.maximum(jnp.maximum(top_left, top_right), jnp.maximum(bottom_left, bottom_right))",
+    "return (top_left + top_right + bottom_left + bottom_right) / 4",
 )
 _TORCH_AVG_POOL = Edit(TORCH_MODEL, "x = F.max_pool2d(x, 2)", "x = F.avg_pool2d(x, 2)")
 

@@ -1,6 +1,7 @@
-"""The 2x2 max-pool: the values of nn.max_pool, and the same gradient jitted and op by op.
+"""The layers whose semantics must match PyTorch: the 2x2 max-pool (values of nn.max_pool, PyTorch's
+gradient, the same gradient jitted and op by op), the ReLU, and what each keeps for the backward pass.
 
-`reshape + max(axis=(2, 4))` fails the second check on XLA:CPU (jax 0.10.2) inside a
+`reshape + max(axis=(2, 4))` fails the jitted-vs-eager check on XLA:CPU (jax 0.10.2) inside a
 BatchNorm U-Net (gradients off by 0.17 in float64); this guards the replacement.
 """
 
@@ -8,6 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from unet_jax import UNet, UNetConfig, layers
 
@@ -15,6 +17,42 @@ from unet_jax import UNet, UNetConfig, layers
 def test_pool_equals_flax_max_pool():
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 8, 6, 3)), jnp.float32)  # [N, H, W, C]
     np.testing.assert_array_equal(layers.max_pool_2x2(x), nn.max_pool(x, (2, 2), strides=(2, 2)))
+
+
+def _saved_for_backward(function, x):
+    """Shapes and dtypes of what `jax.vjp(function, x)` keeps for its backward pass (nothing is computed)."""
+    residuals = jax.eval_shape(lambda x: jax.vjp(function, x)[1], x)
+    return sorted((leaf.shape, str(leaf.dtype)) for leaf in jax.tree.leaves(residuals))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_pool_gradient_is_torch_max_pool2d_gradient_with_ties(seed):
+    # Values from a small set, so that most windows hold ties: PyTorch sends each window's
+    # gradient to its first maximum in row-major order; so must we (jnp.maximum splits ties).
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-1, 2, (2, 6, 8, 3)).astype(np.float32)  # [N, H, W, C]
+    upstream = rng.standard_normal((2, 3, 4, 3)).astype(np.float32)
+    ours = jax.jit(jax.grad(lambda x: (layers.max_pool_2x2(x) * upstream).sum()))(jnp.asarray(x))
+    x_torch = torch.from_numpy(x).permute(0, 3, 1, 2).requires_grad_()  # [N, C, H, W]
+    (torch.nn.functional.max_pool2d(x_torch, 2) * torch.from_numpy(upstream).permute(0, 3, 1, 2)).sum().backward()
+    np.testing.assert_array_equal(np.asarray(ours), x_torch.grad.permute(0, 2, 3, 1).numpy())
+
+
+def test_relu_values_and_gradient_are_nn_relu():
+    x = jnp.asarray([[-2.0, -0.0, 0.0, 1e-30, 3.0]], jnp.float32)
+    np.testing.assert_array_equal(layers.relu(x), nn.relu(x))
+    np.testing.assert_array_equal(jax.grad(lambda x: layers.relu(x).sum())(x), jax.grad(lambda x: nn.relu(x).sum())(x))
+    np.testing.assert_array_equal(jax.grad(lambda x: layers.relu(x).sum())(x), [[0, 0, 0, 1, 1]])
+
+
+def test_relu_and_pool_keep_one_tensor_for_the_backward_pass():
+    # The ReLU keeps its output (the next conv keeps it too); the pool keeps its input (the
+    # block's output, which the skip connection keeps). nn.relu keeps a mask beside another tensor.
+    x = jnp.zeros((2, 8, 6, 3), jnp.float32)
+    assert _saved_for_backward(layers.relu, x) == [((2, 8, 6, 3), "float32")]
+    assert _saved_for_backward(layers.max_pool_2x2, x) == [((2, 8, 6, 3), "float32")]
+    assert len(_saved_for_backward(nn.relu, x)) == 2
 
 
 def test_batchnorm_unet_gradient_is_the_same_jitted_and_eager():

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 from flax.linen.dtypes import promote_dtype
 from jax import lax
@@ -18,20 +19,80 @@ def at_least_float32(dtype):
     return jnp.float64 if jnp.dtype(dtype) == jnp.float64 else jnp.float32
 
 
+# The ReLU and the max-pool carry their own backward passes. Both compute the same values
+# and gradients as `nn.relu` and a max over the window; what changes is what the backward
+# pass keeps. `nn.relu`'s JVP keeps its input beside its output (and a zeros tensor of the same
+# size), and the gradient of `jnp.maximum` keeps six float tensors per pool (the masks and
+# the halves that split a tie): 19.4 GiB saved for backward in the seed network at 572 px,
+# batch 16, float32, against 8.0 GiB for one copy of every conv output
+# (`python -m benchmarks.memory`). These keep only tensors that the convolutions' gradients
+# keep anyway: the ReLU's output, and the pool's input and output.
+
+
+@jax.custom_vjp
+def relu(x):
+    """max(x, 0), whose backward reads its output (y > 0 exactly where x > 0), as PyTorch's does."""
+    return jnp.maximum(x, jnp.zeros((), x.dtype))
+
+
+def _relu_forward(x):
+    y = relu(x)
+    return y, y
+
+
+def _relu_backward(y, dy):
+    return (jnp.where(y > 0, dy, jnp.zeros((), dy.dtype)),)  # 0 at x = 0, as nn.relu
+
+
+relu.defvjp(_relu_forward, _relu_backward)
+
+
+def _window_views(x):
+    """The four strided views of 2x2 windows, in row-major window order: [N, H/2, W/2, C] each."""
+    return x[:, 0::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 0::2], x[:, 1::2, 1::2]
+
+
+@jax.custom_vjp
 def max_pool_2x2(x):
     """2x2 max-pool, stride 2, as the element-wise max of the window's four strided views.
 
-    Unlike `nn.max_pool` the gradient is not a select-and-scatter, so it stays usable under
-    XLA's deterministic-ops mode. It is not written as `reshape + max(axis=(2, 4))` either:
-    under `jax.jit` on XLA:CPU (jax 0.10.2) the gradient of that reduction came out wrong
-    in BatchNorm + valid-padding U-Nets (encoder gradients off by O(1), also in float64;
-    correct op by op and with `--xla_disable_hlo_passes=algsimp`), which
-    parity_tests/test_gradients.py caught. Ties inside a window only happen at exact zeros
-    after a ReLU, where both frameworks' gradients are 0.
+    Its gradient goes to the first maximum of each window in row-major order, as PyTorch's
+    `max_pool2d` does, computed with element-wise selects (no select-and-scatter, so it stays
+    usable under XLA's deterministic-ops mode). Not `reshape + max(axis=(2, 4))`: under
+    `jax.jit` on XLA:CPU (jax 0.10.2) the gradient of that reduction came out wrong in
+    BatchNorm + valid-padding U-Nets (encoder gradients off by O(1), also in float64; correct
+    op by op and with `--xla_disable_hlo_passes=algsimp`), which parity_tests/test_gradients.py
+    caught.
     """
-    top = jnp.maximum(x[:, 0::2, 0::2], x[:, 0::2, 1::2])
-    bottom = jnp.maximum(x[:, 1::2, 0::2], x[:, 1::2, 1::2])
-    return jnp.maximum(top, bottom)  # [N, H, W, C] -> [N, H/2, W/2, C]
+    top_left, top_right, bottom_left, bottom_right = _window_views(x)
+    return jnp.maximum(jnp.maximum(top_left, top_right), jnp.maximum(bottom_left, bottom_right))
+
+
+def _max_pool_forward(x):
+    return max_pool_2x2(x), x
+
+
+def _max_pool_backward(x, dy):
+    # Which view holds the window's first maximum, from comparisons between the views alone.
+    top_left, top_right, bottom_left, bottom_right = _window_views(x)
+    firsts = (
+        (top_left >= top_right) & (top_left >= bottom_left) & (top_left >= bottom_right),
+        (top_right > top_left) & (top_right >= bottom_left) & (top_right >= bottom_right),
+        (bottom_left > top_left) & (bottom_left > top_right) & (bottom_left >= bottom_right),
+        (bottom_right > top_left) & (bottom_right > top_right) & (bottom_right > bottom_left),
+    )
+    zero = jnp.zeros((), dy.dtype)
+    # Each view's gradient goes back to its strided positions: a pad with one zero between
+    # elements (the transpose of a strided slice), shifted by the view's offset in the window.
+    # [N, H/2, W/2, C] -> [N, H, W, C] each.
+    dx = sum(
+        lax.pad(jnp.where(first, dy, zero), zero, ((0, 0, 0), (row, 1 - row, 1), (col, 1 - col, 1), (0, 0, 0)))
+        for first, (row, col) in zip(firsts, ((0, 0), (0, 1), (1, 0), (1, 1)))
+    )
+    return (dx,)
+
+
+max_pool_2x2.defvjp(_max_pool_forward, _max_pool_backward)
 
 
 class UpConv2x2(nn.Module):

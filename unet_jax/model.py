@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from unet_jax.config import UNetConfig
-from unet_jax.layers import BatchNorm, UpConv2x2, at_least_float32, center_crop, max_pool_2x2
+from unet_jax.layers import BatchNorm, UpConv2x2, at_least_float32, center_crop, max_pool_2x2, relu
 
 # The paper initialises from N(0, sqrt(2 / fan_in)) (He et al.); biases start at zero.
 he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
@@ -48,7 +48,7 @@ class ConvBlock(nn.Module):
             )(x)
             if batch_norm:
                 x = BatchNorm(dtype=self.dtype, param_dtype=self.param_dtype, name=f"norm{i}")(x, train)
-            x = nn.relu(x)
+            x = relu(x)
         return x
 
 
