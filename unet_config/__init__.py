@@ -6,7 +6,15 @@ Pure Python, importing neither JAX nor torch: `unet_torch` builds its network fr
 
 from unet_config.architecture import NORMS, PADDINGS, UPSAMPLES, UNetConfig
 from unet_config.errors import ConfigError, MissingFileError, UNetError
-from unet_config.training import DTYPES, LOSSES, OPTIMIZERS, RESUMABLE_FIELDS, TRAJECTORY_FIELDS, TrainConfig
+from unet_config.training import (
+    DTYPES,
+    LOSSES,
+    OPTIMIZERS,
+    REMAT_POLICIES,
+    RESUMABLE_FIELDS,
+    TRAJECTORY_FIELDS,
+    TrainConfig,
+)
 
 __all__ = [
     "DTYPES",
@@ -14,6 +22,7 @@ __all__ = [
     "NORMS",
     "OPTIMIZERS",
     "PADDINGS",
+    "REMAT_POLICIES",
     "RESUMABLE_FIELDS",
     "TRAJECTORY_FIELDS",
     "UPSAMPLES",

@@ -17,6 +17,8 @@ from unet_config.errors import ConfigError
 OPTIMIZERS = ("adam", "sgd")
 LOSSES = ("ce", "dice", "ce+dice")
 DTYPES = ("float32", "bfloat16")
+# What the backward pass recomputes instead of keeping (`unet_jax.model.UNet.remat`).
+REMAT_POLICIES = ("none", "blocks", "conv-outputs")
 
 # What a resumed run may change. Bookkeeping never changes the trained weights; a new
 # learning rate does, so a run resumed with one is no longer an exact continuation.
@@ -43,6 +45,11 @@ class TrainConfig:
     momentum: float = described(0.99, "SGD momentum, in [0, 1); unused by adam")
     loss: str = described("ce", "ce: cross-entropy; dice: soft Dice of the foreground classes; ce+dice: their sum")
     dtype: str = described("float32", "compute dtype; parameters stay float32")
+    remat: str = described(
+        "none", "recompute in the backward pass instead of keeping: none; blocks: each conv block from its input; "
+        "conv-outputs: keep the conv outputs, recompute BatchNorm and ReLU (for --norm batch). Same function, "
+        "less memory, more compute"
+    )
     augment: bool = described(True, "random flips and 90-degree rotations, on the device")
     seed: int = described(0, "parameters, data order and augmentation all derive from it")
     data: Optional[str] = described(None, "DIR with images/ and masks/, or an ISBI *-volume.tif; none: built-in cells")
@@ -68,7 +75,7 @@ class TrainConfig:
             raise ConfigError(f"{_name('cells_image_size')} must be at least {_MIN_CELLS_IMAGE_SIZE}, got {self.cells_image_size}")
         if not is_integer(self.seed) or self.seed < 0:
             raise ConfigError(f"{_name('seed')} must be a non-negative integer, got {self.seed!r}")
-        for name, allowed in (("optimizer", OPTIMIZERS), ("loss", LOSSES), ("dtype", DTYPES)):
+        for name, allowed in (("optimizer", OPTIMIZERS), ("loss", LOSSES), ("dtype", DTYPES), ("remat", REMAT_POLICIES)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{_name(name)} must be one of {allowed}, got {getattr(self, name)!r}")
         _check_range("learning_rate", self.learning_rate, 0, 1, low_open=True, high_open=False)

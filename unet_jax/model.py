@@ -16,12 +16,16 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
-from unet_jax.config import UNetConfig
+from unet_jax.config import REMAT_POLICIES, UNetConfig
 from unet_jax.layers import BatchNorm, UpConv2x2, at_least_float32, center_crop, max_pool_2x2, relu
 
 # The paper initialises from N(0, sqrt(2 / fan_in)) (He et al.); biases start at zero.
 he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+
+CONV_OUTPUT = "conv_output"  # the name remat="conv-outputs" keeps
 
 
 class ConvBlock(nn.Module):
@@ -46,6 +50,7 @@ class ConvBlock(nn.Module):
                 param_dtype=self.param_dtype,
                 name=f"conv{i}",
             )(x)
+            x = checkpoint_name(x, CONV_OUTPUT)
             if batch_norm:
                 x = BatchNorm(dtype=self.dtype, param_dtype=self.param_dtype, name=f"norm{i}")(x, train)
             x = relu(x)
@@ -59,17 +64,25 @@ class UNet(nn.Module):
     the storage dtype of the weights; the logits come back in at least float32 (float64 for a
     float64 reference) so that losses are computed in full precision. With `norm="batch"`, call with `train=True` and
     `mutable=["batch_stats"]` to use and update batch statistics.
+
+    `remat` trades compute for memory in the backward pass without changing the function:
+    "none" keeps what the backward pass reads; "blocks" keeps only each conv block's input and
+    recomputes the block (about one more forward pass of the 3x3 convs); "conv-outputs" keeps
+    the convs' outputs and recomputes the BatchNorm and ReLU after them (for `norm="batch"`:
+    without a norm it keeps more than "none", tests/test_remat.py).
     """
 
     config: UNetConfig = UNetConfig()
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    remat: str = "none"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         cfg = self.config
         self._check_input(x)
         block = dict(config=cfg, dtype=self.dtype, param_dtype=self.param_dtype)
+        ConvBlock = conv_block_class(self.remat)
         x = x.astype(self.dtype)
 
         skips = []
@@ -116,3 +129,16 @@ class UNet(nn.Module):
                 f"{self.config.in_channels} channel(s) in the last axis, or set in_channels={x.shape[-1]}."
             )
         self.config.check_input_size(x.shape[1], x.shape[2])
+
+
+def conv_block_class(remat: str):
+    """ConvBlock, or ConvBlock under `nn.remat` with the policy `remat` names. Parameter paths
+    stay the same (`down1/conv1/...`), so checkpoints and the port do not depend on it."""
+    if remat == "none":
+        return ConvBlock
+    if remat == "blocks":
+        return nn.remat(ConvBlock, static_argnums=(2,))  # argument 2 is `train` (after self and x)
+    if remat == "conv-outputs":
+        policy = jax.checkpoint_policies.save_only_these_names(CONV_OUTPUT)
+        return nn.remat(ConvBlock, static_argnums=(2,), policy=policy)
+    raise ValueError(f"remat must be one of {REMAT_POLICIES}, got {remat!r}")

@@ -146,7 +146,7 @@ class _Session:
         normalization = normalization or Normalization.from_images(self.train_samples.images)
         train_samples = self.train_samples.map_images(normalization.apply)
         val_images, val_masks = validation_tiles(self.val_samples.map_images(normalization.apply), cfg)
-        model = UNet(cfg.model, dtype=jnp.dtype(cfg.dtype))
+        model = UNet(cfg.model, dtype=jnp.dtype(cfg.dtype), remat=cfg.remat)
         template = create_train_state(model, make_optax_optimizer(cfg.optimizer, cfg.learning_rate, cfg.momentum),
                                       cfg.seed, cfg.tile_size)
         checkpointer = Checkpointer(self.run_dir.file(RunDir.CHECKPOINTS), keep=cfg.keep_checkpoints)
