@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import devices, timing
+from benchmarks import devices, kernels, timing
 from benchmarks.variants import VARIANTS
 from unet_jax.config import UNetConfig
 from unet_jax.losses import make_loss
@@ -51,7 +51,19 @@ def synthetic_batch(config: UNetConfig, batch: int, size: int):
     return jax.block_until_ready(jax.device_put((images, masks)))
 
 
-def bench_train(model: UNet, images, masks, warmup: int, steps: int) -> dict:
+def compiled_memory(compiled) -> dict:
+    """The compiled executable's own account: temporaries, arguments and outputs, in bytes."""
+    try:
+        stats = compiled.memory_analysis()
+    except Exception as error:  # backend-specific; absent is not a failure of the step
+        return {"compiled_memory_error": f"{type(error).__name__}: {error}"}
+    if stats is None:
+        return {"compiled_memory_error": "memory_analysis() returned None on this backend"}
+    return {"compiled_temp_bytes": int(stats.temp_size_in_bytes), "compiled_argument_bytes": int(stats.argument_size_in_bytes),
+            "compiled_output_bytes": int(stats.output_size_in_bytes), "compiled_alias_bytes": int(stats.alias_size_in_bytes)}
+
+
+def bench_train(model: UNet, images, masks, warmup: int, steps: int, profile: bool = False) -> dict:
     state = create_train_state(model, make_optax_optimizer("adam", 1e-3), 0, images.shape[1])
     step = make_train_step(make_loss("ce"))
     compiled, compile_info = compile_timed(step, state, images, masks)
@@ -62,10 +74,13 @@ def bench_train(model: UNet, images, masks, warmup: int, steps: int) -> dict:
         box["state"], metrics = compiled(box["state"], images, masks)
         jax.block_until_ready((box["state"], metrics))
 
-    return {**compile_info, **timing.warmup_and_time(one_step, warmup, steps)}
+    result = {**compile_info, **compiled_memory(compiled), **timing.warmup_and_time(one_step, warmup, steps)}
+    if profile:
+        result["kernels"] = kernels.profile_jax(one_step)
+    return result
 
 
-def bench_predict(model: UNet, images, warmup: int, steps: int) -> dict:
+def bench_predict(model: UNet, images, warmup: int, steps: int, profile: bool = False) -> dict:
     params = create_train_state(model, make_optax_optimizer("adam", 1e-3), 0, images.shape[1]).params
     predict = jax.jit(lambda params, x: model.apply({"params": params}, x, train=False))
     compiled, compile_info = compile_timed(predict, params, images)
@@ -73,7 +88,10 @@ def bench_predict(model: UNet, images, warmup: int, steps: int) -> dict:
     def one_call():
         jax.block_until_ready(compiled(params, images))
 
-    return {**compile_info, **timing.warmup_and_time(one_call, warmup, steps)}
+    result = {**compile_info, **compiled_memory(compiled), **timing.warmup_and_time(one_call, warmup, steps)}
+    if profile:
+        result["kernels"] = kernels.profile_jax(one_call)
+    return result
 
 
 def peak_memory(device) -> dict:
@@ -115,14 +133,14 @@ def main() -> None:
         jax.config.update("jax_enable_compilation_cache", False)
     device = jax.devices()[0]
     config = UNetConfig(features=args.features, depth=args.depth)
-    model = UNet(config, dtype=jnp.bfloat16 if variant.dtype == "bf16" else jnp.float32)
+    model = UNet(config, dtype=jnp.bfloat16 if variant.dtype == "bf16" else jnp.float32, remat=variant.remat)
     images, masks = synthetic_batch(config, args.batch, args.size)
     precision = jax.default_matmul_precision(variant.precision) if variant.precision else contextlib.nullcontext()
     with precision:  # a trace-time setting: it must wrap lower(), which it does
         if variant.task == "train":
-            result = bench_train(model, images, masks, args.warmup, args.steps)
+            result = bench_train(model, images, masks, args.warmup, args.steps, args.profile)
         else:
-            result = bench_predict(model, images, args.warmup, args.steps)
+            result = bench_predict(model, images, args.warmup, args.steps, args.profile)
     result.update(peak_memory(device))
     result["process_peak_rss_bytes"] = timing.process_peak_rss_bytes()
     result["runtime"] = runtime_info(device)

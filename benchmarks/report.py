@@ -38,6 +38,7 @@ def _row(r: dict) -> str:
         _num(r.get("img_per_s"), ".1f"), _num(r.get("achieved_tflops"), ".2f"),
         _num(r.get("mfu_datasheet"), ".1%"), _num(r.get("mfu_measured_bf16_ceiling"), ".1%"),
         _num(r.get("compile_s"), ".1f"), _num(r.get("warmup_s"), ".1f"), _memory(r) if ok else "–",
+        _num(r["compiled_temp_bytes"] / GIB if r.get("compiled_temp_bytes") is not None else None, ".2f"),
     ]
     return "| " + " | ".join(cells) + " |"
 
@@ -74,19 +75,34 @@ def markdown(doc: dict) -> str:
         f"command `{doc['command']}`.",
         "",
         "| task | variant | batch | status | step ms median (p10–p90) | img/s | TFLOP/s | MFU datasheet "
-        "| MFU vs bf16 matmul | compile s | warm-up s | peak memory |",
-        "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| MFU vs bf16 matmul | compile s | warm-up s | peak memory | XLA temporaries GiB |",
+        "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     lines += [_row(r) for r in doc["results"]]
+    lines += _kernel_sections(doc["results"])
     lines += [
         "",
         "compile s: JAX `lower()+compile()` before the first call; torch.compile: warm-up time beyond "
         "steady-state steps; eager: none. warm-up s: wall time of the untimed calls. Peak memory: "
         "device allocator peak (jax `peak_bytes_in_use`, `torch.cuda.max_memory_allocated`), or on CPU the "
-        "process RSS peak, labelled.",
+        "process RSS peak, labelled. XLA temporaries: the compiled JAX step's `memory_analysis()`.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _kernel_sections(results: list, shown: int = 6) -> list:
+    """Per profiled job: where one step's device time went (benchmarks.kernels)."""
+    lines = []
+    for r in results:
+        profile = r.get("kernels")
+        if not profile or "top" not in profile:
+            continue
+        lines += ["", f"**{r['variant']}, batch {r['batch']}**: {profile['total_ms']:.1f} ms in one profiled step "
+                  f"({profile['source']})", "", "| kernel / op | ms | calls | share |", "| --- | ---: | ---: | ---: |"]
+        lines += [f"| `{k['name'][:80]}` | {k['ms']:.2f} | {k['calls']} | {_num(k['share'], '.1%')} |"
+                  for k in profile["top"][:shown]]
+    return ["", "## Where one step's time goes"] + lines if lines else []
 
 
 def plot(doc: dict, path: str) -> None:

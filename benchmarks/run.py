@@ -24,7 +24,7 @@ import time
 
 from benchmarks import devices, flops, plan, report, subproc
 from benchmarks.derive import derived_figures
-from benchmarks.variants import FULL_PLAN, QUICK_PLAN, VARIANTS, jobs
+from benchmarks.variants import PLANS, VARIANTS, jobs
 from unet_jax.config import UNetConfig
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,6 +35,9 @@ QUICK = {"steps": 8, "warmup": 2, "size": 188, "features": 8, "depth": 4, "budge
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="CPU smoke subset: small network, few steps, no torch.compile")
+    p.add_argument("--plan", choices=sorted(PLANS), help="which jobs (default: full; quick with --quick); "
+                                                         "sweep = benchmarks.sweep's options and flag sets")
+    p.add_argument("--profile", action="store_true", help="profile one extra step per job: its top kernels (benchmarks.kernels)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--out", help="directory for results.json/.md/.png (default: --out-root/<device slug>)")
     where.add_argument("--out-root", default=os.path.join(REPO_ROOT, "benchmarks", "results"))
@@ -77,7 +80,8 @@ def child_command(variant, batch: int, args) -> list[str]:
     module = "benchmarks.jax_step" if variant.framework == "jax" else "benchmarks.torch_step"
     options = {"variant": variant.name, "batch": batch, "steps": args.steps, "warmup": args.warmup,
                "size": args.size, "features": args.features, "depth": args.depth, "ceiling-n": args.ceiling_n}
-    return [sys.executable, "-m", module] + [str(x) for k, v in options.items() for x in (f"--{k}", v)]
+    command = [sys.executable, "-m", module] + [str(x) for k, v in options.items() for x in (f"--{k}", v)]
+    return command + (["--profile"] if args.profile else [])
 
 
 # Set in every child. JAX allocates on demand rather than taking 75% of the GPU when it starts:
@@ -92,6 +96,8 @@ def child_env(variant) -> tuple[dict, list[str]]:
     empty caches, so that every compile time is a cold one."""
     env = {**os.environ, **CHILD_ENV}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p)
+    if variant.xla_flags:  # after the user's own flags, so that the variant's win
+        env["XLA_FLAGS"] = " ".join(f for f in (env.get("XLA_FLAGS"), variant.xla_flags) if f)
     scratch = []
     if variant.compile_mode is not None:
         cache = tempfile.mkdtemp(prefix="unet-bench-inductor-")
@@ -107,6 +113,7 @@ def job_record(variant, batch: int, outcome: dict, doc: dict) -> dict:
         "dtype": variant.dtype, "layout": variant.layout,
         "matmul_precision": (variant.precision or "default") if variant.framework == "jax" else None,
         "compile_mode": variant.compile_mode, "description": variant.description,
+        "remat": variant.remat if variant.framework == "jax" else None, "variant_xla_flags": variant.xla_flags or None,
         "status": outcome["status"], "status_detail": outcome.get("status_detail", ""),
         "wall_s": outcome.get("wall_s"),
     }
@@ -140,7 +147,7 @@ def main(argv=None) -> int:
         out_dir = os.path.join(args.out_root, "cpu-quick")
     flop_counts = {"forward_per_image": flops.forward_flops(config, args.size),
                    "train_per_image": flops.train_flops(config, args.size), "train_multiplier": flops.TRAIN_MULTIPLIER}
-    todo = jobs(QUICK_PLAN if args.quick else FULL_PLAN, args.variants, args.batch)
+    todo = jobs(PLANS[args.plan or ("quick" if args.quick else "full")], args.variants, args.batch)
     budget = args.budget_s or None
     planner = plan.Planner(host["kind"] == "gpu" or args.assume_gpu,
                            {"train": flop_counts["train_per_image"], "predict": flop_counts["forward_per_image"]},
@@ -163,7 +170,8 @@ def main(argv=None) -> int:
         "schema": "unet-bench/1",
         "started_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join([os.path.basename(sys.executable), "-m", "benchmarks.run"] + sys.argv[1:]),
-        "quick": args.quick, "budget_s": budget, "device": host, "environment": environment(host),
+        "quick": args.quick, "plan_name": args.plan or ("quick" if args.quick else "full"), "budget_s": budget,
+        "device": host, "environment": environment(host),
         "config": {**{k: getattr(args, k) for k in ("size", "features", "depth", "steps", "warmup", "ceiling_n",
                                                     "compile_timeout")},
                    "model": {f: getattr(config, f) for f in ("in_channels", "num_classes", "features", "depth",

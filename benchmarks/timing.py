@@ -32,6 +32,7 @@ def child_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--features", type=int, default=64)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--ceiling-n", type=int, default=8192, help="side of the bf16 matmul ceiling (0: skip)")
+    parser.add_argument("--profile", action="store_true", help="after timing, profile one more step (benchmarks.kernels)")
     return parser
 
 

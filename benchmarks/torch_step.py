@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks import timing
+from benchmarks import kernels, timing
 from benchmarks.variants import VARIANTS
 from unet_torch.model import UNet
 from unet_torch.train_step import make_torch_optimizer, train_step
@@ -155,6 +155,8 @@ def main() -> None:
     if variant.compile_mode is not None:
         timing.phase("compile-start")  # lazy: compiles inside the warm-up calls, ends at timing-start
     result = timing.warmup_and_time(call, args.warmup, args.steps)
+    if args.profile:
+        result["kernels"] = kernels.profile_torch(call, on_gpu=device.type == "cuda")
     if variant.compile_mode is not None:
         result["compile_s"] = result["warmup_excess_s"]
         result["compile_method"] = (

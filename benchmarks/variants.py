@@ -23,6 +23,8 @@ class Variant:
     precision: Optional[str] = None  # jax: "highest" for strict float32 convs and matmuls
     compile_mode: Optional[str] = None  # torch.compile mode; None = eager
     description: str = ""
+    remat: str = "none"  # jax: UNet(remat=...), a memory/compute trade that keeps the function
+    xla_flags: str = ""  # jax: appended to XLA_FLAGS in the job's process (a flag set to compare)
 
 
 _TABLE = (
@@ -48,7 +50,26 @@ _TABLE = (
     Variant("predict-torch-bf16-cl", "torch", "predict", "bf16", "bf16", "channels_last",
             description="inference_mode, bf16 autocast, channels_last"),
 )
-VARIANTS = {v.name: v for v in _TABLE}
+
+# The GPU speed-up candidates that `benchmarks.sweep` compares with the defaults above: each one
+# changes only how the same function is computed (a remat policy, or XLA GPU flags).
+_SWEEP_OPTIONS = (
+    Variant("jax-bf16-remat-blocks", "jax", "train", "bf16", "bf16", "NHWC", remat="blocks",
+            description="jax-bf16, UNet(remat='blocks'): each conv block recomputed in the backward pass"),
+    Variant("jax-fp32-remat-blocks", "jax", "train", "fp32", "tf32", "NHWC", remat="blocks",
+            description="jax-fp32, UNet(remat='blocks')"),
+    Variant("jax-bf16-no-autotune", "jax", "train", "bf16", "bf16", "NHWC", xla_flags="--xla_gpu_autotune_level=0",
+            description="jax-bf16 without XLA's GPU autotuning (what autotuning buys, and costs in compile time)"),
+    Variant("jax-bf16-no-command-buffers", "jax", "train", "bf16", "bf16", "NHWC",
+            xla_flags="--xla_gpu_enable_command_buffer=",
+            description="jax-bf16 without CUDA-graph command buffers (their effect at batch 1)"),
+    Variant("jax-bf16-no-triton-gemm", "jax", "train", "bf16", "bf16", "NHWC", xla_flags="--xla_gpu_enable_triton_gemm=false",
+            description="jax-bf16 with cuBLAS instead of Triton for matmul fusions (the up-convolutions)"),
+    Variant("jax-bf16-latency-hiding", "jax", "train", "bf16", "bf16", "NHWC",
+            xla_flags="--xla_gpu_enable_latency_hiding_scheduler=true",
+            description="jax-bf16 with XLA's latency-hiding scheduler"),
+)
+VARIANTS = {v.name: v for v in _TABLE + _SWEEP_OPTIONS}
 
 # The GPU run, most informative first: the runner stops starting jobs when its time budget
 # would be exceeded and records the rest as skipped. Each entry: (variant names, batches).
@@ -71,6 +92,24 @@ QUICK_PLAN = (
     (("jax-fp32", "torch-fp32", "predict-jax-fp32", "predict-torch-fp32", "predict-jax-bf16", "torch-bf16-cl"),
      (1,)),
 )
+
+
+# benchmarks.sweep (GPU, one device call): the JAX step under each option against the best
+# PyTorch variant in the same run, seed network at 572 px, most informative first.
+SWEEP_PLAN = (
+    (("jax-bf16", "torch-compile-bf16-cl"), (16, 1)),
+    (("jax-bf16-remat-blocks",), (16,)),
+    (("jax-fp32", "torch-compile-fp32"), (16,)),
+    (("jax-bf16-no-command-buffers",), (1,)),
+    (("jax-bf16-no-autotune", "jax-bf16-no-triton-gemm", "jax-bf16-latency-hiding"), (16,)),
+    (("jax-fp32-remat-blocks",), (16,)),
+)
+
+# Its CPU smoke test: the plumbing of options, flags and profiles, without torch.compile's
+# minutes of C++ builds on two cores. XLA:CPU ignores the GPU flags, which is what lets this run.
+SWEEP_QUICK_PLAN = ((("jax-fp32", "torch-fp32", "jax-fp32-remat-blocks"), (1,)),)
+
+PLANS = {"full": FULL_PLAN, "quick": QUICK_PLAN, "sweep": SWEEP_PLAN, "sweep-quick": SWEEP_QUICK_PLAN}
 
 
 def jobs(plan, variants: Optional[list] = None, batches: Optional[list] = None) -> list[tuple[Variant, int]]:

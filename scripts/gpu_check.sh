@@ -4,15 +4,19 @@
 #   bash scripts/gpu_check.sh parity   # parity suite + report; ends within 300 s  -> device run timeout_s=360
 #                                      # (extra arguments go to pytest, e.g. parity -k seed572)
 #   bash scripts/gpu_check.sh bench    # benchmarks, then input pipeline; ends within 420 s -> timeout_s=480
+#   bash scripts/gpu_check.sh sweep    # benchmarks.sweep: JAX speed-up options vs torch.compile, with
+#                                      # kernel profiles; ends within 420 s -> timeout_s=480
 #
-# Both fit the tool's limits: 10 min a command, 15 min of device time a session (machine start
-# 1-2 min included: 2 + 5 + 7 = 14 min), at most 8 files back, at most 2 folders under $OUT.
+# Each fits the tool's limits: 10 min a command, 15 min of device time a session (machine start
+# 1-2 min included: 2 + 5 + 7 = 14 min for parity then bench, or parity then sweep), at most 8
+# files back, at most 2 folders under $OUT.
 # Make the bench call as soon as the parity call returns: the machine stays warm only 30 s, and
 # a fresh start costs another 1-2 min. Each call leaves in
 # $OUT/<device-slug>/ (e.g. nvidia-h100-80gb-hbm3):
 #   parity: parity_report.json, parity_report.md, pytest.log, system.txt
 #   bench:  results.json, results.md, img_per_s.png, system.txt, bench_logs.tar.gz
 #           (the tarball: logs/<job>.log, run.log, input_pipeline.json/.md)
+#   sweep:  the same files as bench (no input pipeline), in $OUT/<device-slug>-sweep/
 # Reports are rewritten as the run goes (after every test / every job), so a call cut short still
 # brings back what it measured. system.txt: nvidia-smi, driver, versions, environment.
 #
@@ -86,28 +90,34 @@ case "$MODE" in
     grep -E '^(\*\*Partial|Tests:|- failed:)' "$DEST/parity_report.md" 2>/dev/null
     check_out
     exit $status ;;
-  bench)
-    SLUG=$(device_slug); DEST="$OUT/$SLUG"; mkdir -p "$DEST"
+  bench|sweep)
+    # bench: the framework comparison, then the input pipeline. sweep (benchmarks.sweep): the
+    # JAX step under each speed-up option and XLA flag set against torch.compile, with a kernel
+    # profile of every job; its results go to <slug>-sweep. 420 s each, as two device calls.
+    SLUG=$(device_slug); [ "$MODE" = sweep ] && SLUG="$SLUG-sweep"
+    DEST="$OUT/$SLUG"; mkdir -p "$DEST"
     WORK=$(mktemp -d /tmp/unet-bench-XXXXXX) && chmod 755 "$WORK"  # logs: into the tarball, not loose under $OUT
     trap 'rm -rf "$WORK"' EXIT
     system_info "$DEST/system.txt"
     pack() { tar -czf "$DEST/bench_logs.tar.gz" -C "$WORK" . 2>/dev/null || echo "tar failed"; }
-    # 420 s in all. The benchmarks come first (the jobs lead the plan); jobs start only
-    # while they fit the budget and are killed at its end, the rest recorded as skipped. The
-    # input pipeline gets what is left, if enough; 15 s are kept for packing up.
-    budget=$(( $(left 420) - 100 ))
+    # Jobs start only while they fit the budget and are killed at its end, the rest recorded as
+    # skipped. bench keeps 100 s for the input pipeline, sweep 45 s; 15 s are kept for packing up.
+    if [ "$MODE" = bench ]; then module=benchmarks.run; budget=$(( $(left 420) - 100 ));
+    else module=benchmarks.sweep; budget=$(( $(left 420) - 45 )); fi
     plan=(--budget-s "$budget"); [ -n "$QUICK" ] && plan=(--quick)  # --quick keeps its own 50 s budget
-    timeout -k 10 $(( budget + 30 )) "$PY" -m benchmarks.run "${plan[@]}" --out "$DEST" --log-dir "$WORK/logs" \
+    timeout -k 10 $(( budget + 30 )) "$PY" -m $module "${plan[@]}" --out "$DEST" --log-dir "$WORK/logs" \
         --compile-timeout 150 2>&1 | tee "$WORK/run.log"
     status=${PIPESTATUS[0]}
-    echo "benchmarks.run exit status: $status"
+    echo "$module exit status: $status"
     # Killed by the time-out, results.json is still whole (atomic replace): rebuild the table and plot.
     if [ "$status" -ge 124 ] && [ -f "$DEST/results.json" ]; then
         "$PY" -m benchmarks.report "$DEST" || echo "report rebuild failed"
     fi
     pack
     pipeline=$(( $(left 420) - 15 ))
-    if [ "$pipeline" -ge 40 ]; then
+    if [ "$MODE" = sweep ]; then
+        :
+    elif [ "$pipeline" -ge 40 ]; then
         timeout -k 5 $(( pipeline - 5 )) "$PY" -m benchmarks.input_pipeline ${QUICK:+--quick} --steps 20 \
             --out "$WORK" 2>&1 | tee -a "$WORK/run.log"
         echo "input pipeline exit status: ${PIPESTATUS[0]}"
@@ -144,6 +154,6 @@ case "$MODE" in
     [ "$found" = 1 ] || { echo "no system.txt in $src or its subfolders: is this a gpu_check.sh call's \$OUT?" >&2; exit 1; }
     ;;
   *)
-    echo "usage: bash scripts/gpu_check.sh parity|bench|import <folder>" >&2
+    echo "usage: bash scripts/gpu_check.sh parity|bench|sweep|import <folder>" >&2
     exit 2 ;;
 esac
