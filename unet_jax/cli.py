@@ -19,7 +19,7 @@ from typing import Callable, Optional, Sequence
 from unet_jax import __version__
 from unet_jax.config import DTYPES, LOSSES, NORMS, OPTIMIZERS, PADDINGS, UPSAMPLES, ConfigError, TrainConfig, UNetConfig, UNetError
 from unet_jax.convert import DIRECTIONS
-from unet_jax.port import NAMINGS
+from unet_jax.namings import NAMINGS
 from unet_jax.predict import MASK_FORMATS
 from unet_jax.presets import PRESETS, resolve
 from unet_jax.run_dir import TrainingInterrupted
@@ -61,7 +61,7 @@ def cmd_convert(args) -> int:
     from unet_jax.convert import convert
 
     direction, config = convert(args.src, args.dst, direction=args.direction, config=_given(args, ARCHITECTURE_FIELDS),
-                                naming=args.naming, overwrite=args.overwrite)
+                                naming=args.naming, overwrite=args.overwrite, report=print)
     print(f"{args.src} -> {args.dst} ({direction}, {config})")
     return 0
 
@@ -171,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("dst", help="the file to write; .safetensors for Flax, .pt/.pth/.safetensors for PyTorch")
     convert.add_argument("--direction", choices=DIRECTIONS, help="which way to convert (default: from what SRC holds)")
     convert.add_argument("--naming", choices=NAMINGS, default=NAMINGS[0],
-                         help="torch key names to write, flax-to-torch (default: %(default)s)")
+                         help="torch key names to write, flax-to-torch; milesial: milesial/Pytorch-UNet's UNet(bilinear=False). "
+                              "Read torch-to-flax, the naming is detected (default: %(default)s)")
     convert.add_argument("--overwrite", action="store_true", help="replace DST if it exists (default: off)")
     _add_field_options(convert.add_argument_group("architecture"), ARCHITECTURE_FIELDS, _stored_default)
     convert.set_defaults(run=cmd_convert)
