@@ -44,6 +44,7 @@ CHOICES = {
 
 # ------------------------------------------------------------------- commands
 def cmd_train(args) -> int:
+    from unet_jax.init_weights import with_init_architecture
     from unet_jax.train import default_run_dir, resume, train
 
     options = _given(args, [*ARCHITECTURE_FIELDS, *TRAINING_FIELDS])
@@ -52,7 +53,7 @@ def cmd_train(args) -> int:
             raise ConfigError("--preset starts a new run; a resumed run keeps the config it was started with")
         resume(args.resume, options, progress=not args.no_progress)
     else:
-        cfg = resolve(args.preset or "demo", options)
+        cfg = with_init_architecture(resolve(args.preset or "demo", options), _given(args, ARCHITECTURE_FIELDS))
         train(cfg, args.run_dir or default_run_dir(cfg), progress=not args.no_progress)
     return 0
 

@@ -25,6 +25,7 @@ from unet_jax.checkpoints import Checkpointer
 from unet_jax.config import TRAJECTORY_FIELDS, ConfigError, TrainConfig, UNetError
 from unet_jax.data import Normalization, Samples, augment, load_folder, make_cells, sample_tiles, split_validation
 from unet_jax.evaluate import evaluate_samples
+from unet_jax.init_weights import start_from_weights
 from unet_jax.losses import make_loss
 from unet_jax.metrics import add_counts, scores_from_counts
 from unet_jax.model import UNet
@@ -153,7 +154,7 @@ class _Session:
         eval_step = make_eval_step(make_loss(cfg.loss))
         try:
             try:
-                state = template if changes is None else self._restore(checkpointer, template, changes)
+                state = self._fresh(template) if changes is None else self._restore(checkpointer, template, changes)
                 self.step = int(state.step)
                 # The run has really started: what --resume rebuilds from is written now.
                 self.run_dir.save_config(cfg)
@@ -197,7 +198,14 @@ class _Session:
             self.log(f"{name} {old} -> {new}{note}")
         run.record_resume({"at": datetime.datetime.now().isoformat(timespec="seconds"), "from_step": start,
                            "changes": {k: list(v) for k, v in changes.items()}, "exact": exact})
-        return template if state is None else state
+        return self._fresh(template) if state is None else state
+
+    def _fresh(self, template: TrainState) -> TrainState:
+        """The state a run starts from at step 0: random, or `--init-weights` with a fresh optimizer."""
+        if self.cfg.init_weights is None:
+            return template
+        self.log(f"starting from the weights in {self.cfg.init_weights}")
+        return start_from_weights(template, self.cfg)
 
     def _loop(self, state, train_samples, eval_step, val_images, val_masks, checkpointer, metrics_log) -> TrainState:
         """Run the steps after `state.step` up to `cfg.steps`; returns the last state."""

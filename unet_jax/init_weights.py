@@ -1,0 +1,45 @@
+"""`unet-jax train --init-weights W`: a new run (fresh optimizer, step 0) that starts from given weights.
+
+W is any weights file `weights_io` reads: a Flax `.safetensors`, a PyTorch `.pt`/`.pth`/
+`.safetensors` in any naming (`unet_jax.namings`), a training checkpoint that wraps one. Where W
+says its architecture (stored, in a sidecar, or by milesial's shapes) the run takes it, and
+architecture options that contradict it are an error; a plain state_dict is checked against the
+preset's architecture and the options given, and a mismatch names the options to pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from unet_jax.config import TrainConfig
+from unet_jax.weights_io import load_variables, read_weights_file, resolve_config
+
+
+def with_init_architecture(cfg: TrainConfig, requested: Mapping[str, Any]) -> TrainConfig:
+    """`cfg` with the architecture of its `init_weights` where the file says it, and the path made
+    absolute (a resumed run may start from another folder). `requested`: the architecture options given."""
+    if cfg.init_weights is None:
+        return cfg
+    path = Path(cfg.init_weights).absolute()
+    weights = read_weights_file(path)  # unreadable, diverged or unsupported weights fail here, before any data is read
+    model = cfg.model if weights.config is None else resolve_config(weights.config, requested, path, weights.config_origin)
+    return dataclasses.replace(cfg, model=model, init_weights=str(path))
+
+
+def start_from_weights(template, cfg: TrainConfig):
+    """`template` (a fresh TrainState: step 0, new optimizer state) with the weights of
+    `cfg.init_weights`; PortError, naming the options to pass, if they are not of `cfg.model`."""
+    variables, _ = load_variables(cfg.init_weights, cfg.model)
+
+    def like(reference, tree):  # the template's dtypes: a float64 checkpoint trains in float32 like any other
+        return jax.tree.map(lambda ref, value: jnp.asarray(value, dtype=ref.dtype), reference, tree)
+
+    batch_stats = template.batch_stats
+    if batch_stats is not None:
+        batch_stats = like(batch_stats, variables["batch_stats"])
+    return template.replace(params=like(template.params, variables["params"]), batch_stats=batch_stats)
