@@ -53,7 +53,7 @@ def cmd_train(args) -> int:
             raise ConfigError("--preset starts a new run; a resumed run keeps the config it was started with")
         resume(args.resume, options, progress=not args.no_progress)
     else:
-        cfg = with_init_architecture(resolve(args.preset or "demo", options), _given(args, ARCHITECTURE_FIELDS))
+        cfg = resolve(args.preset or "demo", with_init_architecture(options))
         train(cfg, args.run_dir or default_run_dir(cfg), progress=not args.no_progress)
     return 0
 

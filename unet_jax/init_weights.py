@@ -16,19 +16,27 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-from unet_jax.config import TrainConfig
+from unet_jax.config import TrainConfig, UNetConfig
 from unet_jax.weights_io import load_variables, read_weights_file, resolve_config
 
+_ARCHITECTURE_FIELDS = {f.name for f in dataclasses.fields(UNetConfig)}
 
-def with_init_architecture(cfg: TrainConfig, requested: Mapping[str, Any]) -> TrainConfig:
-    """`cfg` with the architecture of its `init_weights` where the file says it, and the path made
-    absolute (a resumed run may start from another folder). `requested`: the architecture options given."""
-    if cfg.init_weights is None:
-        return cfg
-    path = Path(cfg.init_weights).absolute()
+
+def with_init_architecture(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options of a new run (`--init-weights` and the rest) with the architecture of the
+    `init_weights` file where it says one, and its path made absolute (a resumed run may start from
+    another folder). Architecture options that contradict the file are a ConfigError."""
+    options = dict(options)
+    if options.get("init_weights") is None:
+        return options
+    path = Path(options["init_weights"]).absolute()
     weights = read_weights_file(path)  # unreadable, diverged or unsupported weights fail here, before any data is read
-    model = cfg.model if weights.config is None else resolve_config(weights.config, requested, path, weights.config_origin)
-    return dataclasses.replace(cfg, model=model, init_weights=str(path))
+    options["init_weights"] = str(path)
+    if weights.config is not None:
+        requested = {k: v for k, v in options.items() if k in _ARCHITECTURE_FIELDS}
+        config = resolve_config(weights.config, requested, path, weights.config_origin)
+        options.update(dataclasses.asdict(config))
+    return options
 
 
 def start_from_weights(template, cfg: TrainConfig):
