@@ -22,7 +22,7 @@ from unet_jax.infer import config_from_shapes
 from unet_jax.namings import check_supported, detect_naming
 from unet_jax.port import flatten_variables, flax_to_torch, torch_to_flax, unflatten_variables
 from unet_jax.torch_checkpoint import WeightsFileError
-from unet_jax.torch_files import read_sidecar, read_torch_file, save_torch_file
+from unet_jax.torch_files import read_sidecar, read_torch_file, save_torch_file, sidecar_path
 
 # A full config, the fields a caller sets (e.g. the command line's flags), or nothing.
 ArchitectureRequest = Union[UNetConfig, Mapping[str, Any], None]
@@ -74,8 +74,10 @@ def read_weights_file(path) -> WeightsFile:
         described = read_sidecar(path) or {}
         stored = described.get("unet_config")
         config = config_from_json(json.dumps(stored), str(path)) if stored else None
-        extras = {**described.get("extras", {}), **checkpoint.extras}
-        weights = WeightsFile("torch", checkpoint.tensors, config, f"is described by {path.name}.json", extras, checkpoint.notes)
+        stored_extras = described.get("extras")
+        extras = {**(stored_extras if isinstance(stored_extras, dict) else {}), **checkpoint.extras}
+        origin = f"is described by {sidecar_path(path).name}"
+        weights = WeightsFile("torch", checkpoint.tensors, config, origin, extras, checkpoint.notes)
     elif path.suffix == SAFETENSORS_SUFFIX:
         tensors, metadata = _read_safetensors(path)
         stored = metadata.get("unet_config")

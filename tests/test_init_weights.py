@@ -1,0 +1,54 @@
+"""`--init-weights`: which architecture a new run takes, and the state it starts from."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from unet_jax.config import ConfigError, TrainConfig, UNetConfig
+from unet_jax.init_weights import start_from_weights, with_init_architecture
+from unet_jax.model import UNet
+from unet_jax.port import PortError, flatten_variables, torch_to_flax
+from unet_jax.train_step import create_train_state, make_optax_optimizer
+from unet_jax.weights_io import save_flax_weights
+
+torch = pytest.importorskip("torch")
+
+CFG = UNetConfig(features=4, depth=2, norm="batch", padding="same")
+
+
+def test_a_file_that_says_its_architecture_gives_it_to_the_run(tmp_path, make_state_dict):
+    save_flax_weights(torch_to_flax(make_state_dict(CFG), CFG), CFG, tmp_path / "w.safetensors")
+    options = with_init_architecture({"init_weights": str(tmp_path / "w.safetensors"), "steps": 5})
+    assert options["init_weights"] == str((tmp_path / "w.safetensors").absolute()) and options["steps"] == 5
+    assert UNetConfig(**{k: options[k] for k in dataclasses.asdict(CFG)}) == CFG
+    with pytest.raises(ConfigError, match="depth=2.*depth=3"):
+        with_init_architecture({"init_weights": str(tmp_path / "w.safetensors"), "depth": 3})
+
+
+def test_a_plain_state_dict_leaves_the_options_as_given(tmp_path, make_state_dict):
+    torch.save({k: torch.from_numpy(v) for k, v in make_state_dict(CFG).items()}, tmp_path / "w.pt")
+    options = {"init_weights": str(tmp_path / "w.pt"), "features": 4}
+    assert with_init_architecture(options) == {**options, "init_weights": str((tmp_path / "w.pt").absolute())}
+    assert with_init_architecture({"steps": 3}) == {"steps": 3}
+
+
+def test_the_run_starts_at_step_0_with_the_weights_and_a_fresh_optimizer(tmp_path, make_state_dict):
+    state_dict = {k: v.astype(np.float64) if v.dtype == np.float32 else v for k, v in make_state_dict(CFG, seed=3).items()}
+    torch.save({k: torch.from_numpy(v) for k, v in state_dict.items()}, tmp_path / "w64.pt")  # a float64 checkpoint
+    cfg = TrainConfig(model=CFG, tile_size=16, batch_size=1, init_weights=str(tmp_path / "w64.pt"))
+    template = create_train_state(UNet(CFG), make_optax_optimizer("adam", 1e-3), seed=0, input_size=16)
+    state = start_from_weights(template, cfg)
+    expected = flatten_variables(torch_to_flax(state_dict, CFG))
+    got = flatten_variables({"params": state.params, "batch_stats": state.batch_stats})
+    assert got.keys() == expected.keys()
+    for key, value in got.items():
+        assert value.dtype == (np.int32 if key.endswith("num_batches_tracked") else np.float32), key
+        np.testing.assert_array_equal(value, expected[key].astype(value.dtype), err_msg=key)
+    assert int(state.step) == 0
+    for fresh, kept in zip(jax.tree.leaves(template.opt_state), jax.tree.leaves(state.opt_state)):
+        np.testing.assert_array_equal(fresh, kept)
+    wrong = dataclasses.replace(cfg, model=dataclasses.replace(CFG, features=8), tile_size=16)
+    with pytest.raises(PortError, match="--features 4"):
+        start_from_weights(create_train_state(UNet(wrong.model), make_optax_optimizer(), 0, 16), wrong)
