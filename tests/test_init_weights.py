@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from unet_jax.config import ConfigError, TrainConfig, UNetConfig
-from unet_jax.init_weights import start_from_weights, with_init_architecture
+from unet_jax.data import Normalization
+from unet_jax.init_weights import init_normalization, start_from_weights, with_init_architecture
 from unet_jax.model import UNet
 from unet_jax.port import PortError, flatten_variables, torch_to_flax
 from unet_jax.train_step import create_train_state, make_optax_optimizer
@@ -52,3 +53,12 @@ def test_the_run_starts_at_step_0_with_the_weights_and_a_fresh_optimizer(tmp_pat
     wrong = dataclasses.replace(cfg, model=dataclasses.replace(CFG, features=8), tile_size=16)
     with pytest.raises(PortError, match="--features 4"):
         start_from_weights(create_train_state(UNet(wrong.model), make_optax_optimizer(), 0, 16), wrong)
+
+
+def test_the_run_keeps_the_normalization_the_weights_were_trained_with(tmp_path):
+    cfg = TrainConfig(model=CFG, tile_size=16, batch_size=1, init_weights=str(tmp_path / "run" / "weights.safetensors"))
+    assert init_normalization(cfg) == Normalization(mean=(0.0,), std=(1.0,))  # a bare file: images in [0, 1]
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "normalization.json").write_text('{"mean": [0.25], "std": [2.0]}')  # a run's weights
+    assert init_normalization(cfg) == Normalization(mean=(0.25,), std=(2.0,))
+    assert init_normalization(dataclasses.replace(cfg, init_weights=None)) is None

@@ -52,6 +52,8 @@ def test_milesial_checkpoint_fine_tuned_and_exported_back(user_files, tmp_path, 
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["model"] == {"in_channels": 3, "num_classes": 2, "features": 8, "depth": 2, "padding": "same",
                                "upsample": "transpose", "norm": "batch"}
+    # The weights' own input scaling, [0, 1], is kept: not refitted to the new images.
+    assert json.loads((tmp_path / "run" / "normalization.json").read_text()) == {"mean": [0.0] * 3, "std": [1.0] * 3}
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert records[0]["step"] == 1  # a new run: step 0, not a continuation of anything
     start = flatten_variables(load_variables(tmp_path / "carvana.safetensors")[0])

@@ -5,18 +5,24 @@ W is any weights file `weights_io` reads: a Flax `.safetensors`, a PyTorch `.pt`
 says its architecture (stored, in a sidecar, or by milesial's shapes) the run takes it, and
 architecture options that contradict it are an error; a plain state_dict is checked against the
 preset's architecture and the options given, and a mismatch names the options to pass.
+
+The run keeps the input normalisation the weights were trained with (`init_normalization`):
+refitting it to the new data would shift every input the weights see, and an exported model
+would no longer match what its original code feeds it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
 
 from unet_jax.config import TrainConfig, UNetConfig
+from unet_jax.data import Normalization
+from unet_jax.run_dir import RunDir, read_normalization
 from unet_jax.weights_io import load_variables, read_weights_file, resolve_config
 
 _ARCHITECTURE_FIELDS = {f.name for f in dataclasses.fields(UNetConfig)}
@@ -51,3 +57,16 @@ def start_from_weights(template, cfg: TrainConfig):
     if batch_stats is not None:
         batch_stats = like(batch_stats, variables["batch_stats"])
     return template.replace(params=like(template.params, variables["params"]), batch_stats=batch_stats)
+
+
+def init_normalization(cfg: TrainConfig) -> Optional[Normalization]:
+    """The normalisation of `cfg.init_weights`: a `normalization.json` beside the file (a run's
+    weights), else none at all, images scaled to [0, 1] (what PyTorch U-Nets such as milesial's
+    are trained on, and what `Predictor` feeds a weights file without one). None without init weights."""
+    if cfg.init_weights is None:
+        return None
+    beside = Path(cfg.init_weights).parent / RunDir.NORMALIZATION
+    if beside.is_file():
+        return read_normalization(beside)
+    channels = cfg.model.in_channels
+    return Normalization(mean=(0.0,) * channels, std=(1.0,) * channels)

@@ -25,7 +25,7 @@ from unet_jax.checkpoints import Checkpointer
 from unet_jax.config import TRAJECTORY_FIELDS, ConfigError, TrainConfig, UNetError
 from unet_jax.data import Normalization, Samples, augment, load_folder, make_cells, sample_tiles, split_validation
 from unet_jax.evaluate import evaluate_samples
-from unet_jax.init_weights import start_from_weights
+from unet_jax.init_weights import init_normalization, start_from_weights
 from unet_jax.losses import make_loss
 from unet_jax.metrics import add_counts, scores_from_counts
 from unet_jax.model import UNet
@@ -142,9 +142,9 @@ class _Session:
         self.log(f"preset {cfg.preset!r}: {cfg.model}, tiles {cfg.tile_size}->{cfg.label_size}, batch {cfg.batch_size}, "
                  f"{cfg.steps} steps, {cfg.optimizer} lr {cfg.learning_rate}, loss {cfg.loss}, {cfg.dtype}, "
                  f"data {cfg.data or 'built-in synthetic cells'}, run dir {self.run_dir}")
-        # A pure function of the training images: refitting one that was never saved gives the same numbers.
+        # A pure function of the training images (or of --init-weights): refitting one never saved gives the same numbers.
         normalization = self.run_dir.load_normalization() if changes is not None else None
-        normalization = normalization or Normalization.from_images(self.train_samples.images)
+        normalization = normalization or init_normalization(cfg) or Normalization.from_images(self.train_samples.images)
         train_samples = self.train_samples.map_images(normalization.apply)
         val_images, val_masks = validation_tiles(self.val_samples.map_images(normalization.apply), cfg)
         model = UNet(cfg.model, dtype=jnp.dtype(cfg.dtype))
