@@ -11,8 +11,11 @@ from unet_jax.data import Normalization
 from unet_jax.init_weights import init_normalization, start_from_weights, with_init_architecture
 from unet_jax.model import UNet
 from unet_jax.port import PortError, flatten_variables, torch_to_flax
+from unet_jax.presets import resolve
+from unet_jax.run_dir import RunDir
+from unet_jax.train import resume
 from unet_jax.train_step import create_train_state, make_optax_optimizer
-from unet_jax.weights_io import save_flax_weights
+from unet_jax.weights_io import load_variables, save_flax_weights
 
 torch = pytest.importorskip("torch")
 
@@ -62,3 +65,22 @@ def test_the_run_keeps_the_normalization_the_weights_were_trained_with(tmp_path)
     (tmp_path / "run" / "normalization.json").write_text('{"mean": [0.25], "std": [2.0]}')  # a run's weights
     assert init_normalization(cfg) == Normalization(mean=(0.25,), std=(2.0,))
     assert init_normalization(dataclasses.replace(cfg, init_weights=None)) is None
+
+
+def test_a_run_resumed_before_its_first_checkpoint_starts_from_the_init_weights_again(tmp_path, make_state_dict):
+    """A run that stopped before its first checkpoint left only config.json (with the init weights'
+    absolute path): --resume restarts it from step 0, from those weights, not from a random draw."""
+    cfg_model = UNetConfig(features=4, depth=2)
+    torch.save({k: torch.from_numpy(v) for k, v in make_state_dict(cfg_model, seed=5).items()}, tmp_path / "w.pt")
+    options = with_init_architecture({"init_weights": str(tmp_path / "w.pt"), "features": 4, "depth": 2})
+    cfg = resolve("demo", {**options, "tile_size": 60, "batch_size": 2, "cells_train_images": 4, "cells_val_images": 2,
+                           "cells_image_size": 64, "val_tiles_per_image": 1, "steps": 1, "learning_rate": 1e-9})
+    run = RunDir(tmp_path / "run")
+    (tmp_path / "run").mkdir()
+    run.save_config(cfg)  # what a run writes once it has started, before its first checkpoint
+    assert run.state == "unstarted"
+    resume(tmp_path / "run", progress=False, log=lambda _: None)
+    start = flatten_variables(torch_to_flax(make_state_dict(cfg_model, seed=5), cfg_model))
+    tuned = flatten_variables(load_variables(tmp_path / "run" / "weights.safetensors")[0])
+    for key in (k for k in start if k.startswith("params/")):
+        np.testing.assert_allclose(tuned[key], start[key], rtol=0, atol=1e-6, err_msg=key)  # random init: ~0.1 away
