@@ -6,7 +6,7 @@ import pytest
 from unet_jax.config import UNetConfig
 from unet_jax.convert import convert
 from unet_jax.files import OutputError
-from unet_jax.port import seed_layer_names
+from unet_jax.namings import seed_layer_names
 from unet_jax.weights_io import WeightsFileError, load_variables, read_weights
 
 torch = pytest.importorskip("torch")

@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 
 from unet_jax.config import UNetConfig
+from unet_jax.namings import detect_naming, seed_layer_names
 from unet_jax.port import (
     PARAMS,
     PortError,
-    detect_naming,
     flax_to_torch,
-    seed_layer_names,
     torch_to_flax,
 )
 

@@ -52,6 +52,9 @@ class TrainConfig:
     )
     augment: bool = described(True, "random flips and 90-degree rotations, on the device")
     seed: int = described(0, "parameters, data order and augmentation all derive from it")
+    init_weights: Optional[str] = described(
+        None, "start the new run from these weights (Flax or PyTorch file, any naming; its architecture is taken); none: random"
+    )
     data: Optional[str] = described(None, "DIR with images/ and masks/, or an ISBI *-volume.tif; none: built-in cells")
     val_data: Optional[str] = described(None, "validation data, laid out as --data; none: hold out --val-fraction")
     val_fraction: float = described(0.2, "share of --data held out for validation when --val-data is not given")
@@ -83,7 +86,7 @@ class TrainConfig:
         _check_range("val_fraction", self.val_fraction, 0, 1, low_open=True, high_open=True)
         if not isinstance(self.augment, bool):
             raise ConfigError(f"{_name('augment')} must be true or false, got {self.augment!r}")
-        for name in ("preset", "data", "val_data"):
+        for name in ("preset", "data", "val_data", "init_weights"):
             value = getattr(self, name)
             if not (isinstance(value, str) or (value is None and name != "preset")):
                 raise ConfigError(f"{_name(name)} must be a string, got {value!r}")

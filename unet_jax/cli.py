@@ -31,7 +31,7 @@ from unet_jax.config import (
     UNetError,
 )
 from unet_jax.convert import DIRECTIONS
-from unet_jax.port import NAMINGS
+from unet_jax.namings import NAMINGS
 from unet_jax.predict import MASK_FORMATS
 from unet_jax.presets import PRESETS, resolve
 from unet_jax.run_dir import TrainingInterrupted
@@ -57,6 +57,7 @@ CHOICES = {
 
 # ------------------------------------------------------------------- commands
 def cmd_train(args) -> int:
+    from unet_jax.init_weights import with_init_architecture
     from unet_jax.train import default_run_dir, resume, train
 
     options = _given(args, [*ARCHITECTURE_FIELDS, *TRAINING_FIELDS])
@@ -65,7 +66,7 @@ def cmd_train(args) -> int:
             raise ConfigError("--preset starts a new run; a resumed run keeps the config it was started with")
         resume(args.resume, options, progress=not args.no_progress)
     else:
-        cfg = resolve(args.preset or "demo", options)
+        cfg = resolve(args.preset or "demo", with_init_architecture(options))
         train(cfg, args.run_dir or default_run_dir(cfg), progress=not args.no_progress)
     return 0
 
@@ -74,7 +75,7 @@ def cmd_convert(args) -> int:
     from unet_jax.convert import convert
 
     direction, config = convert(args.src, args.dst, direction=args.direction, config=_given(args, ARCHITECTURE_FIELDS),
-                                naming=args.naming, overwrite=args.overwrite)
+                                naming=args.naming, overwrite=args.overwrite, report=print)
     print(f"{args.src} -> {args.dst} ({direction}, {config})")
     return 0
 
@@ -184,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("dst", help="the file to write; .safetensors for Flax, .pt/.pth/.safetensors for PyTorch")
     convert.add_argument("--direction", choices=DIRECTIONS, help="which way to convert (default: from what SRC holds)")
     convert.add_argument("--naming", choices=NAMINGS, default=NAMINGS[0],
-                         help="torch key names to write, flax-to-torch (default: %(default)s)")
+                         help="torch key names to write, flax-to-torch; milesial: milesial/Pytorch-UNet's UNet(bilinear=False). "
+                              "Read torch-to-flax, the naming is detected (default: %(default)s)")
     convert.add_argument("--overwrite", action="store_true", help="replace DST if it exists (default: off)")
     _add_field_options(convert.add_argument_group("architecture"), ARCHITECTURE_FIELDS, _stored_default)
     convert.set_defaults(run=cmd_convert)

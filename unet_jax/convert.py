@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 from unet_jax.config import ConfigError, UNetConfig
 from unet_jax.files import check_destination
 from unet_jax.port import flax_to_torch, torch_to_flax, unflatten_variables
+from unet_jax.torch_files import sidecar_path
 from unet_jax.weights_io import (
     TORCH_SUFFIXES,
     ArchitectureRequest,
     WeightsFileError,
-    read_weights,
+    read_weights_file,
     resolve_config,
     save_flax_weights,
     save_torch_state_dict,
@@ -27,18 +28,22 @@ def convert(
     config: ArchitectureRequest = None,
     naming: str = "unet_torch",
     overwrite: bool = False,
+    report: Callable[[str], None] = lambda line: None,
 ) -> tuple[str, UNetConfig]:
     """Convert `src` to `dst`; returns (direction, config).
 
     Direction: `direction` if given, else what `src` holds (a Flax file converts to torch,
     a torch file to Flax). The architecture is the one stored in `src`, or `config` for a file
     without one (`weights_io.resolve_config`); `naming` picks the torch key style written by
-    flax-to-torch ("unet_torch" or the seed's "seed"). `dst` must not exist unless `overwrite`,
-    and is never `src`.
+    flax-to-torch (`namings.NAMINGS`; torch-to-flax detects it). `dst` must not exist unless
+    `overwrite`, and is never `src`. Non-tensor entries of the source (milesial's `mask_values`)
+    are carried into `dst` (Flax metadata, a .pt's sidecar); `report` is told what was kept
+    and what was skipped.
     """
     dst = check_destination(dst, overwrite, sources=[src])  # before any work; never the source itself
-    kind, tensors, stored = read_weights(src)
-    config = resolve_config(stored, config, src)
+    weights = read_weights_file(src)
+    kind, tensors = weights.kind, weights.tensors
+    config = resolve_config(weights.config, config, src, weights.config_origin)
     direction = direction or ("flax-to-torch" if kind == "flax" else "torch-to-flax")
     if direction not in DIRECTIONS:
         raise ConfigError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
@@ -48,9 +53,14 @@ def convert(
     if direction == "torch-to-flax":
         if dst.suffix in TORCH_SUFFIXES:
             raise WeightsFileError(f"{dst}: Flax weights are written as .safetensors, not {dst.suffix}")
-        save_flax_weights(torch_to_flax(tensors, config), config, dst, overwrite=overwrite)
+        save_flax_weights(torch_to_flax(tensors, config), config, dst, overwrite=overwrite, extras=weights.extras)
     else:
         state_dict = flax_to_torch(unflatten_variables(tensors), config, naming=naming)
-        save_torch_state_dict(state_dict, config, dst, overwrite=overwrite)
+        save_torch_state_dict(state_dict, config, dst, overwrite=overwrite, naming=naming, extras=weights.extras)
+    for note in weights.notes:
+        report(f"{src}: {note}")
+    if weights.extras:
+        where = "its sidecar " + str(sidecar_path(dst)) if dst.suffix in TORCH_SUFFIXES else "its metadata"
+        report(f"{dst}: carries {', '.join(weights.extras)} in {where}")
     return direction, config
 

@@ -4,7 +4,9 @@
 key is the path joined with dots, the Flax location is the path under a collection), its
 kind, and its channels. `PARAMS[kind]` says, for each tensor of a layer of that kind, its
 torch name, its Flax collection and leaf, its torch shape and the layout change each way.
-`torch_to_flax` and `flax_to_torch` both walk this same table.
+`torch_to_flax` and `flax_to_torch` both walk this same table. Other PyTorch U-Nets (the
+seed's, milesial/Pytorch-UNet's) name the same layers differently: `unet_jax.namings` maps each
+layer's path to their names, so every naming goes through this one table.
 
 Layouts: Conv2d OIHW <-> Flax HWIO. ConvTranspose2d stores (in, out, kH, kW) and, being the
 gradient of a convolution, applies the kernel spatially flipped relative to Flax's
@@ -21,9 +23,10 @@ from typing import Callable, Mapping
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from unet_jax.config import ConfigError, UNetConfig, UNetError
-
-NAMINGS = ("unet_torch", "seed")  # torch key styles: unet_torch's module names, or the seed `Unet` class's
+from unet_jax.config import UNetConfig, UNetError
+from unet_jax.infer import flags_hint
+from unet_jax.namings import check_supported, detect_naming, layer_names
+from unet_jax.torch_checkpoint import strip_prefixes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,41 +113,13 @@ def layer_table(config: UNetConfig) -> list[Layer]:
     return layers
 
 
-def seed_layer_names(config: UNetConfig) -> dict[str, str]:
-    """unet_torch layer name -> the seed `Unet` class's name for the same layer.
-
-    The seed numbers its 3x3 convs by level (conv1_1 .. conv9_2), its up-convs up_conv_1..4
-    and its head conv_10; the scheme extends to any depth. It has no BatchNorm and no
-    bilinear variant, so only those configs have seed names.
-    """
-    if config.norm is not None or config.upsample != "transpose":
-        raise ConfigError(
-            "the seed's Unet naming exists only for norm=None, upsample='transpose'; "
-            f"this config has norm={config.norm!r}, upsample={config.upsample!r}"
-        )
-    d = config.depth
-    names = {}
-    for i in (1, 2):
-        for level in range(1, d + 1):
-            names[f"down{level}.conv{i}"] = f"conv{level}_{i}"
-        names[f"bottom.conv{i}"] = f"conv{d + 1}_{i}"
-        for step in range(1, d + 1):
-            names[f"up{step}.conv{i}"] = f"conv{d + 1 + step}_{i}"
-    for step in range(1, d + 1):
-        names[f"upconv{step}"] = f"up_conv_{step}"
-    names["head"] = f"conv_{2 * d + 2}"
-    return names
-
-
 class PortError(UNetError, ValueError):
     """Weights that do not fit the config; the message lists every mismatch at once."""
 
 
 def _torch_entries(config: UNetConfig, naming: str):
     """(torch key, layer, param) for every tensor, in the requested naming."""
-    rename = seed_layer_names(config) if naming == "seed" else {}
-    if naming not in NAMINGS:
-        raise ConfigError(f"naming must be one of {NAMINGS}, got {naming!r}")
+    rename = layer_names(config, naming)
     for layer in layer_table(config):
         name = ".".join(layer.path)
         for param in PARAMS[layer.kind]:
@@ -156,38 +131,28 @@ def _flax_location(layer: Layer, param: Param) -> str:
     return "/".join((param.collection, *layer.path, param.leaf))
 
 
-def detect_naming(keys) -> str:
-    """'seed' for state_dicts of the seed's `Unet` class (conv1_1.weight ...), else 'unet_torch'."""
-    return "seed" if "conv1_1.weight" in keys else "unet_torch"
-
-
-def _strip_prefix(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    # nn.DataParallel / DistributedDataParallel save every key under "module.".
-    if state_dict and all(k.startswith("module.") for k in state_dict):
-        return {k[len("module.") :]: v for k, v in state_dict.items()}
-    return dict(state_dict)
-
-
-def _raise_mismatches(what: str, config: UNetConfig, missing, unexpected, misshaped):
+def _raise_mismatches(what: str, config: UNetConfig, missing, unexpected, misshaped, hint=None):
     if not (missing or unexpected or misshaped):
         return
-    lines = [f"{what} does not match {config}:"]
+    # The fix first: a mismatch of widths lists every layer below it.
+    lines = [f"{what} does not match {config}.", hint or "Check that the config (features, depth, in_channels, "
+             "num_classes, norm, upsample) is the one the weights were trained with.", "Mismatches:"]
     lines += [f"  missing: {k} (expected shape {s})" for k, s in missing]
     lines += [f"  unexpected: {k} (shape {s})" for k, s in unexpected]
     lines += [f"  wrong shape: {k} is {got}, expected {want}" for k, got, want in misshaped]
-    lines.append(
-        "Check that the config (features, depth, in_channels, num_classes, norm, upsample) is the one the weights were trained with."
-    )
     raise PortError("\n".join(lines))
 
 
 def torch_to_flax(state_dict: Mapping[str, np.ndarray], config: UNetConfig) -> dict:
-    """A PyTorch state_dict (unet_torch's or the seed's naming) -> Flax variables (numpy leaves).
+    """A PyTorch state_dict (any of `NAMINGS`, detected) -> Flax variables (numpy leaves).
 
-    Strict: raises PortError listing every missing, unexpected and mis-shaped key.
+    Strict: raises PortError listing every missing, unexpected and mis-shaped key, and the
+    architecture flags the shapes imply. `module.`/`_orig_mod.` prefixes are removed; a file's
+    wrappers and non-tensor entries are `torch_checkpoint.clean_checkpoint`'s job.
     """
-    state_dict = {k: np.asarray(v) for k, v in _strip_prefix(state_dict).items()}
+    state_dict = {k: np.asarray(v) for k, v in strip_prefixes(state_dict)[0].items()}
     naming = detect_naming(state_dict)
+    check_supported(state_dict, "this state_dict")
     flat: dict[str, np.ndarray] = {}
     missing, misshaped, seen = [], [], set()
     for key, layer, param in _torch_entries(config, naming):
@@ -202,14 +167,17 @@ def torch_to_flax(state_dict: Mapping[str, np.ndarray], config: UNetConfig) -> d
             continue
         flat[_flax_location(layer, param)] = np.array(param.to_flax(value), order="C")  # a copy; keeps 0-d scalars 0-d
     unexpected = [(k, v.shape) for k, v in state_dict.items() if k not in seen]
-    _raise_mismatches(f"PyTorch state_dict ({naming} naming)", config, missing, unexpected, misshaped)
+    if missing or unexpected or misshaped:
+        hint = flags_hint({k: v.shape for k, v in state_dict.items()}, naming, config)
+        _raise_mismatches(f"PyTorch state_dict ({naming} naming)", config, missing, unexpected, misshaped, hint)
     return unflatten_variables(flat)
 
 
 def flax_to_torch(variables: Mapping, config: UNetConfig, naming: str = "unet_torch") -> dict[str, np.ndarray]:
     """Flax variables -> a PyTorch state_dict as numpy arrays (`torch.from_numpy` each to load).
 
-    Strict in the same way as `torch_to_flax`; `naming="seed"` writes the seed `Unet`'s keys.
+    Strict in the same way as `torch_to_flax`; `naming` picks the key names written (`NAMINGS`;
+    "seed" and "milesial" exist only for the configs those networks have).
     """
     flat = flatten_variables(variables)
     state_dict: dict[str, np.ndarray] = {}

@@ -25,6 +25,7 @@ from unet_jax.checkpoints import Checkpointer
 from unet_jax.config import TRAJECTORY_FIELDS, ConfigError, TrainConfig, UNetError
 from unet_jax.data import Normalization, Samples, augment, load_folder, make_cells, sample_tiles, split_validation
 from unet_jax.evaluate import evaluate_samples
+from unet_jax.init_weights import init_normalization, start_from_weights
 from unet_jax.losses import make_loss
 from unet_jax.metrics import add_counts, scores_from_counts
 from unet_jax.model import UNet
@@ -141,9 +142,9 @@ class _Session:
         self.log(f"preset {cfg.preset!r}: {cfg.model}, tiles {cfg.tile_size}->{cfg.label_size}, batch {cfg.batch_size}, "
                  f"{cfg.steps} steps, {cfg.optimizer} lr {cfg.learning_rate}, loss {cfg.loss}, {cfg.dtype}, "
                  f"data {cfg.data or 'built-in synthetic cells'}, run dir {self.run_dir}")
-        # A pure function of the training images: refitting one that was never saved gives the same numbers.
+        # A pure function of the training images (or of --init-weights): refitting one never saved gives the same numbers.
         normalization = self.run_dir.load_normalization() if changes is not None else None
-        normalization = normalization or Normalization.from_images(self.train_samples.images)
+        normalization = normalization or init_normalization(cfg) or Normalization.from_images(self.train_samples.images)
         train_samples = self.train_samples.map_images(normalization.apply)
         val_images, val_masks = validation_tiles(self.val_samples.map_images(normalization.apply), cfg)
         model = UNet(cfg.model, dtype=jnp.dtype(cfg.dtype), remat=cfg.remat)
@@ -153,7 +154,7 @@ class _Session:
         eval_step = make_eval_step(make_loss(cfg.loss))
         try:
             try:
-                state = template if changes is None else self._restore(checkpointer, template, changes)
+                state = self._fresh(template) if changes is None else self._restore(checkpointer, template, changes)
                 self.step = int(state.step)
                 # The run has really started: what --resume rebuilds from is written now.
                 self.run_dir.save_config(cfg)
@@ -197,7 +198,14 @@ class _Session:
             self.log(f"{name} {old} -> {new}{note}")
         run.record_resume({"at": datetime.datetime.now().isoformat(timespec="seconds"), "from_step": start,
                            "changes": {k: list(v) for k, v in changes.items()}, "exact": exact})
-        return template if state is None else state
+        return self._fresh(template) if state is None else state
+
+    def _fresh(self, template: TrainState) -> TrainState:
+        """The state a run starts from at step 0: random, or `--init-weights` with a fresh optimizer."""
+        if self.cfg.init_weights is None:
+            return template
+        self.log(f"starting from the weights in {self.cfg.init_weights}")
+        return start_from_weights(template, self.cfg)
 
     def _loop(self, state, train_samples, eval_step, val_images, val_masks, checkpointer, metrics_log) -> TrainState:
         """Run the steps after `state.step` up to `cfg.steps`; returns the last state."""

@@ -2,25 +2,27 @@
 
 Flax weights are a flat safetensors file keyed `params/down1/conv1/kernel`, with the
 architecture in the metadata (`unet_config`), so a file says what network it holds.
-PyTorch files are read with `torch.load(weights_only=True)`: a checkpoint can never run code.
-torch is imported only here, and only when a `.pt`/`.pth` file is touched.
+PyTorch `.safetensors` keep it in their metadata too, and `.pt`/`.pth` in a sidecar
+(`unet_jax.torch_files`); a milesial/Pytorch-UNet state_dict says it through its shapes.
+Non-tensor entries of a source checkpoint (milesial's `mask_values`) travel along as `extras`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import pickle
-import warnings
-import zipfile
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 
-from unet_jax.config import ConfigError, MissingFileError, UNetConfig, UNetError
+from unet_jax.config import ConfigError, MissingFileError, UNetConfig
 from unet_jax.files import write_atomically
+from unet_jax.infer import config_from_shapes
+from unet_jax.namings import check_supported, detect_naming
 from unet_jax.port import flatten_variables, flax_to_torch, torch_to_flax, unflatten_variables
+from unet_jax.torch_checkpoint import WeightsFileError
+from unet_jax.torch_files import read_sidecar, read_torch_file, save_torch_file, sidecar_path
 
 # A full config, the fields a caller sets (e.g. the command line's flags), or nothing.
 ArchitectureRequest = Union[UNetConfig, Mapping[str, Any], None]
@@ -30,8 +32,16 @@ SAFETENSORS_SUFFIX = ".safetensors"
 FLAX_COLLECTIONS = ("params", "batch_stats")
 
 
-class WeightsFileError(UNetError, ValueError):
-    """A weights file that can't be read, or may not be written; the message names the file."""
+@dataclasses.dataclass
+class WeightsFile:
+    """What a weights file holds."""
+
+    kind: str  # "flax" or "torch"
+    tensors: dict[str, np.ndarray]  # flat: "params/down1/conv1/kernel" (flax) or torch keys
+    config: Optional[UNetConfig]  # stored in the file (or its sidecar), or fixed by milesial's shapes; else None
+    config_origin: str = "stores its architecture"  # how `config` is known, for messages
+    extras: dict[str, Any] = dataclasses.field(default_factory=dict)  # non-tensor entries of the source checkpoint
+    notes: list[str] = dataclasses.field(default_factory=list)  # what reading it did (unwrapped, kept, skipped)
 
 
 def config_to_json(config: UNetConfig) -> str:
@@ -47,25 +57,48 @@ def config_from_json(text: str, source: str) -> UNetConfig:
 
 # ----------------------------------------------------------------------- reading
 def read_weights(path) -> tuple[str, dict[str, np.ndarray], Optional[UNetConfig]]:
-    """('flax' | 'torch', flat tensors, config stored in the file or None).
+    """('flax' | 'torch', flat tensors, config stored in the file or None); see `read_weights_file`."""
+    weights = read_weights_file(path)
+    return weights.kind, weights.tensors, weights.config
+
+
+def read_weights_file(path) -> WeightsFile:
+    """Any supported weights file, with its architecture where the file says it.
 
     Weights holding NaN or infinite values are refused: they come from a diverged run.
+    A milesial `bilinear=True` checkpoint is refused with the reason.
     """
     path = _existing(path)
     if path.suffix in TORCH_SUFFIXES:
-        kind, tensors, config = "torch", _read_torch_pickle(path), None
+        checkpoint = read_torch_file(path)
+        described = read_sidecar(path) or {}
+        stored = described.get("unet_config")
+        config = config_from_json(json.dumps(stored), str(path)) if stored else None
+        stored_extras = described.get("extras")
+        extras = {**(stored_extras if isinstance(stored_extras, dict) else {}), **checkpoint.extras}
+        origin = f"is described by {sidecar_path(path).name}"
+        weights = WeightsFile("torch", checkpoint.tensors, config, origin, extras, checkpoint.notes)
     elif path.suffix == SAFETENSORS_SUFFIX:
         tensors, metadata = _read_safetensors(path)
         stored = metadata.get("unet_config")
         config = config_from_json(stored, str(path)) if stored else None
         is_flax = metadata.get("format") == "flax" or any(k.split("/")[0] in FLAX_COLLECTIONS and "/" in k for k in tensors)
-        kind = "flax" if is_flax else "torch"
+        extras = _json_entry(metadata, "extras", path)
+        weights = WeightsFile("flax" if is_flax else "torch", tensors, config, extras=extras)
     else:
         raise WeightsFileError(
             f"{path}: unknown weights format {path.suffix!r}; use .safetensors (Flax or PyTorch) or .pt/.pth (PyTorch)"
         )
-    _check_finite(tensors, path)
-    return kind, tensors, config
+    _check_finite(weights.tensors, path)
+    if weights.kind == "torch":
+        check_supported(weights.tensors, str(path))
+        naming = detect_naming(weights.tensors)
+        if weights.config is None and naming == "milesial":  # its network has one form: the shapes say it all
+            weights.config = config_from_shapes({k: v.shape for k, v in weights.tensors.items()}, naming)
+            weights.config_origin = "is a milesial/Pytorch-UNet state_dict, whose shapes give its architecture"
+        if naming != "unet_torch":
+            weights.notes.append(f"key naming: {naming}")
+    return weights
 
 
 def load_variables(path, config: ArchitectureRequest = None) -> tuple[dict, UNetConfig]:
@@ -75,16 +108,17 @@ def load_variables(path, config: ArchitectureRequest = None) -> tuple[dict, UNet
     checkpoint) `config`, or the seed's default; see `resolve_config`. Weights that do not
     fit it raise `PortError`.
     """
-    kind, tensors, stored = read_weights(path)
-    config = resolve_config(stored, config, path)
-    if kind == "torch":
-        return torch_to_flax(tensors, config), config
-    variables = unflatten_variables(tensors)
+    weights = read_weights_file(path)
+    config = resolve_config(weights.config, config, path, weights.config_origin)
+    if weights.kind == "torch":
+        return torch_to_flax(weights.tensors, config), config
+    variables = unflatten_variables(weights.tensors)
     flax_to_torch(variables, config)  # validates against the table: PortError lists every mismatch
     return variables, config
 
 
-def resolve_config(stored: Optional[UNetConfig], requested: ArchitectureRequest, source) -> UNetConfig:
+def resolve_config(stored: Optional[UNetConfig], requested: ArchitectureRequest, source,
+                   origin: str = "stores its architecture") -> UNetConfig:
     """The architecture of the weights in `source`.
 
     `requested` is a full UNetConfig, or a mapping of just the fields a caller sets (the
@@ -100,7 +134,7 @@ def resolve_config(stored: Optional[UNetConfig], requested: ArchitectureRequest,
         given = ", ".join(f"{k}={v!r}" for k, v in conflicts.items())
         kept = ", ".join(f"{k}={getattr(stored, k)!r}" for k in conflicts)
         raise ConfigError(
-            f"{source} stores its architecture, with {kept}; the requested {given} contradicts it. "
+            f"{source} {origin}, with {kept}; the requested {given} contradicts it. "
             "Fix: leave out the architecture options for this file (it carries its own)"
         )
     return stored
@@ -133,91 +167,42 @@ def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]
         raise WeightsFileError(f"{path} is not a readable .safetensors file ({error})") from None
 
 
-def _read_torch_pickle(path: Path) -> dict[str, np.ndarray]:
-    import torch
-
+def _json_entry(metadata: Mapping[str, str], name: str, path: Path) -> dict:
     try:
-        with warnings.catch_warnings():
-            # A pickle of another protocol than torch.save's draws a warning before the error we report.
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        # torch prefixes every weights-only failure alike, advising weights_only=False, which
-        # would run whatever code the file holds: that advice is never passed on.
-        if "unsupported global" in str(error).lower():
-            raise WeightsFileError(
-                f"{path} holds pickled objects other than tensors (which could run code), so it was refused. "
-                "If you trust it, re-save just its weights: torch.save(model.state_dict(), 'clean.pt')."
-            ) from None
-        if not zipfile.is_zipfile(path) and path.read_bytes()[:1] == pickle.PROTO:
-            raise WeightsFileError(
-                f"{path} is a plain Python pickle, not a file saved with torch.save, so it can't be read without "
-                "running code. Fix: where it was made, save just the weights: torch.save(model.state_dict(), 'weights.pt')"
-            ) from None
-        raise WeightsFileError(f"{path} is not a readable PyTorch checkpoint ({_unpickler_reason(error)})") from None
-    except Exception as error:  # torch raises RuntimeError, EOFError, zipfile errors, ...
-        raise WeightsFileError(f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from None
-    state_dict = _unwrap_state_dict(loaded, path)
-    return {k: _tensor_to_numpy(v) for k, v in state_dict.items()}
-
-
-def _unpickler_reason(error: pickle.UnpicklingError) -> str:
-    """The specific reason in torch's weights-only message, without its boilerplate."""
-    text = str(error)
-    if "WeightsUnpickler error:" in text:
-        text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
-    return " ".join(text.split()) or "unreadable pickle"
-
-
-def _unwrap_state_dict(loaded, path: Path) -> Mapping:
-    # Training scripts often save {"state_dict": ..., "epoch": ...} or {"model_state_dict": ...}.
-    if isinstance(loaded, Mapping):
-        for key in ("state_dict", "model_state_dict", "model"):
-            if isinstance(loaded.get(key), Mapping):
-                loaded = loaded[key]
-                break
-    if not isinstance(loaded, Mapping) or not all(hasattr(v, "detach") for v in loaded.values()):
-        raise WeightsFileError(
-            f"{path} does not hold a state_dict (a mapping of names to tensors); "
-            "save one with torch.save(model.state_dict(), path)"
-        )
-    return loaded
-
-
-def _tensor_to_numpy(tensor) -> np.ndarray:
-    import torch
-
-    tensor = tensor.detach().cpu()
-    if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16
-        tensor = tensor.float()
-    return tensor.numpy()
+        return json.loads(metadata.get(name, "{}"))
+    except ValueError:
+        raise WeightsFileError(f"{path}: its metadata entry {name!r} is not valid JSON") from None
 
 
 # ----------------------------------------------------------------------- writing
-def save_flax_weights(variables: Mapping, config: UNetConfig, path, overwrite: bool = False) -> Path:
-    """Flax variables -> `.safetensors` (params and batch_stats), config in the metadata."""
+def save_flax_weights(variables: Mapping, config: UNetConfig, path, overwrite: bool = False,
+                      extras: Optional[Mapping[str, Any]] = None) -> Path:
+    """Flax variables -> `.safetensors` (params and batch_stats), config (and any `extras`) in the metadata."""
     from safetensors.numpy import save
 
     flat = {k: np.asarray(v) for k, v in flatten_variables(variables).items() if k.split("/")[0] in FLAX_COLLECTIONS}
-    metadata = {"format": "flax", "unet_config": config_to_json(config)}
+    metadata = {"format": "flax", "unet_config": config_to_json(config), **_extras_metadata(extras)}
     return _write_atomically(path, save(flat, metadata=metadata), (SAFETENSORS_SUFFIX,), overwrite)
 
 
-def save_torch_state_dict(state_dict: Mapping[str, np.ndarray], config: UNetConfig, path, overwrite: bool = False) -> Path:
-    """A numpy state_dict -> `.pt`/`.pth` (torch.save) or PyTorch-style `.safetensors`."""
+def save_torch_state_dict(state_dict: Mapping[str, np.ndarray], config: UNetConfig, path, overwrite: bool = False,
+                          naming: str = "unet_torch", extras: Optional[Mapping[str, Any]] = None) -> Path:
+    """A numpy state_dict -> `.pt`/`.pth` (torch.save, described by a sidecar) or PyTorch-style `.safetensors`
+    (described in its metadata): the config, the key `naming` and any `extras` travel with it."""
     path = Path(path)
     if path.suffix == SAFETENSORS_SUFFIX:
         from safetensors.numpy import save
 
-        metadata = {"format": "pt", "unet_config": config_to_json(config)}
+        metadata = {"format": "pt", "unet_config": config_to_json(config), "naming": naming, **_extras_metadata(extras)}
         return _write_atomically(path, save(dict(state_dict), metadata=metadata), (SAFETENSORS_SUFFIX,), overwrite)
-    import io
+    if path.suffix not in TORCH_SUFFIXES:
+        raise WeightsFileError(f"{path}: expected a file name ending in {' or '.join(TORCH_SUFFIXES)}")
+    description = {"unet_config": dataclasses.asdict(config), "naming": naming, "extras": dict(extras or {})}
+    return save_torch_file(state_dict, description, path, overwrite)
 
-    import torch
 
-    buffer = io.BytesIO()
-    torch.save({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, buffer)
-    return _write_atomically(path, buffer.getvalue(), TORCH_SUFFIXES, overwrite)
+def _extras_metadata(extras: Optional[Mapping[str, Any]]) -> dict[str, str]:
+    return {"extras": json.dumps(dict(extras), sort_keys=True)} if extras else {}
 
 
 def _write_atomically(path, data: bytes, suffixes: tuple[str, ...], overwrite: bool) -> Path:
