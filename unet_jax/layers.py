@@ -23,10 +23,10 @@ def at_least_float32(dtype):
 # and gradients as `nn.relu` and a max over the window; what changes is what the backward
 # pass keeps. `nn.relu`'s JVP keeps its input beside its output (and a zeros tensor of the same
 # size), and the gradient of `jnp.maximum` keeps six float tensors per pool (the masks and
-# the halves that split a tie): 19.4 GiB saved for backward in the seed network at 572 px,
-# batch 16, float32, against 8.0 GiB for one copy of every conv output
-# (`python -m benchmarks.memory`). These keep only tensors that the convolutions' gradients
-# keep anyway: the ReLU's output, and the pool's input and output.
+# the halves that split a tie): 19.4 GiB kept for backward in the seed network at 572 px,
+# batch 16, float32, where backprop needs 9.7 GiB (`python -m benchmarks.memory`). These keep
+# only what the convolutions' gradients keep anyway, the ReLU's output and the pool's input:
+# 9.9 GiB, the weights included.
 
 
 @jax.custom_vjp
@@ -74,6 +74,8 @@ def _max_pool_forward(x):
 
 def _max_pool_backward(x, dy):
     # Which view holds the window's first maximum, from comparisons between the views alone.
+    # Not `view == pooled max`: with that form XLA:CPU's algebraic simplifier (jax 0.10.2)
+    # produced wrong float64 gradients in a BatchNorm U-Net (parity_tests/test_gradients.py).
     top_left, top_right, bottom_left, bottom_right = _window_views(x)
     firsts = (
         (top_left >= top_right) & (top_left >= bottom_left) & (top_left >= bottom_right),
