@@ -76,7 +76,7 @@ def bench_train(model: UNet, images, masks, warmup: int, steps: int, profile: bo
 
     result = {**compile_info, **compiled_memory(compiled), **timing.warmup_and_time(one_step, warmup, steps)}
     if profile:
-        result["kernels"] = kernels.profile_jax(one_step)
+        result["kernels"] = kernels.guarded(kernels.profile_jax, one_step)
     return result
 
 
@@ -90,7 +90,7 @@ def bench_predict(model: UNet, images, warmup: int, steps: int, profile: bool = 
 
     result = {**compile_info, **compiled_memory(compiled), **timing.warmup_and_time(one_call, warmup, steps)}
     if profile:
-        result["kernels"] = kernels.profile_jax(one_call)
+        result["kernels"] = kernels.guarded(kernels.profile_jax, one_call)
     return result
 
 

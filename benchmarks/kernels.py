@@ -72,6 +72,15 @@ def _leaves(events: list) -> list:
     return leaves
 
 
+def guarded(profile: Callable[..., dict], *args, **kwargs) -> dict:
+    """`profile(...)`, or the error it raised: a profiler that fails (no CUPTI, say) must not
+    cost the job the timings it has already measured."""
+    try:
+        return profile(*args, **kwargs)
+    except Exception as error:
+        return {"source": getattr(profile, "__name__", "profiler"), "error": f"{type(error).__name__}: {error}"[:500]}
+
+
 def profile_jax(call: Callable[[], None]) -> dict:
     """Profile one call of `call` (which must block until the device is done)."""
     import jax

@@ -96,6 +96,8 @@ def _kernel_sections(results: list, shown: int = 6) -> list:
     lines = []
     for r in results:
         profile = r.get("kernels")
+        if profile and "error" in profile:
+            lines += ["", f"**{r['variant']}, batch {r['batch']}**: no profile ({profile['error']})"]
         if not profile or "top" not in profile:
             continue
         lines += ["", f"**{r['variant']}, batch {r['batch']}**: {profile['total_ms']:.1f} ms in one profiled step "

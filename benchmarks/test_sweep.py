@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from benchmarks import run
+from benchmarks import kernels, run
 from benchmarks.kernels import jax_trace_totals
 from benchmarks.variants import SWEEP_PLAN, SWEEP_QUICK_PLAN, VARIANTS, jobs
 
@@ -86,3 +86,10 @@ def test_quick_sweep_runs_every_job_with_a_profile(tmp_path):
         if r["framework"] == "jax":
             assert r["compiled_temp_bytes"] > 0 and r["remat"] in ("none", "blocks")
     assert "## Where one step's time goes" in (tmp_path / "results.md").read_text()
+
+
+def test_a_failing_profiler_is_recorded_not_raised():
+    def broken(call):
+        raise RuntimeError("CUPTI unavailable")
+
+    assert kernels.guarded(broken, lambda: None) == {"source": "broken", "error": "RuntimeError: CUPTI unavailable"}

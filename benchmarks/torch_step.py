@@ -156,7 +156,7 @@ def main() -> None:
         timing.phase("compile-start")  # lazy: compiles inside the warm-up calls, ends at timing-start
     result = timing.warmup_and_time(call, args.warmup, args.steps)
     if args.profile:
-        result["kernels"] = kernels.profile_torch(call, on_gpu=device.type == "cuda")
+        result["kernels"] = kernels.guarded(kernels.profile_torch, call, on_gpu=device.type == "cuda")
     if variant.compile_mode is not None:
         result["compile_s"] = result["warmup_excess_s"]
         result["compile_method"] = (
