@@ -39,10 +39,12 @@ def jax_trace_totals(trace_events: list) -> tuple[dict, dict, str]:
     device_pids = {pid for pid, name in processes.items() if name.startswith("/device:")}
     if device_pids:
         on_device, source = (lambda e: e["pid"] in device_pids), "jax.profiler: GPU kernels on /device streams"
-    else:  # XLA:CPU runs the compiled ops on its client's threads, beside its executor's own spans
+    else:  # XLA:CPU runs the compiled ops on its client's threads, beside its runtime's own spans
+        # ("ThunkExecutor::Execute", "SlinkyThreadPool::Await") and, from jax 0.11, "end: <op>" marks.
         def on_device(event):
+            name = event["name"]
             return (threads.get((event["pid"], event["tid"]), "").startswith("tf_XLA")
-                    and not event["name"].startswith("ThunkExecutor"))
+                    and "::" not in name and not name.startswith("end: "))
 
         source = "jax.profiler: XLA ops on the XLA:CPU client threads"
     totals, counts = collections.defaultdict(float), collections.Counter()
