@@ -36,7 +36,9 @@ BATCH_STATS_TOLERANCE = 3e-3  # running statistics per tensor, relative: measure
 # Under BatchNorm the up-conv biases have an exact gradient of 0; Adam moves them by about the
 # learning rate per step in either direction whatever the rounding noise says: 4 steps of 1e-3.
 NOISE_MOVE_BOUND = 2 * 4 * 1e-3  # measured 1.2e-3
-TWO_PROCESS_WEIGHTS_TOLERANCE = 1e-4  # max|w_2 - w_1| / max|w_1| per tensor, 3 steps: measured ?
+# Two processes of 2 devices against one of 4, 3 steps: max|w_2 - w_1| / max|w_1| per tensor of
+# parameters and running statistics, measured 7.1e-7 (the noise-driven ones are bounded as above).
+TWO_PROCESS_WEIGHTS_TOLERANCE = 1e-5
 
 
 def child_env(devices: int) -> dict:
@@ -149,7 +151,8 @@ def test_two_processes_on_localhost_train_as_one(tmp_path):
     for code, text in results:
         assert code == 0, text[-3000:]
     assert "over 4 device(s)" in results[0][1] and "over 4 device(s)" in results[2][1]
-    assert results[1][1].strip() == "", "only process 0 speaks for the run"
+    spoken = [line for line in results[1][1].splitlines() if not line.startswith("[Gloo]")]  # gloo's own C++ notes
+    assert spoken == [], "only process 0 speaks for the run"
     assert sorted(p.name for p in together.iterdir()) == sorted(p.name for p in alone.iterdir())
 
     def train_losses(run):
@@ -161,10 +164,17 @@ def test_two_processes_on_localhost_train_as_one(tmp_path):
     one = flatten_variables(load_variables(alone / "weights.safetensors")[0])
     two = flatten_variables(load_variables(together / "weights.safetensors")[0])
     assert one.keys() == two.keys()
-    compared = [k for k in one if not (k.startswith("params/upconv") and k.endswith("bias"))]  # noise-driven (above)
-    gap = max(float(np.max(np.abs(two[k] - one[k]))) / float(np.max(np.abs(one[k]))) for k in compared)
-    print("two processes vs one, weights per tensor relative to their size:", gap)
-    assert gap < TWO_PROCESS_WEIGHTS_TOLERANCE, gap
+
+    def gap(key):
+        return float(np.max(np.abs(two[key] - one[key]))) / max(float(np.max(np.abs(one[key]))), 1e-30)
+
+    # The up-conv biases (exact gradient 0 under BatchNorm, see above) and the running means of the
+    # BatchNorm right after them, which take them in, are noise-driven; everything else is held tightly.
+    noise_driven = {k for k in one if k.startswith("params/upconv") and k.endswith("bias")}
+    takes_them_in = {k for k in one if k.startswith("batch_stats/up") and k.endswith("norm1/mean")}
+    assert max(gap(k) for k in one.keys() - noise_driven - takes_them_in) < TWO_PROCESS_WEIGHTS_TOLERANCE
+    assert max(float(np.max(np.abs(two[k] - one[k]))) for k in noise_driven) < NOISE_MOVE_BOUND
+    assert max(gap(k) for k in takes_them_in) < BATCH_STATS_TOLERANCE
 
 
 # ------------------------------------------------------------------ errors, in this process

@@ -111,10 +111,15 @@ def _wait_for_coordinator(address: str, timeout_s: float) -> None:
 
 def _check_process_count(timeout_s: int) -> None:
     """Every process must have been started with the same process count: compare each with process 0's."""
-    client = jax.distributed.global_state.client
+    # JAX keeps its coordination client (and the key-value store the processes share) private; the
+    # public alternatives (multihost_utils) run on the devices, whose set-up already waits for every process.
+    from jax._src import distributed as jax_distributed
+
+    state = jax_distributed.global_state
+    client = state.client
     if client is None:
         return
-    count, me = jax.distributed.global_state.num_processes, jax.distributed.global_state.process_id
+    count, me = state.num_processes, state.process_id
     if me == 0:
         client.key_value_set(_PROCESS_COUNT_KEY + "0", str(count))
         return

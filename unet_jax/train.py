@@ -258,8 +258,9 @@ class _Session:
                 if step % cfg.eval_every == 0 or last:
                     val_metrics, _ = validate(eval_step, state, val_images, val_masks, cfg.batch_size, self.parallel.put)
                     metrics_log.write({"step": step, "split": "val", **val_metrics})
-                    bar.write(f"step {step}: val loss {val_metrics['loss']:.4f}, foreground Dice {val_metrics['dice']:.4f}, "
-                              f"IoU {val_metrics['iou']:.4f}")
+                    say = bar.write if is_primary() else _silent
+                    say(f"step {step}: val loss {val_metrics['loss']:.4f}, foreground Dice {val_metrics['dice']:.4f}, "
+                        f"IoU {val_metrics['iou']:.4f}")
                 if step % cfg.checkpoint_every == 0 or last:
                     checkpointer.save(state)  # only ever after the window's loss and gradients were finite
                 self.step = step
