@@ -249,7 +249,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"unet-jax {args.command}: interrupted; every file written so far is complete", file=sys.stderr)
         return EXIT_INTERRUPTED
     except UNetError as error:
-        print(f"unet-jax {args.command}: error: {error}", file=sys.stderr)
+        print(f"unet-jax {args.command}: error: {error}", file=sys.stderr, flush=True)
+        if args.command == "train":
+            from unet_jax.distributed import leave_if_joined
+
+            leave_if_joined(EXIT_ERROR)
         return EXIT_ERROR
 
 

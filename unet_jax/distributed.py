@@ -66,7 +66,10 @@ def initialize(
     if coordinator_address is not None and process_id not in (None, 0):
         _wait_for_coordinator(coordinator_address, timeout_s)
     try:
-        jax.distributed.initialize(coordinator_address, num_processes, process_id, initialization_timeout=timeout_s)
+        # A process that stops waits at most timeout_s for the others, and one that died is noticed
+        # within JAX's default heartbeat of 100 s, or timeout_s if shorter.
+        jax.distributed.initialize(coordinator_address, num_processes, process_id, initialization_timeout=timeout_s,
+                                   shutdown_timeout_seconds=timeout_s, heartbeat_timeout_seconds=min(100, timeout_s))
     except (ValueError, TypeError, RuntimeError) as error:
         raise DistributedError(
             f"could not join the multi-process run: {error}. Fix: pass --coordinator-address HOST:PORT, --num-processes "
@@ -129,6 +132,13 @@ def _check_process_count(timeout_s: int) -> None:
             f"process {me} was started with --num-processes {count}, process 0 with {coordinators}. "
             "Fix: start every process with the same --num-processes"
         )
+
+
+def leave_if_joined(exit_status: int) -> None:
+    """A process that joined a multi-process run and cannot go on leaves at once: exiting normally
+    runs JAX's shutdown barrier, which waits for the other processes and then aborts."""
+    if jax.distributed.is_initialized():
+        os._exit(exit_status)
 
 
 def is_primary() -> bool:
