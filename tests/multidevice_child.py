@@ -38,8 +38,14 @@ MODELS = {norm: UNet(UNetConfig(features=4, depth=2, norm=norm)) for norm in (No
 ADAM = make_optax_optimizer("adam", 1e-3)  # one object: the state's treedef holds it, and the compiled steps are shared
 
 
+_FRESH = {}
+
+
 def fresh_state(model):
-    return create_train_state(model, ADAM, seed=0, input_size=TILE)
+    """The initial state (made once per network: `run_steps` lays out a copy, so it is never donated)."""
+    if model not in _FRESH:
+        _FRESH[model] = create_train_state(model, ADAM, seed=0, input_size=TILE)
+    return _FRESH[model]
 
 
 _STEPS = {}  # one compiled step per (layout, network): compiling dominates this script's time
