@@ -157,8 +157,8 @@ def test_existing_run_is_never_overwritten(straight, capsys):
 def poison(monkeypatch, at_step):
     clean_batch = train_module.batch_at
 
-    def poisoned(samples, cfg, step):
-        images, masks = clean_batch(samples, cfg, step)
+    def poisoned(samples, cfg, step, rows=None):
+        images, masks = clean_batch(samples, cfg, step, rows)
         return (images * np.nan if step == at_step else images), masks
 
     monkeypatch.setattr(train_module, "batch_at", poisoned)

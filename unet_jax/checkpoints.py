@@ -5,7 +5,9 @@ mid-write leaves the previous checkpoint as the latest one; `latest_step` never 
 write. Once a checkpoint is complete, a manifest of its files (`unet_jax.manifest`) is added,
 so that damage done later (a disk error, a truncated copy) is found, and named, before
 anything is restored; `restore_newest_intact` then falls back to the newest checkpoint that
-is whole and restores with finite parameters. The data order needs no state of its own:
+is whole and restores with finite parameters. Checkpoints are sharded: every process writes
+the pieces its devices hold, and a restore lays each array out as the template's is, so a
+checkpoint saved on N devices restores on M. The data order needs no state of its own:
 batch `s` is drawn from a generator seeded with (seed, s), so restoring the step restores the
 data order too.
 """
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 import jax
-import numpy as np
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from unet_jax.config import MissingFileError
@@ -60,12 +62,12 @@ class Checkpointer:
         """Wait for the checkpoint being written, then record the files of every complete one."""
         self._manager.wait_until_finished()
         for step in self._unsealed:
-            if (self.directory / str(step)).is_dir():  # not yet removed by max_to_keep
+            if jax.process_index() == 0 and (self.directory / str(step)).is_dir():  # not yet removed by max_to_keep
                 write_manifest(self.directory / str(step))
         self._unsealed = []
 
     def restore(self, template: TrainState, step: Optional[int] = None) -> TrainState:
-        """`template` (a freshly initialised state) supplies the structure, shapes and code."""
+        """`template` (a freshly initialised state) supplies the structure, shapes, shardings and code."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise MissingFileError(f"no checkpoint in {self.directory}; nothing to resume from")
@@ -79,7 +81,7 @@ class Checkpointer:
         skipped = []
         for step in sorted(self._manager.all_steps(), reverse=True):
             state, why = self._try_restore(template, step)
-            if state is not None and not all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state.params)):
+            if state is not None and not all(bool(jnp.isfinite(leaf).all()) for leaf in jax.tree.leaves(state.params)):
                 state, why = None, "its parameters hold NaN or infinite values"
             if state is not None:
                 return state, skipped

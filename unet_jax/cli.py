@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from importlib.metadata import version
 from pathlib import Path
@@ -64,11 +65,21 @@ def cmd_train(args) -> int:
     if args.resume:
         if args.preset is not None:
             raise ConfigError("--preset starts a new run; a resumed run keeps the config it was started with")
-        resume(args.resume, options, progress=not args.no_progress)
+        resume(args.resume, options, progress=not args.no_progress, parallel=_data_parallel(args))
     else:
         cfg = resolve(args.preset or "demo", with_init_architecture(options))
-        train(cfg, args.run_dir or default_run_dir(cfg), progress=not args.no_progress)
+        train(cfg, args.run_dir or default_run_dir(cfg), progress=not args.no_progress, parallel=_data_parallel(args))
     return 0
+
+
+def _data_parallel(args):
+    """Join the other processes when asked to (flags, JAX_* variables, --distributed), then the devices to use."""
+    from unet_jax.distributed import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID, DataParallel, initialize
+
+    given = (args.coordinator_address, args.num_processes, args.process_id)
+    if args.distributed or any(v is not None for v in given) or {ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID} & set(os.environ):
+        initialize(*given, timeout_s=args.coordinator_timeout)
+    return DataParallel.create(args.devices, fsdp=args.fsdp)
 
 
 def cmd_convert(args) -> int:
@@ -88,7 +99,7 @@ def cmd_evaluate(args) -> int:
     if args.output:  # checked before the work, written after it
         check_destination(args.output, args.overwrite, sources=[args.weights, *data_sources(args.data)])
     result = evaluate(args.weights, args.data, config=_given(args, ARCHITECTURE_FIELDS), tile_size=args.tile_size,
-                      batch_size=args.batch_size)
+                      batch_size=args.batch_size, devices=args.devices)
     line = json.dumps(result)
     print(line)
     if args.output:
@@ -102,7 +113,7 @@ def cmd_predict(args) -> int:
     def report(record: dict) -> None:
         print(json.dumps(_jsonable(record)) if args.json else _describe(record), flush=True)
 
-    predictor = Predictor.from_weights(args.weights, config=_given(args, ARCHITECTURE_FIELDS))
+    predictor = Predictor.from_weights(args.weights, config=_given(args, ARCHITECTURE_FIELDS), devices=args.devices)
     predict_files(predictor, args.images, args.output, save_probabilities=args.probabilities, tile_size=args.tile_size,
                   batch_size=args.batch_size, mask_format=args.format, overwrite=args.overwrite, on_written=report)
     return 0
@@ -176,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue the run in RUN_DIR from its newest intact checkpoint; --steps, --learning-rate "
                             "and the bookkeeping options may change (default: start a new run)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar (default: off)")
+    _scale_out_options(train)
     _add_field_options(train.add_argument_group("architecture (default: the preset's)"), ARCHITECTURE_FIELDS, _preset_default)
     _add_field_options(train.add_argument_group("training (default: the preset's)"), TRAINING_FIELDS, _preset_default)
     train.set_defaults(run=cmd_train)
@@ -217,11 +229,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _scale_out_options(parser) -> None:
+    group = parser.add_argument_group("devices and processes (README: Many devices and hosts)")
+    group.add_argument("--devices", type=int, help="use the first N devices; --batch-size is split over them (default: all)")
+    group.add_argument("--fsdp", action="store_true",
+                       help="shard parameters and optimizer state over the devices too, for wide networks (default: replicated)")
+    group.add_argument("--distributed", action="store_true",
+                       help="join a multi-process run, its settings detected from SLURM, Open MPI or a Cloud TPU slice "
+                            "(default: only when one of the next three flags or their JAX_* variables is set)")
+    group.add_argument("--coordinator-address", metavar="HOST:PORT",
+                       help="process 0's host and a free port, the same for every process (default: $JAX_COORDINATOR_ADDRESS)")
+    group.add_argument("--num-processes", type=int, help="how many processes take part (default: $JAX_NUM_PROCESSES)")
+    group.add_argument("--process-id", type=int, help="this process's number, 0 .. N-1 (default: $JAX_PROCESS_ID)")
+    group.add_argument("--coordinator-timeout", type=int, default=300, metavar="SECONDS",
+                       help="how long to wait for the coordinator and the other processes (default: %(default)s)")
+
+
 def _tiling_options(parser) -> None:
     parser.add_argument("--tile-size", type=int,
                         help="input tile side; capped at one tile per image, refused over the memory budget "
                              "(default: the size that fits the budget and computes the fewest pixels)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="tiles per forward pass (default: %(default)s)")
+    parser.add_argument("--devices", type=int, help="split each batch of tiles over the first N devices (default: all)")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -235,7 +264,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"unet-jax {args.command}: interrupted; every file written so far is complete", file=sys.stderr)
         return EXIT_INTERRUPTED
     except UNetError as error:
-        print(f"unet-jax {args.command}: error: {error}", file=sys.stderr)
+        print(f"unet-jax {args.command}: error: {error}", file=sys.stderr, flush=True)
+        if args.command == "train":
+            from unet_jax.distributed import leave_if_joined
+
+            leave_if_joined(EXIT_ERROR)
         return EXIT_ERROR
 
 

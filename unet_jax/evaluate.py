@@ -23,6 +23,7 @@ def evaluate(
     config: ArchitectureRequest = None,
     tile_size: Optional[int] = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    devices: Optional[int] = None,
 ) -> dict:
     """Scores of the weights (a run directory or any weights file `Predictor.from_weights` reads)
     on the samples under `data_dir` (any layout `load_folder` reads).
@@ -30,7 +31,7 @@ def evaluate(
     Returns `{"dice", "iou", "pixel_accuracy", "dice_per_class", "iou_per_class", "num_images"}`;
     dice and iou average the foreground classes (1 ..), per-class lists include background.
     """
-    predictor = Predictor.from_weights(weights_path, config)
+    predictor = Predictor.from_weights(weights_path, config, devices=devices)
     samples = load_folder(data_dir, predictor.config.in_channels, predictor.config.num_classes)
     return evaluate_samples(predictor, samples, tile_size, batch_size)
 

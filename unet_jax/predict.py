@@ -29,6 +29,7 @@ from PIL import Image
 
 from unet_jax.config import ConfigError, MissingFileError, UNetConfig
 from unet_jax.data import Normalization, image_pages, mirror_crop, read_image_pages
+from unet_jax.distributed import DataParallel
 from unet_jax.files import OutputError, check_destination, check_folder_destination, make_directory, write_atomically
 from unet_jax.model import UNet
 from unet_jax.run_dir import RunDir, read_normalization
@@ -40,8 +41,12 @@ MASK_FORMATS = {"png": ".png", "tiff": ".tif"}
 
 # ------------------------------------------------------------------ the model
 class Predictor:
-    """A U-Net ready for inference: config, variables on the device, and the intensity
+    """A U-Net ready for inference: config, variables on the devices, and the intensity
     normalisation of its training run (None when unknown).
+
+    Tile batches are split over this process's devices (`devices`: the first N, default all),
+    the variables replicated on each; a single device is a mesh of one. Each tile's answer is
+    the same whichever device computes it.
 
     The forward pass (softmax included) is jit-compiled once per network and input shape, and
     the compiled code is shared by every Predictor of that network (evaluation after training,
@@ -49,7 +54,8 @@ class Predictor:
     many same-sized images compiles once.
     """
 
-    def __init__(self, config: UNetConfig, variables, normalization: Optional[Normalization] = None, dtype=jnp.float32):
+    def __init__(self, config: UNetConfig, variables, normalization: Optional[Normalization] = None, dtype=jnp.float32,
+                 devices: Optional[int] = None):
         if normalization is not None and len(normalization.mean) != config.in_channels:
             raise ConfigError(
                 f"the normalisation has {len(normalization.mean)} channel(s) but the model expects "
@@ -58,11 +64,13 @@ class Predictor:
         self.config = config
         self.normalization = normalization
         self.model = UNet(config, dtype=dtype)  # the compute dtype; the variables keep theirs
-        self.variables = jax.device_put(variables)  # numpy from a file -> device arrays, once
+        self.parallel = DataParallel.create(devices, local=True)
+        self.variables = jax.device_put(variables, self.parallel.replicated)  # numpy from a file -> device arrays, once
 
     @classmethod
     def from_weights(
-        cls, path, config: ArchitectureRequest = None, normalization: Optional[Normalization] = None
+        cls, path, config: ArchitectureRequest = None, normalization: Optional[Normalization] = None,
+        devices: Optional[int] = None,
     ) -> "Predictor":
         """From a weights file (Flax `.safetensors`, PyTorch `.pt`/`.pth`/`.safetensors`) or a run directory.
 
@@ -85,16 +93,21 @@ class Predictor:
         beside = weights.parent / RunDir.NORMALIZATION
         if normalization is None and beside.is_file():
             normalization = read_normalization(beside)
-        return cls(config, variables, normalization)
+        return cls(config, variables, normalization, devices=devices)
 
     def normalize(self, image: np.ndarray) -> np.ndarray:
         """A reader-scaled image [H, W, C] in [0, 1] -> the model's input scale, float32."""
         image = np.asarray(image, np.float32)
         return image if self.normalization is None else self.normalization.apply(image)
 
+    @property
+    def device_count(self) -> int:
+        return self.parallel.device_count
+
     def forward(self, tiles):
-        """Class probabilities for input tiles [B, T, T, C] -> [B, T', T', num_classes] (async)."""
-        return _probabilities(self.model, self.variables, tiles)
+        """Class probabilities for input tiles [B, T, T, C] -> [B, T', T', num_classes] (async);
+        B must be a multiple of `device_count`."""
+        return _probabilities(self.model, self.variables, jax.device_put(tiles, self.parallel.batch_sharding))
 
 
 @functools.partial(jax.jit, static_argnums=0)  # Flax modules hash by their fields: one compile per network
@@ -117,8 +130,8 @@ def predict_probabilities(
     tile covering the image needs is capped to that, and one whose batch exceeds the memory
     budget is refused (`usable_tile_size`). `margin`: output pixels dropped on each tile side
     (default `tiling.default_margin`). Tiles go through the network `batch_size` at a time
-    (fewer if the image has fewer tiles), the last batch zero-filled, so each image size
-    compiles exactly one shape.
+    (fewer if the image has fewer tiles), rounded up to a multiple of the predictor's devices,
+    the last batch zero-filled, so each image size compiles exactly one shape.
     """
     config = predictor.config
     image = np.asarray(image, np.float32)
@@ -137,7 +150,7 @@ def predict_probabilities(
     s, t = geometry.stride, geometry.tile_size
     rows, cols = geometry.tiles_along(height), geometry.tiles_along(width)
     origins = [(r * s, c * s) for r in range(rows) for c in range(cols)]  # image position of each used output tile
-    batch = min(batch_size, len(origins))
+    batch = -(-min(batch_size, len(origins)) // predictor.device_count) * predictor.device_count  # whole tiles per device
     canvas = np.empty((rows * s, cols * s, config.num_classes), np.float32)  # [rows*s, cols*s, K]
 
     def paste(result, first):

@@ -214,6 +214,26 @@ class RunDir:
         write_atomically(self.file(name), (json.dumps(value, indent=2) + "\n").encode(), overwrite=True)
 
 
+class FollowerRunDir(RunDir):
+    """The run directory as the processes after process 0 of a multi-process run see it: they
+    read it (config, checkpoints) and compute, and process 0 alone writes it and holds its lock."""
+
+    def save_config(self, cfg: TrainConfig) -> None:
+        pass
+
+    def save_normalization(self, normalization: Normalization) -> None:
+        pass
+
+    def save_summary(self, summary: dict) -> None:
+        pass
+
+    def record_resume(self, record: dict) -> None:
+        pass
+
+    def set_aside(self, step: int) -> Path:
+        return self.file(self.UNUSABLE_CHECKPOINTS) / str(step)  # process 0 moves it
+
+
 def _holder() -> dict:
     return {
         "pid": os.getpid(),
@@ -227,14 +247,17 @@ class MetricsLog:
     """metrics.jsonl, appended as the run goes. On resume from step k, records past k are dropped,
     so that the file reads as one uninterrupted run."""
 
-    def __init__(self, path: Path, keep_until: Optional[int] = None):
-        self.path = path
+    def __init__(self, path: Path, keep_until: Optional[int] = None, write: bool = True):
+        self.path, self.writes = path, write  # write=False: kept in memory (processes after process 0)
         self.records: list[dict] = []
         if keep_until is not None and path.exists():
             self.records = [r for r in map(json.loads, path.read_text().splitlines()) if r["step"] <= keep_until]
-        write_atomically(path, "".join(json.dumps(r) + "\n" for r in self.records).encode(), overwrite=True)
+        if write:
+            write_atomically(path, "".join(json.dumps(r) + "\n" for r in self.records).encode(), overwrite=True)
 
     def write(self, record: dict) -> None:
         self.records.append(record)
+        if not self.writes:
+            return
         with output_errors(self.path), self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import math
 import signal
 import threading
@@ -19,11 +20,13 @@ from typing import Any, Mapping, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from unet_jax.checkpoints import Checkpointer
 from unet_jax.config import TRAJECTORY_FIELDS, ConfigError, TrainConfig, UNetError
 from unet_jax.data import Normalization, Samples, augment, load_folder, make_cells, sample_tiles, split_validation
+from unet_jax.distributed import DataParallel, check_batch_size, fetch, is_primary
 from unet_jax.evaluate import evaluate_samples
 from unet_jax.init_weights import init_normalization, start_from_weights
 from unet_jax.losses import make_loss
@@ -31,7 +34,7 @@ from unet_jax.metrics import add_counts, scores_from_counts
 from unet_jax.model import UNet
 from unet_jax.plots import plot_losses, plot_predictions
 from unet_jax.predict import Predictor
-from unet_jax.run_dir import MetricsLog, RunDir, RunDirError, TrainingInterrupted
+from unet_jax.run_dir import FollowerRunDir, MetricsLog, RunDir, RunDirError, TrainingInterrupted
 from unet_jax.train_step import TrainState, create_train_state, make_eval_step, make_optax_optimizer, make_train_step
 from unet_jax.weights_io import save_flax_weights
 
@@ -62,10 +65,11 @@ def load_data(cfg: TrainConfig) -> tuple[Samples, Samples]:
         raise ConfigError(f"--data {cfg.data}: {error}") from None
 
 
-def batch_at(samples: Samples, cfg: TrainConfig, step: int) -> tuple[np.ndarray, np.ndarray]:
-    """The training batch of `step`: a pure function of (seed, step), so resume needs no RNG state."""
+def batch_at(samples: Samples, cfg: TrainConfig, step: int, rows: Optional[range] = None) -> tuple[np.ndarray, np.ndarray]:
+    """The training batch of `step` (its `rows` only, if given): a pure function of (seed, step),
+    so resume needs no RNG state and every process agrees on the global batch."""
     rng = np.random.default_rng([cfg.seed, step])
-    return sample_tiles(samples.images, samples.masks, rng, cfg.batch_size, cfg.tile_size, cfg.label_size)
+    return sample_tiles(samples.images, samples.masks, rng, cfg.batch_size, cfg.tile_size, cfg.label_size, rows=rows)
 
 
 def validation_tiles(samples: Samples, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -75,11 +79,12 @@ def validation_tiles(samples: Samples, cfg: TrainConfig) -> tuple[np.ndarray, np
     return sample_tiles(samples.images, samples.masks, rng, count, cfg.tile_size, cfg.label_size)
 
 
-def validate(eval_step, state: TrainState, images: np.ndarray, masks: np.ndarray, batch_size: int):
-    """(loss and scores over all tiles, predictions of the first batch), `batch_size` tiles per call."""
+def validate(eval_step, state: TrainState, images: np.ndarray, masks: np.ndarray, batch_size: int, place=lambda a: a):
+    """(loss and scores over all tiles, predictions of the first batch), `batch_size` tiles per call,
+    each batch laid out on the devices by `place`."""
     counts, losses, first_predictions = None, [], None
     for start in range(0, len(images), batch_size):
-        metrics = eval_step(state, images[start : start + batch_size], masks[start : start + batch_size])
+        metrics = eval_step(state, place(images[start : start + batch_size]), place(masks[start : start + batch_size]))
         counts = add_counts(counts, {k: metrics[k] for k in ("true_positive", "predicted", "actual")})
         losses.append(float(metrics["loss"]))
         if first_predictions is None:
@@ -88,13 +93,17 @@ def validate(eval_step, state: TrainState, images: np.ndarray, masks: np.ndarray
 
 
 # ------------------------------------------------------------------ entry points
-def train(cfg: TrainConfig, run_dir, progress: bool = True, log=print) -> dict:
+def train(cfg: TrainConfig, run_dir, progress: bool = True, log=print, parallel: Optional[DataParallel] = None) -> dict:
     """Start a run of `cfg` in `run_dir`; returns the summary.
 
     Refused (before anything is written) if the directory holds a trained run or another
     process holds it. A directory left by a run that stopped before its first checkpoint
-    holds nothing trained, so the new run replaces it.
+    holds nothing trained, so the new run replaces it. `parallel`: the devices (default: all).
     """
+    parallel = parallel or DataParallel.create()
+    check_batch_size(cfg.batch_size, parallel.device_count)
+    if not is_primary():
+        return _Session(cfg, FollowerRunDir(run_dir), load_data(cfg), False, _silent, parallel).run(changes=None)
     run = RunDir(run_dir)
     run.check_new_run()  # fail fast, before loading data; checked again under the lock
     samples = load_data(cfg)  # bad data fails here, before anything is written
@@ -103,23 +112,34 @@ def train(cfg: TrainConfig, run_dir, progress: bool = True, log=print) -> dict:
         if run.state == "unstarted":
             log(f"{run} holds a run that stopped before its first checkpoint: starting over in place")
             run.clear()
-        return _Session(cfg, run, samples, progress, log).run(changes=None)
+        return _Session(cfg, run, samples, progress, log, parallel).run(changes=None)
 
 
-def resume(run_dir, requested: Optional[Mapping[str, Any]] = None, progress: bool = True, log=print) -> dict:
+def resume(run_dir, requested: Optional[Mapping[str, Any]] = None, progress: bool = True, log=print,
+           parallel: Optional[DataParallel] = None) -> dict:
     """Continue the run in `run_dir` from its newest intact checkpoint; returns the summary.
 
     `requested` may change what `TrainConfig.resumed_with` allows (the step count, the
     learning rate, bookkeeping); a new learning rate is recorded, and the run is then no
     longer an exact continuation. Without any checkpoint the run starts again from step 0.
-    Nothing in the directory changes until the checkpoint has been restored.
+    Nothing in the directory changes until the checkpoint has been restored. The checkpoint
+    may have been saved on any number of devices.
     """
+    parallel = parallel or DataParallel.create()
+    if not is_primary():
+        cfg, changes = RunDir(run_dir).load_config().resumed_with(requested or {})
+        return _Session(cfg, FollowerRunDir(run_dir), load_data(cfg), False, _silent, parallel).run(changes=changes)
     run = RunDir(run_dir)
     run.check_resumable()
     with run.lock():
         cfg, changes = run.load_config().resumed_with(requested or {})
+        check_batch_size(cfg.batch_size, parallel.device_count)
         samples = load_data(cfg)
-        return _Session(cfg, run, samples, progress, log).run(changes=changes)
+        return _Session(cfg, run, samples, progress, log, parallel).run(changes=changes)
+
+
+def _silent(*_):
+    """The log of the processes after process 0: process 0 speaks for the run."""
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
@@ -130,8 +150,9 @@ def default_run_dir(cfg: TrainConfig) -> Path:
 class _Session:
     """One process's share of a run: from a fresh or restored state to the last step."""
 
-    def __init__(self, cfg: TrainConfig, run: RunDir, samples: tuple[Samples, Samples], progress: bool, log):
-        self.cfg, self.run_dir, self.progress, self.log = cfg, run, progress, log
+    def __init__(self, cfg: TrainConfig, run: RunDir, samples: tuple[Samples, Samples], progress: bool, log,
+                 parallel: DataParallel):
+        self.cfg, self.run_dir, self.progress, self.log, self.parallel = cfg, run, progress, log, parallel
         self.train_samples, self.val_samples = samples
         self.started = False  # config.json written: the directory now holds this run
         self.step = 0  # the last step completed
@@ -139,7 +160,8 @@ class _Session:
     def run(self, changes: Optional[dict]) -> dict:
         """`changes` None: a new run; else a resume with these {field: (old, new)} changes."""
         cfg = self.cfg
-        self.log(f"preset {cfg.preset!r}: {cfg.model}, tiles {cfg.tile_size}->{cfg.label_size}, batch {cfg.batch_size}, "
+        self.log(f"preset {cfg.preset!r}: {cfg.model}, tiles {cfg.tile_size}->{cfg.label_size}, batch {cfg.batch_size} "
+                 f"over {self.parallel.device_count} device(s){' (FSDP)' if self.parallel.fsdp else ''}, "
                  f"{cfg.steps} steps, {cfg.optimizer} lr {cfg.learning_rate}, loss {cfg.loss}, {cfg.dtype}, "
                  f"data {cfg.data or 'built-in synthetic cells'}, run dir {self.run_dir}")
         # A pure function of the training images (or of --init-weights): refitting one never saved gives the same numbers.
@@ -150,8 +172,9 @@ class _Session:
         model = UNet(cfg.model, dtype=jnp.dtype(cfg.dtype), remat=cfg.remat)
         template = create_train_state(model, make_optax_optimizer(cfg.optimizer, cfg.learning_rate, cfg.momentum),
                                       cfg.seed, cfg.tile_size)
+        template = self.parallel.place_state(template)  # restores take this layout, whatever the checkpoint's
         checkpointer = Checkpointer(self.run_dir.file(RunDir.CHECKPOINTS), keep=cfg.keep_checkpoints)
-        eval_step = make_eval_step(make_loss(cfg.loss))
+        eval_step = make_eval_step(make_loss(cfg.loss), shardings=self.parallel.step_shardings(template))
         try:
             try:
                 state = self._fresh(template) if changes is None else self._restore(checkpointer, template, changes)
@@ -160,7 +183,7 @@ class _Session:
                 self.run_dir.save_config(cfg)
                 self.run_dir.save_normalization(normalization)
                 self.started = True
-                metrics_log = MetricsLog(self.run_dir.file(RunDir.METRICS), keep_until=self.step)
+                metrics_log = MetricsLog(self.run_dir.file(RunDir.METRICS), keep_until=self.step, write=is_primary())
                 state = self._loop(state, train_samples, eval_step, val_images, val_masks, checkpointer, metrics_log)
             finally:
                 checkpointer.close()  # waits for a checkpoint still being written
@@ -185,6 +208,7 @@ class _Session:
             moved = run.set_aside(step)
             self.log(f"checkpoint {step} in {checkpointer.directory} can't be restored ({why}): moved to {moved}")
         if skipped:
+            multihost_utils.sync_global_devices("unet_jax: unusable checkpoints moved aside")  # by process 0
             checkpointer.reload()
         exact = start == 0 or not (set(changes) & set(TRAJECTORY_FIELDS))
         if state is None:
@@ -205,19 +229,27 @@ class _Session:
         if self.cfg.init_weights is None:
             return template
         self.log(f"starting from the weights in {self.cfg.init_weights}")
-        return start_from_weights(template, self.cfg)
+        state = start_from_weights(template, self.cfg)  # new weights as host arrays, the rest as placed
+        shardings = self.parallel.state_shardings(state)
+
+        def place(tree, tree_shardings):
+            return None if tree is None else jax.tree.map(self.parallel.put, tree, tree_shardings)
+
+        return state.replace(params=place(state.params, shardings.params),
+                             batch_stats=place(state.batch_stats, shardings.batch_stats))
 
     def _loop(self, state, train_samples, eval_step, val_images, val_masks, checkpointer, metrics_log) -> TrainState:
         """Run the steps after `state.step` up to `cfg.steps`; returns the last state."""
         cfg = self.cfg
         start = int(state.step)
-        train_step = make_train_step(make_loss(cfg.loss), augment=augment if cfg.augment else None)
+        train_step = make_train_step(make_loss(cfg.loss), augment=augment if cfg.augment else None,
+                                     shardings=self.parallel.step_shardings(state))
         window, timer = [], _Throughput()
         bar = tqdm(total=cfg.steps, initial=start, desc="train", disable=not self.progress, dynamic_ncols=True)
         with _stop_between_steps(self.log) as stop, contextlib.closing(bar):
             for step in range(start + 1, cfg.steps + 1):
                 with timer.data():
-                    images, masks = batch_at(train_samples, cfg, step)
+                    images, masks = self.parallel.global_batch(cfg.batch_size, functools.partial(batch_at, train_samples, cfg, step))
                 # Dispatch is asynchronous: the host samples the next batch while the device computes.
                 state, metrics = train_step(state, images, masks)
                 window.append(metrics)
@@ -239,10 +271,11 @@ class _Session:
                     window = []
                     timer.restart()
                 if step % cfg.eval_every == 0 or last:
-                    val_metrics, _ = validate(eval_step, state, val_images, val_masks, cfg.batch_size)
+                    val_metrics, _ = validate(eval_step, state, val_images, val_masks, cfg.batch_size, self.parallel.put)
                     metrics_log.write({"step": step, "split": "val", **val_metrics})
-                    bar.write(f"step {step}: val loss {val_metrics['loss']:.4f}, foreground Dice {val_metrics['dice']:.4f}, "
-                              f"IoU {val_metrics['iou']:.4f}")
+                    say = bar.write if is_primary() else _silent
+                    say(f"step {step}: val loss {val_metrics['loss']:.4f}, foreground Dice {val_metrics['dice']:.4f}, "
+                        f"IoU {val_metrics['iou']:.4f}")
                 if step % cfg.checkpoint_every == 0 or last:
                     checkpointer.save(state)  # only ever after the window's loss and gradients were finite
                 self.step = step
@@ -285,13 +318,16 @@ class _Session:
         variables = {"params": state.params}
         if state.batch_stats is not None:
             variables["batch_stats"] = state.batch_stats
-        save_flax_weights(jax.device_get(variables), cfg.model, run.file(RunDir.WEIGHTS), overwrite=True)
-        val_metrics, predictions = validate(eval_step, state, val_images, val_masks, cfg.batch_size)
+        variables = fetch(variables)
+        val_metrics, predictions = validate(eval_step, state, val_images, val_masks, cfg.batch_size, self.parallel.put)
+        if not is_primary():
+            return {"steps": int(state.step), "validation_tiles": val_metrics}  # process 0 writes and scores the run
+        save_flax_weights(variables, cfg.model, run.file(RunDir.WEIGHTS), overwrite=True)
         shown = min(4, len(predictions))
         plot_predictions(val_images[:shown], val_masks[:shown], predictions[:shown], run.file(RunDir.PREDICTIONS_PLOT))
         plot_losses(metrics_log.records, run.file(RunDir.LOSS_PLOT))
         # The tiles score training's view; users judge whole images, predicted overlap-tile.
-        predictor = Predictor(cfg.model, variables, normalization)
+        predictor = Predictor(cfg.model, variables, normalization, devices=self.parallel.local_device_count)
         whole = evaluate_samples(predictor, self.val_samples, batch_size=cfg.batch_size)
         resumes = run.resumes()
         summary = {"preset": cfg.preset, "steps": int(state.step), "exact_continuation": all(r["exact"] for r in resumes),

@@ -66,11 +66,13 @@ def loss_and_logits(params, batch_stats, apply_fn, images, masks, loss_fn, train
     return loss_fn(logits, labels), (logits, labels, batch_stats)
 
 
-def make_train_step(loss_fn: Callable, augment: Optional[Callable] = None, jit: bool = True):
+def make_train_step(loss_fn: Callable, augment: Optional[Callable] = None, jit: bool = True, shardings=None):
     """`step(state, images [N,H,W,C], masks [N,H',W']) -> (state, metrics)`.
 
     `augment(key, images, masks)` runs inside the compiled step, on the device. The state
     is donated: the caller must use the returned state, never the one passed in.
+    `shardings` (`unet_jax.distributed.StepShardings`) lays the step out on a device mesh: the
+    batch split, the state as given, the metrics replicated; XLA adds the collectives.
     """
 
     def train_step(state: TrainState, images, masks):
@@ -89,15 +91,20 @@ def make_train_step(loss_fn: Callable, augment: Optional[Callable] = None, jit: 
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **segmentation_counts(logits, labels)}
         return state, metrics
 
-    return jax.jit(train_step, donate_argnums=0) if jit else train_step
+    if not jit:
+        return train_step
+    if shardings is None:
+        return jax.jit(train_step, donate_argnums=0)
+    return jax.jit(train_step, donate_argnums=0, in_shardings=(shardings.state, shardings.batch, shardings.batch),
+                   out_shardings=(shardings.state, shardings.replicated))
 
 
-def make_eval_step(loss_fn: Callable, jit: bool = True):
+def make_eval_step(loss_fn: Callable, jit: bool = True, shardings=None):
     """`eval_step(state, images [N,H,W,C], masks [N,H',W']) -> metrics`: the train step's loss and
     per-class counts in inference mode (BatchNorm uses its running statistics; no augmentation,
     no update), plus the predicted classes `predictions` [N, h, w] of the logits' size.
 
-    The state is only read, never donated.
+    The state is only read, never donated. `shardings` as for `make_train_step`.
     """
 
     def eval_step(state: TrainState, images, masks):
@@ -106,4 +113,8 @@ def make_eval_step(loss_fn: Callable, jit: bool = True):
         )
         return {"loss": loss, **segmentation_counts(logits, labels), "predictions": jnp.argmax(logits, axis=-1)}
 
-    return jax.jit(eval_step) if jit else eval_step
+    if not jit:
+        return eval_step
+    if shardings is None:
+        return jax.jit(eval_step)
+    return jax.jit(eval_step, in_shardings=(shardings.state, shardings.batch, shardings.batch), out_shardings=shardings.replicated)

@@ -9,7 +9,7 @@ drawn inside the labelled image and its context is read from the mirrored image.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -54,8 +54,12 @@ def sample_tiles(
     batch_size: int,
     input_size: int,
     output_size: int,
+    rows: Optional[range] = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A random batch of (input tile, label tile) pairs.
+
+    `rows`: cut only these tiles of the batch (one process's share of a global batch). Every
+    tile's position is still drawn, in order, so each row is the one the whole batch holds.
 
     images: [H, W, C] each (a list, or a stack [N, H, W, C]); masks: [H, W] each.
     Returns x float32 [B, input_size, input_size, C] and y int32 [B, output_size, output_size].
@@ -78,8 +82,9 @@ def sample_tiles(
         )
     margin = context // 2
     channels = images[0].shape[-1]
-    x = np.empty((batch_size, input_size, input_size, channels), np.float32)  # [B, Hin, Win, C]
-    y = np.empty((batch_size, output_size, output_size), np.int32)  # [B, Hout, Wout]
+    rows = range(batch_size) if rows is None else rows
+    x = np.empty((len(rows), input_size, input_size, channels), np.float32)  # [len(rows), Hin, Win, C]
+    y = np.empty((len(rows), output_size, output_size), np.int32)  # [len(rows), Hout, Wout]
     for b in range(batch_size):
         i = int(rng.integers(len(images)))
         image, mask = images[i], masks[i]
@@ -88,6 +93,7 @@ def sample_tiles(
         h, w = mask.shape
         top = int(rng.integers(min(0, h - output_size), max(0, h - output_size) + 1))
         left = int(rng.integers(min(0, w - output_size), max(0, w - output_size) + 1))
-        x[b] = mirror_crop(image, top - margin, left - margin, input_size, input_size)
-        y[b] = mirror_crop(mask, top, left, output_size, output_size)
+        if b in rows:  # the draws above are cheap; cutting is what a process skips for other processes' rows
+            x[b - rows.start] = mirror_crop(image, top - margin, left - margin, input_size, input_size)
+            y[b - rows.start] = mirror_crop(mask, top, left, output_size, output_size)
     return x, y

@@ -1,0 +1,238 @@
+"""Data parallelism: 8 forced CPU devices against 1, sharded checkpoints 8 -> 1 and 1 -> 8, sharded
+prediction, two processes joined through jax.distributed on localhost, and the errors of bad
+device, batch and process settings.
+
+The multi-device checks run in child processes (XLA_FLAGS=--xla_force_host_platform_device_count=8),
+so that this test process, like the rest of the suite, keeps its one device. Every tolerance
+below is a stated multiple of what the 2-core AMD EPYC CPU measured (jax 0.10.2); the README's
+"Many devices and hosts" section lists them.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from unet_jax.cli import main
+from unet_jax.data import make_cells, sample_tiles
+from unet_jax.distributed import DistributedError, _wait_for_coordinator, check_batch_size, initialize, select_devices
+from unet_jax.port import flatten_variables
+from unet_jax.weights_io import load_variables
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+CHILD_TIMEOUT_S = 600  # far above the ~1-3 min these take on 2 busy cores; never a hang
+
+# 8 devices against 1, 4 Adam steps of batch 8 (measured -> tolerance):
+LOSS_TOLERANCE = 1e-5  # per-step loss, relative: measured 6.8e-7 (no norm), 1.1e-6 (BatchNorm)
+WEIGHTS_TOLERANCE = 5e-4  # max|w - w_1| / max|w_1 - w_init| over the network: measured 6.3e-5, 3.9e-5
+MOMENTS_TOLERANCE = 1e-7  # Adam's moments, relative to their largest: measured 9.3e-10, 7.5e-9
+BATCH_STATS_TOLERANCE = 3e-3  # running statistics per tensor, relative: measured 6.7e-4 (they take in the up-conv biases below)
+# Under BatchNorm the up-conv biases have an exact gradient of 0; Adam moves them by about the
+# learning rate per step in either direction whatever the rounding noise says: 4 steps of 1e-3.
+NOISE_MOVE_BOUND = 2 * 4 * 1e-3  # measured 1.2e-3
+# Two processes of 2 devices against one of 4, 3 steps: max|w_2 - w_1| / max|w_1| per tensor of
+# parameters and running statistics, measured 7.1e-7 (the noise-driven ones are bounded as above).
+TWO_PROCESS_WEIGHTS_TOLERANCE = 1e-5
+
+
+def child_env(devices: int) -> dict:
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", PYTHONPATH=str(REPO))
+    env.pop("JAX_PLATFORMS", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory):
+    out = tmp_path_factory.mktemp("multidevice")
+    result = subprocess.run([sys.executable, str(TESTS / "multidevice_child.py"), str(out), "none", "batch", "checkpoints",
+                             "predict"], cwd=TESTS, env=child_env(8), capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return json.loads((out / "measured.json").read_text())
+
+
+@pytest.mark.parametrize("norm", ["None", "batch"])
+def test_steps_on_8_devices_equal_steps_on_1(measured, norm):
+    for layout, m in measured[f"norm_{norm}"].items():
+        if not isinstance(m, dict):
+            continue
+        assert m["devices"] == 8
+        assert m["loss"] < LOSS_TOLERANCE, (layout, m)
+        assert m["weights"] < WEIGHTS_TOLERANCE, (layout, m)
+        assert m["adam_moments"] < MOMENTS_TOLERANCE, (layout, m)
+        assert m["batch_stats"] < BATCH_STATS_TOLERANCE, (layout, m)
+        assert m["noise_moves"] < NOISE_MOVE_BOUND, (layout, m)
+        assert m["rng_equal"], "the augmentation key must advance identically"
+
+
+def test_fsdp_really_shards_the_parameters(measured):
+    specs = measured["norm_batch"]["8_fsdp"]["param_specs"]
+    assert any("data" in spec for spec in specs), specs
+    assert measured["norm_batch"]["8"]["param_specs"] == ["P()"]
+
+
+def test_batchnorm_statistics_are_over_the_global_batch(measured):
+    """Per-device statistics (one sample each) would move the first loss by ~15%, far beyond the
+    1e-5 to which 8 devices match 1: the equality above is only possible with global statistics."""
+    gap = measured["norm_batch"]["per_device_statistics_loss_gap"]
+    assert gap > 1000 * LOSS_TOLERANCE, gap
+
+
+@pytest.mark.parametrize("case", ["8_fsdp_to_1", "1_to_8"])
+def test_checkpoints_restore_on_another_device_count_and_continue(measured, case):
+    m = measured["checkpoints"][case]
+    assert m["bit_identical"], "a restored checkpoint must hold the saved values exactly"
+    assert m["restored_device_counts"] == [1 if case.endswith("_1") else 8], m
+    assert m["step"] == 2
+    assert m["same_layout_continuation_identical"], "continuing on the saving layout must reproduce the run exactly"
+    assert m["continued_loss"] < LOSS_TOLERANCE and m["continued_weights"] < WEIGHTS_TOLERANCE, m
+
+
+def test_sharded_prediction_equals_single_device(measured):
+    m = measured["predict"]
+    assert m["devices"] == 8 and m["shape"] == [100, 130, 2]
+    assert m["max_abs"] == 0.0  # measured: identical (each tile's forward pass is the same computation)
+
+
+@pytest.mark.slow
+def test_command_line_trains_on_8_devices_and_resumes_on_1(tmp_path):
+    result = subprocess.run([sys.executable, str(TESTS / "multidevice_child.py"), str(tmp_path), "cli"], cwd=TESTS,
+                            env=child_env(8), capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    m = json.loads((tmp_path / "measured.json").read_text())["cli"]
+    assert m["codes"] == {"train_8": 0, "resume_1": 0, "devices_9": 2, "batch_6_on_4": 2}
+    assert "this run sees 8 CPU device(s)" in result.stderr
+    assert "--batch-size 4 or 8" in result.stderr
+    assert m["never_written"] and m["first_steps_kept"] and m["resume_exact"]
+    assert m["steps_resumed"] == m["steps_8"] == [1, 2, 3, 4]
+    assert m["resumed_loss"] < LOSS_TOLERANCE, m
+
+
+# ------------------------------------------------------------------ two processes
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+TINY = ["--features", "4", "--depth", "2", "--tile-size", "60", "--batch-size", "4", "--cells-train-images", "4",
+        "--cells-val-images", "2", "--cells-image-size", "64", "--val-tiles-per-image", "2", "--log-every", "1",
+        "--eval-every", "3", "--checkpoint-every", "2", "--steps", "3", "--no-progress", "--norm", "batch"]
+
+
+def launch(args, devices):
+    return subprocess.Popen([sys.executable, "-m", "unet_jax.cli", "train", *TINY, *args], cwd=REPO, env=child_env(devices),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(process, timeout=CHILD_TIMEOUT_S):
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, err = process.communicate()
+    return process.returncode, out + err
+
+
+@pytest.mark.slow
+def test_two_processes_on_localhost_train_as_one(tmp_path):
+    """Two processes of 2 devices each, joined on 127.0.0.1, against one process of 4 devices."""
+    together, alone = tmp_path / "two-processes", tmp_path / "one-process"
+    address = f"127.0.0.1:{free_port()}"
+    processes = [launch(["--run-dir", str(together), "--coordinator-address", address, "--num-processes", "2",
+                         "--process-id", str(i), "--coordinator-timeout", "60"], devices=2) for i in range(2)]
+    single = launch(["--run-dir", str(alone)], devices=4)
+    results = [finish(p) for p in processes] + [finish(single)]
+    for code, text in results:
+        assert code == 0, text[-3000:]
+    assert "over 4 device(s)" in results[0][1] and "over 4 device(s)" in results[2][1]
+    spoken = [line for line in results[1][1].splitlines() if not line.startswith("[Gloo]")]  # gloo's own C++ notes
+    assert spoken == [], "only process 0 speaks for the run"
+    assert sorted(p.name for p in together.iterdir()) == sorted(p.name for p in alone.iterdir())
+
+    def train_losses(run):
+        return [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["split"] == "train"]
+
+    a, b = train_losses(together), train_losses(alone)
+    assert len(a) == len(b) == 3
+    assert max(abs(x - y) / abs(y) for x, y in zip(a, b)) < LOSS_TOLERANCE, (a, b)
+    one = flatten_variables(load_variables(alone / "weights.safetensors")[0])
+    two = flatten_variables(load_variables(together / "weights.safetensors")[0])
+    assert one.keys() == two.keys()
+
+    def gap(key):
+        return float(np.max(np.abs(two[key] - one[key]))) / max(float(np.max(np.abs(one[key]))), 1e-30)
+
+    # The up-conv biases (exact gradient 0 under BatchNorm, see above) and the running means of the
+    # BatchNorm right after them, which take them in, are noise-driven; everything else is held tightly.
+    noise_driven = {k for k in one if k.startswith("params/upconv") and k.endswith("bias")}
+    takes_them_in = {k for k in one if k.startswith("batch_stats/up") and k.endswith("norm1/mean")}
+    assert max(gap(k) for k in one.keys() - noise_driven - takes_them_in) < TWO_PROCESS_WEIGHTS_TOLERANCE
+    assert max(float(np.max(np.abs(two[k] - one[k]))) for k in noise_driven) < NOISE_MOVE_BOUND
+    assert max(gap(k) for k in takes_them_in) < BATCH_STATS_TOLERANCE
+
+
+# ------------------------------------------------------------------ errors, in this process
+def test_more_devices_than_visible_names_the_visible_count():
+    with pytest.raises(DistributedError, match=r"--devices 3: this run sees 1 CPU device\(s\)\. Fix: pass --devices between 1 and 1"):
+        select_devices(3)
+
+
+@pytest.mark.parametrize(("batch", "devices", "nearest"), [(10, 4, "8 or 12"), (3, 8, "8"), (17, 2, "16 or 18")])
+def test_a_batch_the_devices_do_not_divide_names_the_nearest_valid_sizes(batch, devices, nearest):
+    message = f"--batch-size {batch} does not divide evenly over {devices} devices. Fix: --batch-size {nearest} "
+    with pytest.raises(DistributedError, match=message):
+        check_batch_size(batch, devices)
+    check_batch_size(batch * devices, devices)  # a multiple passes
+
+
+def test_a_process_cuts_only_its_rows_and_they_are_the_global_batch_rows():
+    cells = make_cells(3, 64, seed=5)
+    whole = sample_tiles(cells.images, cells.masks, np.random.default_rng(7), 8, 60, 20)
+    part = sample_tiles(cells.images, cells.masks, np.random.default_rng(7), 8, 60, 20, rows=range(2, 6))
+    for w, p in zip(whole, part):
+        assert p.shape[0] == 4
+        np.testing.assert_array_equal(p, w[2:6])
+
+
+def test_an_unreachable_coordinator_is_named_within_the_timeout():
+    port = free_port()  # nobody listens on it
+    with pytest.raises(DistributedError, match=f"the coordinator 127.0.0.1:{port} could not be reached within 1 s"):
+        _wait_for_coordinator(f"127.0.0.1:{port}", 1)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (dict(num_processes=2, process_id=2), "--process-id 2 is outside 0..1"),
+    (dict(num_processes=0, process_id=0), "--num-processes must be at least 1"),
+    (dict(coordinator_address="no-port", num_processes=2, process_id=1), "is not HOST:PORT"),
+])
+def test_inconsistent_process_settings_are_refused_before_joining(options, message):
+    with pytest.raises(DistributedError, match=message):
+        initialize(timeout_s=1, **options)
+
+
+def test_the_cli_reports_an_unreachable_coordinator_in_one_line(tmp_path, capsys):
+    code = main(["train", *TINY, "--run-dir", str(tmp_path / "run"), "--coordinator-address", f"127.0.0.1:{free_port()}",
+                 "--num-processes", "2", "--process-id", "1", "--coordinator-timeout", "1"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("unet-jax train: error: the coordinator 127.0.0.1:") and "start process 0" in err and "\n" not in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_processes_that_disagree_on_their_number_are_told_so(tmp_path):
+    address = f"127.0.0.1:{free_port()}"
+    common = ["--run-dir", str(tmp_path / "run"), "--coordinator-address", address, "--coordinator-timeout", "10"]
+    coordinator = launch([*common, "--num-processes", "2", "--process-id", "0"], devices=1)
+    other = launch([*common, "--num-processes", "3", "--process-id", "1"], devices=1)
+    code, text = finish(other, timeout=120)
+    finish(coordinator, timeout=120)  # left waiting for a partner that quit, it ends (aborts) when its timeout runs out
+    assert code == 2, text[-3000:]
+    assert "process 1 was started with --num-processes 3, process 0 with 2" in text
+    assert coordinator.returncode not in (None, -9), "the coordinator must end by itself, within its timeout"

@@ -1,0 +1,279 @@
+"""Data parallelism over every device of every process: one `jax.sharding` mesh, one code path.
+
+A run builds a 1-D mesh with a "data" axis (`DataParallel.create`): a single device is a mesh
+of one. The global batch is sharded along that axis; parameters and optimizer state are
+replicated, or (`fsdp=True`) sharded along it too, FSDP style, each array on its largest axis
+the device count divides. `jax.jit` with these shardings makes XLA insert the collectives: the
+gradient all-reduce, and the BatchNorm batch mean and variance over the whole global batch
+(PyTorch's SyncBatchNorm), since under jit an array's mean is its global mean however it is laid out.
+
+Several processes (hosts) join through `initialize` (`jax.distributed`). Each process cuts only
+the tiles of its own devices (`DataParallel.rows`) and assembles the global batch from them;
+only process 0 (`is_primary`) writes the run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import time
+from typing import Callable, NamedTuple, Optional
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from unet_jax.config import UNetError
+
+DATA_AXIS = "data"
+
+# Beside JAX's own JAX_COORDINATOR_ADDRESS; SLURM, Open MPI and Cloud TPU are detected by JAX itself.
+ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID = "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"
+_PROCESS_COUNT_KEY = "unet_jax/num_processes/"
+
+
+class DistributedError(UNetError):
+    """Devices, batch or processes that don't fit together; the message names the fix."""
+
+
+# ------------------------------------------------------------------ processes
+def initialize(
+    coordinator_address: Optional[str] = None,
+    num_processes: Optional[int] = None,
+    process_id: Optional[int] = None,
+    timeout_s: int = 300,
+) -> None:
+    """Join a multi-process run through `jax.distributed.initialize`, before any device is used.
+
+    Unset arguments come from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID, then
+    from JAX's cluster detection (SLURM, Open MPI, Cloud TPU). Every wait is bounded by
+    `timeout_s`: a coordinator that can't be reached, or processes that disagree on their number,
+    end in a DistributedError (or, inside JAX's coordination service, an abort naming
+    DEADLINE_EXCEEDED), never in a hang.
+    """
+    coordinator_address = coordinator_address or os.environ.get(ENV_COORDINATOR)
+    num_processes = num_processes if num_processes is not None else _env_int(ENV_NUM_PROCESSES)
+    process_id = process_id if process_id is not None else _env_int(ENV_PROCESS_ID)
+    if num_processes is not None and num_processes < 1:
+        raise DistributedError(f"--num-processes must be at least 1, got {num_processes}")
+    if num_processes is not None and process_id is not None and not 0 <= process_id < num_processes:
+        raise DistributedError(
+            f"--process-id {process_id} is outside 0..{num_processes - 1} (--num-processes {num_processes}). "
+            "Fix: number the processes 0, 1, ..., N-1, with process 0 on the coordinator's host"
+        )
+    if coordinator_address is not None and process_id not in (None, 0):
+        _wait_for_coordinator(coordinator_address, timeout_s)
+    try:
+        # A process that stops waits at most timeout_s for the others, and one that died is noticed
+        # within JAX's default heartbeat of 100 s, or timeout_s if shorter.
+        jax.distributed.initialize(coordinator_address, num_processes, process_id, initialization_timeout=timeout_s,
+                                   shutdown_timeout_seconds=timeout_s, heartbeat_timeout_seconds=min(100, timeout_s))
+    except (ValueError, TypeError, RuntimeError) as error:
+        raise DistributedError(
+            f"could not join the multi-process run: {error}. Fix: pass --coordinator-address HOST:PORT, --num-processes "
+            f"and --process-id (or set {ENV_COORDINATOR}, {ENV_NUM_PROCESSES}, {ENV_PROCESS_ID}), or run under SLURM / "
+            "Open MPI / a Cloud TPU slice"
+        ) from None
+    _check_process_count(timeout_s)
+
+
+def _env_int(name: str) -> Optional[int]:
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise DistributedError(f"the environment variable {name}={value!r} is not an integer") from None
+
+
+def _wait_for_coordinator(address: str, timeout_s: float) -> None:
+    """Return once the coordinator's port accepts connections; DistributedError after `timeout_s`.
+
+    JAX's own client aborts the process from C++ when the coordinator stays away; this check
+    turns the common cause (process 0 not started, a wrong address or port) into a message.
+    """
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise DistributedError(f"--coordinator-address {address!r} is not HOST:PORT (e.g. 10.0.0.1:1234)")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=min(5.0, timeout_s)):
+                return
+        except OSError as error:
+            if time.monotonic() >= deadline:
+                raise DistributedError(
+                    f"the coordinator {address} could not be reached within {timeout_s:g} s ({error}). Fix: start process 0 "
+                    "(it serves the coordinator) on that host and port, check the address and that the port is open"
+                ) from None
+            time.sleep(0.2)
+
+
+def _check_process_count(timeout_s: int) -> None:
+    """Every process must have been started with the same process count: compare each with process 0's."""
+    # JAX keeps its coordination client (and the key-value store the processes share) private; the
+    # public alternatives (multihost_utils) run on the devices, whose set-up already waits for every process.
+    from jax._src import distributed as jax_distributed
+
+    state = jax_distributed.global_state
+    client = state.client
+    if client is None:
+        return
+    count, me = state.num_processes, state.process_id
+    if me == 0:
+        client.key_value_set(_PROCESS_COUNT_KEY + "0", str(count))
+        return
+    coordinators = int(client.blocking_key_value_get(_PROCESS_COUNT_KEY + "0", timeout_s * 1000))
+    if coordinators != count:
+        raise DistributedError(
+            f"process {me} was started with --num-processes {count}, process 0 with {coordinators}. "
+            "Fix: start every process with the same --num-processes"
+        )
+
+
+def leave_if_joined(exit_status: int) -> None:
+    """A process that joined a multi-process run and cannot go on leaves at once: exiting normally
+    runs JAX's shutdown barrier, which waits for the other processes and then aborts."""
+    if jax.distributed.is_initialized():
+        os._exit(exit_status)
+
+
+def is_primary() -> bool:
+    """Process 0 writes the run directory (logs, plots, summary, weights); the others only compute."""
+    return jax.process_index() == 0
+
+
+# ------------------------------------------------------------------ the mesh
+def select_devices(devices: Optional[int] = None, local: bool = False) -> list:
+    """The first `devices` devices (default all), the same number from each process; `local`: this process's only."""
+    visible = jax.local_devices() if local else jax.devices()
+    count = len(visible) if devices is None else devices
+    processes = 1 if local else jax.process_count()
+    if not 1 <= count <= len(visible):
+        where = f"{len(visible)} {visible[0].platform.upper()} device(s)" + (f" over {processes} processes" if processes > 1 else "")
+        raise DistributedError(f"--devices {count}: this run sees {where}. Fix: pass --devices between 1 and {len(visible)}")
+    if processes == 1:
+        return list(visible[:count])
+    if count % processes:
+        raise DistributedError(f"--devices {count} is not a multiple of the {processes} processes; every process needs the same share")
+    per_process = count // processes
+    return [d for p in range(processes) for d in [d for d in visible if d.process_index == p][:per_process]]
+
+
+def check_batch_size(batch_size: int, device_count: int, flag: str = "--batch-size") -> None:
+    """The global batch is split evenly over the devices: name the nearest sizes that are when it isn't."""
+    if batch_size % device_count == 0:
+        return
+    below = batch_size // device_count * device_count
+    above = below + device_count
+    nearest = " or ".join(str(size) for size in (below, above) if size > 0)
+    raise DistributedError(
+        f"{flag} {batch_size} does not divide evenly over {device_count} devices. Fix: {flag} {nearest} "
+        f"(a multiple of {device_count}), or --devices a divisor of {batch_size}"
+    )
+
+
+class StepShardings(NamedTuple):
+    """What a jitted step takes and gives: the state's layout, the batch's, and replicated results."""
+
+    state: object  # a pytree of NamedSharding shaped like the TrainState
+    batch: NamedSharding
+    replicated: NamedSharding
+
+
+@dataclasses.dataclass(frozen=True)
+class DataParallel:
+    """The mesh of a run, and how its arrays are laid out on it."""
+
+    mesh: Mesh
+    fsdp: bool = False
+
+    @classmethod
+    def create(cls, devices: Optional[int] = None, fsdp: bool = False, local: bool = False) -> "DataParallel":
+        return cls(Mesh(np.array(select_devices(devices, local)), (DATA_AXIS,)), fsdp)
+
+    @property
+    def device_count(self) -> int:
+        return self.mesh.size
+
+    @property
+    def local_device_count(self) -> int:
+        """This process's devices in the mesh."""
+        return sum(d.process_index == jax.process_index() for d in self.mesh.devices.flat)
+
+    @property
+    def batch_sharding(self) -> NamedSharding:
+        return NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))  # axis 0 split over the devices
+
+    @property
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, PartitionSpec())
+
+    def _parameter_sharding(self, shape: tuple) -> NamedSharding:
+        """FSDP: split the largest axis the device count divides (a conv kernel's output channels,
+        say); an array with no such axis (a scalar, an odd-sized bias) stays replicated."""
+        if not self.fsdp:
+            return self.replicated
+        axes = [a for a in np.argsort(shape)[::-1] if shape[a] % self.device_count == 0 and shape[a] >= self.device_count]
+        if not axes or self.device_count == 1:
+            return self.replicated
+        spec = [None] * len(shape)
+        spec[axes[0]] = DATA_AXIS
+        return NamedSharding(self.mesh, PartitionSpec(*spec))
+
+    def state_shardings(self, state):
+        """Shardings shaped like `state`: the step counter and augmentation key replicated, the
+        parameters, optimizer state and BatchNorm statistics by `_parameter_sharding`."""
+        shardings = jax.tree.map(lambda leaf: self._parameter_sharding(np.shape(leaf)), state)
+        return shardings.replace(step=self.replicated, rng=self.replicated)
+
+    def step_shardings(self, state) -> StepShardings:
+        return StepShardings(self.state_shardings(state), self.batch_sharding, self.replicated)
+
+    def place_state(self, state):
+        """`state` (the same values in every process) laid out on the mesh."""
+        return jax.tree.map(self.put, state, self.state_shardings(state))
+
+    def put(self, value, sharding: Optional[NamedSharding] = None) -> jax.Array:
+        """A host array that every process holds whole, laid out by `sharding` (default: the batch's)."""
+        value = np.asarray(value)
+        sharding = sharding or self.batch_sharding
+        return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+    def rows(self, batch_size: int) -> range:
+        """The rows of a global batch that this process's devices hold: the tiles it must cut."""
+        check_batch_size(batch_size, self.device_count)
+        starts = sorted(index[0].start or 0 for index in self.batch_sharding.addressable_devices_indices_map((batch_size,)).values())
+        share = batch_size // self.device_count
+        # select_devices keeps each process's rows together
+        if starts != list(range(starts[0], starts[0] + share * len(starts), share)):
+            raise DistributedError(f"this process's devices hold rows {starts} of the batch, not one block")  # a bug if reached
+        return range(starts[0], starts[0] + share * len(starts))
+
+    def global_batch(self, batch_size: int, cut: Callable[[range], tuple]) -> tuple:
+        """The global batch assembled from each process's share: `cut(rows)` returns this
+        process's rows (numpy arrays with the batch on axis 0), which are the only tiles it cuts."""
+        rows = self.rows(batch_size)
+        local = cut(rows)
+
+        def piece(part, index):  # index: the global slice of one of this process's devices
+            first, stop, _ = index[0].indices(batch_size)
+            return part[(slice(first - rows.start, stop - rows.start), *index[1:])]
+
+        return tuple(
+            jax.make_array_from_callback((batch_size, *part.shape[1:]), self.batch_sharding, lambda i, part=part: piece(part, i))
+            for part in local
+        )
+
+
+def fetch(tree):
+    """Host numpy copies of a pytree of (possibly multi-process, sharded) arrays, in every process."""
+    def one(leaf):
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable and not leaf.is_fully_replicated:
+            return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+        return np.asarray(leaf)
+
+    return jax.tree.map(one, tree)
