@@ -17,7 +17,19 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from unet_jax import __version__
-from unet_jax.config import DTYPES, LOSSES, NORMS, OPTIMIZERS, PADDINGS, UPSAMPLES, ConfigError, TrainConfig, UNetConfig, UNetError
+from unet_jax.config import (
+    CELLS_LAYOUTS,
+    DTYPES,
+    LOSSES,
+    NORMS,
+    OPTIMIZERS,
+    PADDINGS,
+    UPSAMPLES,
+    ConfigError,
+    TrainConfig,
+    UNetConfig,
+    UNetError,
+)
 from unet_jax.convert import DIRECTIONS
 from unet_jax.port import NAMINGS
 from unet_jax.predict import MASK_FORMATS
@@ -39,6 +51,7 @@ CHOICES = {
     "optimizer": OPTIMIZERS,
     "loss": LOSSES,
     "dtype": DTYPES,
+    "cells_layout": CELLS_LAYOUTS,
 }
 
 

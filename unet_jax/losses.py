@@ -1,16 +1,30 @@
-"""Segmentation losses on logits `[N, H, W, C]` and class-index labels `[N, H, W]`."""
+"""Segmentation losses on logits `[N, H, W, C]` and class-index labels `[N, H, W]`.
+
+`weighted-ce` also takes per-pixel weights `[N, H, W]` (the paper's separation weight map,
+`unet_jax.data.weight_map`); `needs_weights` says which losses do.
+"""
 
 from __future__ import annotations
 
 import jax
 import optax
 
-from unet_jax.config import LOSSES
+from unet_jax.config import LOSSES, WEIGHT_MAP_LOSSES
 
 
 def cross_entropy(logits, labels):
     """Mean pixel-wise softmax cross-entropy (PyTorch's `F.cross_entropy`)."""
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def weighted_cross_entropy(logits, labels, weights):
+    """Mean over pixels of weight x softmax cross-entropy: the paper's energy (eq. 1), averaged."""
+    return (weights * optax.softmax_cross_entropy_with_integer_labels(logits, labels)).mean()
+
+
+def needs_weights(name: str) -> bool:
+    """Whether loss `name` takes per-pixel weights (and so instance masks to compute them from)."""
+    return name in WEIGHT_MAP_LOSSES
 
 
 def soft_dice_loss(logits, labels, smooth: float = 1.0):
@@ -27,11 +41,13 @@ def soft_dice_loss(logits, labels, smooth: float = 1.0):
 
 
 def make_loss(name: str):
-    """'ce', 'dice' or 'ce+dice' (their sum) -> loss(logits, labels)."""
+    """'ce', 'dice' or 'ce+dice' (their sum) -> loss(logits, labels); 'weighted-ce' -> loss(logits, labels, weights)."""
     if name == "ce":
         return cross_entropy
     if name == "dice":
         return soft_dice_loss
     if name == "ce+dice":
         return lambda logits, labels: cross_entropy(logits, labels) + soft_dice_loss(logits, labels)
+    if name == "weighted-ce":
+        return weighted_cross_entropy
     raise ValueError(f"loss must be one of {LOSSES}, got {name!r}")

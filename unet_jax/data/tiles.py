@@ -9,7 +9,7 @@ drawn inside the labelled image and its context is read from the mirrored image.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -54,11 +54,20 @@ def sample_tiles(
     batch_size: int,
     input_size: int,
     output_size: int,
-) -> tuple[np.ndarray, np.ndarray]:
+    weights: Optional[Sequence[np.ndarray]] = None,
+    label_size: Optional[int] = None,
+):
     """A random batch of (input tile, label tile) pairs.
 
-    images: [H, W, C] each (a list, or a stack [N, H, W, C]); masks: [H, W] each.
-    Returns x float32 [B, input_size, input_size, C] and y int32 [B, output_size, output_size].
+    images: [H, W, C] each (a list, or a stack [N, H, W, C]); masks: [H, W] each; weights
+    (optional): per-pixel loss weights [H, W] each, cut like the masks.
+    Returns x float32 [B, input_size, input_size, C] and y int32 [B, L, L], L = `label_size`
+    (default `output_size`), and with `weights` also w float32 [B, L, L]: (x, y) or (x, y, w).
+
+    A `label_size` above `output_size` cuts the labels concentric with the output window
+    (mirrored where they leave the image), e.g. input-sized for elastic deformation, which moves
+    labels from outside the window into it. The draws depend only on `rng` and the sizes, not on
+    `weights` or `label_size`: the same seed gives the same windows.
 
     Each tile: an image is picked uniformly; an output window is picked uniformly among the
     positions that lie inside the image; the input tile is the window grown by the context
@@ -77,9 +86,14 @@ def sample_tiles(
             "the input must exceed the output by an even number of pixels"
         )
     margin = context // 2
+    label_size = output_size if label_size is None else label_size
+    if (label_size - output_size) % 2 or label_size < output_size:
+        raise ValueError(f"label size {label_size} must exceed the output size {output_size} by an even number of pixels")
+    label_margin = (label_size - output_size) // 2
     channels = images[0].shape[-1]
     x = np.empty((batch_size, input_size, input_size, channels), np.float32)  # [B, Hin, Win, C]
-    y = np.empty((batch_size, output_size, output_size), np.int32)  # [B, Hout, Wout]
+    y = np.empty((batch_size, label_size, label_size), np.int32)  # [B, L, L]
+    pixel_weights = None if weights is None else np.empty((batch_size, label_size, label_size), np.float32)
     for b in range(batch_size):
         i = int(rng.integers(len(images)))
         image, mask = images[i], masks[i]
@@ -89,5 +103,7 @@ def sample_tiles(
         top = int(rng.integers(min(0, h - output_size), max(0, h - output_size) + 1))
         left = int(rng.integers(min(0, w - output_size), max(0, w - output_size) + 1))
         x[b] = mirror_crop(image, top - margin, left - margin, input_size, input_size)
-        y[b] = mirror_crop(mask, top, left, output_size, output_size)
-    return x, y
+        y[b] = mirror_crop(mask, top - label_margin, left - label_margin, label_size, label_size)
+        if weights is not None:
+            pixel_weights[b] = mirror_crop(weights[i], top - label_margin, left - label_margin, label_size, label_size)
+    return (x, y) if weights is None else (x, y, pixel_weights)
