@@ -21,9 +21,10 @@ import numpy as np
 from unet_jax.data.samples import Samples
 
 RADIUS_RANGE = (6.0, 15.0)  # mean cell radius in pixels (fixed: the "microscope" does not zoom)
-# Per layout: the chance that a new cell is placed against an existing one, and the share of
-# the image the cells aim to cover.
-LAYOUTS = {"mixed": (0.65, (0.3, 0.45)), "touching": (0.97, (0.45, 0.6))}
+# Per layout: the chance that a new cell is placed against an existing one, the share of the
+# image the cells aim to cover, and how much a cell dims from its centre to its edge (which
+# draws the seam between touching cells; a real membrane stain shows one much like it).
+LAYOUTS = {"mixed": (0.65, (0.3, 0.45), 0.35), "touching": (0.97, (0.45, 0.6), 0.6)}
 HARMONICS = np.arange(2, 6)  # low-frequency radial perturbations cos(h * theta), h = 2..5
 
 
@@ -43,7 +44,7 @@ def make_cells(num_images: int, size: int = 256, seed: int = 0, layout: str = "m
         rng = np.random.default_rng(child)
         labels, distance, brightness = _draw_cells(rng, size, layout)
         instances[i] = labels
-        images[i, :, :, 0] = _photograph(rng, labels, distance, brightness)
+        images[i, :, :, 0] = _photograph(rng, labels, distance, brightness, edge_dimming=LAYOUTS[layout][2])
     return Samples(
         images=images,
         masks=(instances > 0).astype(np.int32),
@@ -59,7 +60,7 @@ def _place_centres(rng: np.random.Generator, size: int, layout: str) -> tuple[np
     overlap; `_draw_cells` then splits the overlap, which makes touching cells with a shared
     border. Centres closer than 0.6x the radius sum are rejected so no cell swallows another.
     """
-    attach, coverage = LAYOUTS[layout]
+    attach, coverage, _ = LAYOUTS[layout]
     target_area = rng.uniform(*coverage) * size * size  # about this much foreground
     centres, radii, area = [], [], 0.0
     for _ in range(40 * size * size // 1000 + 50):  # bounded attempts; most succeed
@@ -134,7 +135,9 @@ def _draw_cells(rng: np.random.Generator, size: int, layout: str) -> tuple[np.nd
     return lookup[labels], np.where(inside, distance, np.float32(1)), brightness[kept]
 
 
-def _photograph(rng: np.random.Generator, labels: np.ndarray, distance: np.ndarray, brightness: np.ndarray) -> np.ndarray:
+def _photograph(
+    rng: np.random.Generator, labels: np.ndarray, distance: np.ndarray, brightness: np.ndarray, edge_dimming: float
+) -> np.ndarray:
     """The image [H, W] a fluorescence microscope would record of the labelled cells.
 
     Cells are brightest at the centre and dimmer towards the edge (so touching cells show a
@@ -147,7 +150,7 @@ def _photograph(rng: np.random.Generator, labels: np.ndarray, distance: np.ndarr
     size = labels.shape[0]
     cell = np.concatenate([[0.0], brightness]).astype(np.float32)[labels]  # [H, W]; 0 outside
     haze = np.float32(rng.uniform(0.05, 0.13)) * (1 + _waves(rng, size, 2, 3.0, (0.15, 0.35)))  # > 0
-    signal = cell * (1 - 0.35 * distance**2) + haze
+    signal = cell * (1 - np.float32(edge_dimming) * distance**2) + haze
     signal = signal * np.clip(1 + _waves(rng, size, 3, 1.5, (0.1, 0.25)), 0.4, 1.5)
     signal = _blur(signal.astype(np.float32), sigma=rng.uniform(0.8, 1.6))
     photons = rng.uniform(80, 300)  # photons at intensity 1: fewer means noisier
