@@ -10,6 +10,8 @@ schedule, each run a fresh `unet-jax train` process as a user runs it:
   - weighted+elastic
   - ce+gap         cross-entropy on the gapped target without the weight map (what the gap alone does)
   - few-images     weighted-ce with elastic deformation from 2 training images
+  - few-images-no-elastic   the same without elastic deformation
+  - weighted+elastic-2.2px  elastic deformation scaled to the demo's 124-px tiles (10 px x 124 / 572)
 Every run is validated on the same 8 held-out touching-cells images, predicted whole. Writes
 `recipe.{json,md}` (instance F1, touching pairs kept apart, pixel IoU, wall clock per run) and
 keeps each run's `summary.json` (and, for weighted runs, `weight_map.png`) under `runs/NAME/`.
@@ -36,6 +38,8 @@ RUNS = {
     "weighted+elastic": ["--loss", "weighted-ce", "--elastic"],
     "ce+gap": ["--target-gap"],
     "few-images": ["--loss", "weighted-ce", "--elastic", "--cells-train-images", "2"],
+    "few-images-no-elastic": ["--loss", "weighted-ce", "--cells-train-images", "2"],
+    "weighted+elastic-2.2px": ["--loss", "weighted-ce", "--elastic", "--elastic-sigma", "2.2"],
 }
 KEPT = ("summary.json", "config.json", "weight_map.png", "predictions.png")
 

@@ -61,3 +61,13 @@ def test_instance_masks_from_a_folder_train_with_the_gap(tmp_path, extra):
     assert main(["train", "--data", str(data), "--val-fraction", "0.34", "--steps", "1", "--run-dir", str(run), *extra, *TINY]) == 0
     assert (run / "weight_map.png").is_file() == ("weighted-ce" in extra)
     assert "instances" in json.loads((run / "summary.json").read_text())["validation_whole_images"]
+
+
+def test_the_instances_preset_is_the_demo_with_the_weight_map():
+    """The README's `weighted` run is this preset: the demo's network and schedule, weighted-ce, touching cells."""
+    import dataclasses
+
+    from unet_jax.presets import PRESETS, resolve
+
+    demo_with_recipe = resolve("demo", {"loss": "weighted-ce", "cells_layout": "touching"})
+    assert dataclasses.replace(PRESETS["instances"], preset="demo") == demo_with_recipe
