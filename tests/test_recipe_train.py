@@ -71,3 +71,31 @@ def test_the_instances_preset_is_the_demo_with_the_weight_map():
 
     demo_with_recipe = resolve("demo", {"loss": "weighted-ce", "cells_layout": "touching"})
     assert dataclasses.replace(PRESETS["instances"], preset="demo") == demo_with_recipe
+
+
+def test_the_train_step_scores_the_centre_of_input_sized_weights_and_masks():
+    """Weights reach the loss, cropped like the masks: doubling them doubles the loss, and
+    input-sized masks and weights (elastic deformation's) score the same centre as label-sized ones."""
+    import jax.numpy as jnp
+
+    from unet_jax.config import UNetConfig
+    from unet_jax.losses import make_loss
+    from unet_jax.model import UNet
+    from unet_jax.train_step import create_train_state, make_eval_step, make_optax_optimizer
+
+    config = UNetConfig(features=4, depth=2)
+    size, out = 60, config.output_size(60)
+    margin = (size - out) // 2
+    state = create_train_state(UNet(config), make_optax_optimizer("adam", 1e-3), 0, size)
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.normal(size=(2, size, size, 1)).astype(np.float32))
+    masks = rng.integers(0, 2, (2, size, size)).astype(np.int32)
+    weights = rng.uniform(0.5, 10, (2, size, size)).astype(np.float32)
+    step = make_eval_step(make_loss("weighted-ce"))
+    centre = (slice(None), slice(margin, margin + out), slice(margin, margin + out))
+    full = float(step(state, images, jnp.asarray(masks), jnp.asarray(weights))["loss"])
+    cropped = float(step(state, images, jnp.asarray(masks[centre]), jnp.asarray(weights[centre]))["loss"])
+    doubled = float(step(state, images, jnp.asarray(masks[centre]), jnp.asarray(2 * weights[centre]))["loss"])
+    assert full == pytest.approx(cropped, rel=1e-6) and doubled == pytest.approx(2 * cropped, rel=1e-6)
+    plain = float(make_eval_step(make_loss("ce"))(state, images, jnp.asarray(masks[centre]))["loss"])
+    assert not np.isclose(plain, cropped)  # the weights changed the loss

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import math
 import signal
 import threading
@@ -240,7 +241,7 @@ class _Session:
         """Run the steps after `state.step` up to `cfg.steps`; returns the last state."""
         cfg = self.cfg
         start = int(state.step)
-        augmentations = ([lambda key, *tiles: elastic_deform(key, *tiles, sigma=cfg.elastic_sigma)] if cfg.elastic else [])
+        augmentations = [functools.partial(elastic_deform, sigma=cfg.elastic_sigma)] if cfg.elastic else []
         augmentations += [augment] if cfg.augment else []
         train_step = make_train_step(make_loss(cfg.loss), augment=chain(*augmentations) if augmentations else None)
         window, timer = [], _Throughput()
