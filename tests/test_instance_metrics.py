@@ -76,3 +76,10 @@ def test_empty_cases():
     assert (scores["precision"], scores["recall"], scores["f1"]) == (0.0, 0.0, 0.0)
     with pytest.raises(ValueError, match="differ in size"):
         match_instances(np.zeros((4, 5), bool), missed)
+
+
+def test_a_pair_counts_as_kept_apart_only_when_both_cells_are_found():
+    instances = _two_touching_squares()
+    predicted = instances == 7  # 7 found exactly, 300 missed
+    counts = match_instances(predicted, instances)
+    assert (counts["true_positives"], counts["false_negatives"], counts["split_pairs"]) == (1, 1, 0)
