@@ -14,7 +14,7 @@ schedule, each run a fresh `unet-jax train` process as a user runs it:
   - weighted+elastic-2.2px  elastic deformation scaled to the demo's 124-px tiles (10 px x 124 / 572)
 Every run is validated on the same 8 held-out touching-cells images, predicted whole. Writes
 `recipe.{json,md}` (instance F1, touching pairs kept apart, pixel IoU, wall clock per run) and
-keeps each run's `summary.json` (and, for weighted runs, `weight_map.png`) under `runs/NAME/`.
+keeps each run's `summary.json` (and, for weighted runs, `weight_map.png`) under `per-run/NAME/`.
 """
 
 from __future__ import annotations
@@ -84,14 +84,14 @@ def to_markdown(report: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="folder for recipe.{json,md} and runs/")
+    parser.add_argument("--out", type=Path, required=True, help="folder for recipe.{json,md} and per-run/")
     parser.add_argument("--only", nargs="+", choices=sorted(RUNS), help="run these only (default: all, in order)")
     args = parser.parse_args(argv)
     previous = args.out / "recipe.json"
     results = json.loads(previous.read_text())["result"] if previous.is_file() else {}
     with tempfile.TemporaryDirectory(prefix="unet-recipe-") as tmp:
         for name in args.only or RUNS:
-            results[name] = run_one(name, Path(tmp), args.out / "runs" / name)
+            results[name] = run_one(name, Path(tmp), args.out / "per-run" / name)
             print(f"{name}: {json.dumps(results[name]['whole_images'].get('instances'))}", flush=True)
             ordered = {k: results[k] for k in RUNS if k in results}
             write_measurement(args.out, "recipe", ordered, to_markdown)  # after every run: a cut-off keeps what ran
