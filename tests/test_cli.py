@@ -13,7 +13,7 @@ from PIL import Image
 
 import unet_torch
 from unet_jax.cli import build_parser, main
-from unet_jax.config import DTYPES, LOSSES, OPTIMIZERS, PADDINGS, UPSAMPLES
+from unet_jax.config import CELLS_LAYOUTS, DTYPES, LOSSES, OPTIMIZERS, PADDINGS, UPSAMPLES
 from unet_jax.data import make_cells
 from unet_jax.presets import PRESETS
 
@@ -257,11 +257,11 @@ def test_every_option_has_help_with_its_default():
             assert shown, f"{name} {action.option_strings[0]}: {help_text!r}"
     train_options = {a.dest: a for a in commands.choices["train"]._actions}
     for name, library in (("optimizer", OPTIMIZERS), ("loss", LOSSES), ("dtype", DTYPES), ("padding", PADDINGS),
-                          ("upsample", UPSAMPLES)):
+                          ("upsample", UPSAMPLES), ("cells_layout", CELLS_LAYOUTS)):
         assert train_options[name].choices is library, name  # the library's own tuple, not a copy
     assert train_options["preset"].choices == sorted(PRESETS)
     [batch_size] = [a for a in commands.choices["train"]._actions if a.dest == "batch_size"]
-    assert batch_size.help.endswith("(default: demo 8, seed 16, paper 1)")  # from the presets themselves
+    assert batch_size.help.endswith("(default: demo 8, instances 8, seed 16, paper 1)")  # from the presets themselves
 
 
 def test_preset_with_resume_is_refused(run_dir, capsys):

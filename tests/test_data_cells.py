@@ -87,3 +87,17 @@ def test_64_images_of_256_are_fast():
     start = time.perf_counter()
     make_cells(64, size=256, seed=0)
     assert time.perf_counter() - start < 6.0  # ~1.1 s on a 2-core CPU; the budget is 3 s
+
+
+def test_the_touching_layout_packs_cells_against_each_other():
+    from unet_jax.instance_metrics import touching_pairs
+
+    mixed, touching = make_cells(3, size=128, seed=1), make_cells(3, size=128, seed=1, layout="touching")
+    pairs_per_cell = [sum(len(touching_pairs(i)) for i in s.instances) / sum(int(i.max()) for i in s.instances)
+                      for s in (mixed, touching)]
+    assert pairs_per_cell[1] > 1.3 * pairs_per_cell[0]
+    assert touching.masks.mean() > mixed.masks.mean()
+    again = make_cells(3, size=128, seed=1, layout="touching")
+    assert again.images.tobytes() == touching.images.tobytes()
+    with pytest.raises(ValueError, match="layout must be one of"):
+        make_cells(1, layout="dense")

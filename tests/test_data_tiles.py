@@ -89,3 +89,26 @@ def test_sizes_that_no_unet_produces_are_refused():
         sample_tiles([image], [mask], np.random.default_rng(0), 1, 61, 20)
     with pytest.raises(ValueError):
         sample_tiles([image], [mask[:30]], np.random.default_rng(0), 1, INPUT, OUTPUT)
+
+
+def test_weights_and_input_sized_labels_are_cut_from_the_same_windows():
+    rng = np.random.default_rng(0)
+    image = rng.uniform(0, 1, (50, 60, 1)).astype(np.float32)
+    mask = rng.integers(0, 2, (50, 60)).astype(np.int32)
+    weights = rng.uniform(0, 5, (50, 60)).astype(np.float32)
+    x, y = sample_tiles([image], [mask], np.random.default_rng(4), 6, INPUT, OUTPUT)
+    x2, y2, w2 = sample_tiles([image], [mask], np.random.default_rng(4), 6, INPUT, OUTPUT, weights=[weights])
+    x3, y3, w3 = sample_tiles([image], [mask], np.random.default_rng(4), 6, INPUT, OUTPUT, weights=[weights], label_size=INPUT)
+    np.testing.assert_array_equal(x, x2)
+    np.testing.assert_array_equal(x, x3)
+    np.testing.assert_array_equal(y, y2)
+    assert y3.shape == (6, INPUT, INPUT) and w3.shape == (6, INPUT, INPUT) and w3.dtype == np.float32
+    margin = (INPUT - OUTPUT) // 2
+    np.testing.assert_array_equal(y3[:, margin:-margin, margin:-margin], y)  # concentric: the window is its centre
+    np.testing.assert_array_equal(w3[:, margin:-margin, margin:-margin], w2)
+    # Weights sit where the mask sits: cutting the image's own pixel positions finds them.
+    positions = np.arange(50 * 60, dtype=np.float32).reshape(50, 60)
+    _, ids, cut = sample_tiles([image], [positions.astype(np.int32)], np.random.default_rng(4), 6, INPUT, OUTPUT,
+                               weights=[positions], label_size=INPUT)
+    np.testing.assert_array_equal(cut, ids.astype(np.float32))
+    np.testing.assert_array_equal(x3[..., 0], image[..., 0].ravel()[ids])  # the image under the labels, mirror and all

@@ -96,3 +96,25 @@ def test_weights_of_another_network_list_every_mismatch(tmp_path):
     assert "wrong shape: down1.conv1.weight is (4, 1, 3, 3), expected (8, 1, 3, 3)" in message
     assert "missing: down3.conv1.weight" in message
     assert message.count("\n") > 10  # every mismatch, not the first one
+
+
+def test_instance_scores_with_instance_masks_and_the_reason_without(tmp_path):
+    # The constant model again: the whole image is one predicted object.
+    variables = jax.tree.map(np.zeros_like, random_variables(CONFIG))
+    variables["params"]["head"]["bias"] = np.array([0.0, 1.0], np.float32)
+    save_flax_weights(variables, CONFIG, tmp_path / "constant.safetensors")
+    instances = np.zeros((10, 10), np.uint16)  # 16-bit: read as instance labels
+    instances[:6] = 1  # 60 of 100 pixels: IoU 0.6 with the one predicted object, a match
+    instances[6:8, :4] = 2  # 8 pixels touching object 1: not matched
+    _write_pair(tmp_path / "objects", "a", np.zeros((10, 10), np.uint8), instances)
+    scores = evaluate(tmp_path / "constant.safetensors", tmp_path / "objects", tile_size=TILE)
+    objects = scores["instances"]
+    assert (objects["true_positives"], objects["false_positives"], objects["false_negatives"]) == (1, 0, 1)
+    assert (objects["touching_pairs"], objects["split_pairs"]) == (1, 0)
+    assert objects["f1"] == pytest.approx(2 / 3) and "instances_absent" not in scores
+    assert scores["dice"] == pytest.approx(2 * 68 / 168)  # the pixel scores stay
+
+    _write_pair(tmp_path / "classes", "b", np.zeros((10, 10), np.uint8), (instances > 0).astype(np.uint8))
+    scores = evaluate(tmp_path / "constant.safetensors", tmp_path / "classes", tile_size=TILE)
+    assert "instances" not in scores
+    assert "hold class indices, not instance labels" in scores["instances_absent"] and "b" in scores["instances_absent"]

@@ -160,3 +160,19 @@ def test_numpy_counts_equal_the_training_metric():
     counts = class_counts(logits.argmax(-1), labels, 3)
     for key, value in expected.items():
         np.testing.assert_array_equal(counts[key], np.asarray(value))
+
+
+def test_weighted_cross_entropy_is_the_weighted_mean_of_pixel_losses():
+    from unet_jax.losses import needs_weights, weighted_cross_entropy
+
+    logits, labels = _random_batch(7, c=2)
+    weights = np.random.default_rng(7).uniform(0.5, 10, labels.shape).astype(np.float32)
+    # -log softmax at the true class, in float64 numpy.
+    shifted = logits.astype(np.float64) - logits.max(-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    pixel = -np.take_along_axis(log_probs, labels[..., None], -1)[..., 0]
+    got = float(jax.jit(make_loss("weighted-ce"))(logits, labels, weights))
+    assert got == pytest.approx(float((weights * pixel).mean()), rel=1e-6)
+    ones = np.ones_like(weights)
+    assert float(weighted_cross_entropy(logits, labels, ones)) == pytest.approx(float(cross_entropy_jit(logits, labels)), rel=1e-6)
+    assert needs_weights("weighted-ce") and not needs_weights("ce")

@@ -157,9 +157,9 @@ def test_existing_run_is_never_overwritten(straight, capsys):
 def poison(monkeypatch, at_step):
     clean_batch = train_module.batch_at
 
-    def poisoned(samples, cfg, step, rows=None):
-        images, masks = clean_batch(samples, cfg, step, rows)
-        return (images * np.nan if step == at_step else images), masks
+    def poisoned(samples, cfg, step, weights=None, rows=None):
+        images, *labels = clean_batch(samples, cfg, step, weights, rows)
+        return (images * np.nan if step == at_step else images), *labels
 
     monkeypatch.setattr(train_module, "batch_at", poisoned)
 

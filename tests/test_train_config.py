@@ -39,6 +39,11 @@ SMALL = dict(model=UNetConfig(features=4, depth=2), tile_size=60)
         ("val_fraction", 1.0),
         ("seed", -1),
         ("augment", "yes"),
+        ("elastic", 1),
+        ("target_gap", "no"),
+        ("elastic_sigma", -1.0),
+        ("elastic_sigma", math.inf),
+        ("cells_layout", "dense"),
         ("data", 3),
     ],
 )
@@ -99,3 +104,10 @@ def test_a_resumed_run_may_change_the_learning_rate_and_the_steps_and_nothing_el
     message = str(info.value)
     assert "--features (4 -> 8)" in message and "--optimizer ('adam' -> 'sgd')" in message
     assert "--steps" in message.split("may change only")[1] and "--run-dir" in message
+
+
+def test_weighted_ce_and_the_gap_option_both_separate_touching_objects():
+    assert not TrainConfig(**SMALL).separates_touching
+    assert TrainConfig(**SMALL, loss="weighted-ce").separates_touching
+    assert TrainConfig(**SMALL, target_gap=True).separates_touching
+    assert TrainConfig(**SMALL, elastic_sigma=0.0).elastic_sigma == 0.0  # no deformation, allowed

@@ -7,18 +7,22 @@ Pure Python, importing neither JAX nor torch: `unet_torch` builds its network fr
 from unet_config.architecture import NORMS, PADDINGS, UPSAMPLES, UNetConfig
 from unet_config.errors import ConfigError, MissingFileError, UNetError
 from unet_config.training import (
+    CELLS_LAYOUTS,
     DTYPES,
     LOSSES,
     OPTIMIZERS,
     REMAT_POLICIES,
     RESUMABLE_FIELDS,
     TRAJECTORY_FIELDS,
+    WEIGHT_MAP_LOSSES,
     TrainConfig,
 )
 
 __all__ = [
     "DTYPES",
     "LOSSES",
+    "CELLS_LAYOUTS",
+    "WEIGHT_MAP_LOSSES",
     "NORMS",
     "OPTIMIZERS",
     "PADDINGS",

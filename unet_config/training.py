@@ -15,7 +15,9 @@ from unet_config.architecture import UNetConfig, described, is_integer
 from unet_config.errors import ConfigError
 
 OPTIMIZERS = ("adam", "sgd")
-LOSSES = ("ce", "dice", "ce+dice")
+LOSSES = ("ce", "dice", "ce+dice", "weighted-ce")
+WEIGHT_MAP_LOSSES = ("weighted-ce",)  # losses that take the separation weight map, so need instance masks
+CELLS_LAYOUTS = ("mixed", "touching")  # the built-in synthetic cells: see unet_jax.data.cells
 DTYPES = ("float32", "bfloat16")
 # What the backward pass recomputes instead of keeping (`unet_jax.model.UNet.remat`).
 REMAT_POLICIES = ("none", "blocks", "conv-outputs")
@@ -43,7 +45,14 @@ class TrainConfig:
     optimizer: str = described("adam", "adam, or sgd with momentum")
     learning_rate: float = described(1e-3, "step size, in (0, 1] (a resumed run may change it)")
     momentum: float = described(0.99, "SGD momentum, in [0, 1); unused by adam")
-    loss: str = described("ce", "ce: cross-entropy; dice: soft Dice of the foreground classes; ce+dice: their sum")
+    loss: str = described(
+        "ce",
+        "ce: cross-entropy; dice: soft Dice of the foreground classes; ce+dice: their sum; weighted-ce: cross-entropy "
+        "weighted by the paper's separation weight map (needs instance masks; implies --target-gap)",
+    )
+    target_gap: bool = described(
+        False, "instance masks: train on targets with a one-pixel background gap between touching objects, as the paper"
+    )
     dtype: str = described("float32", "compute dtype; parameters stay float32")
     remat: str = described(
         "none", "recompute in the backward pass instead of keeping: none; blocks: each conv block from its input; "
@@ -51,6 +60,8 @@ class TrainConfig:
         "less memory, more compute"
     )
     augment: bool = described(True, "random flips and 90-degree rotations, on the device")
+    elastic: bool = described(False, "the paper's elastic deformation (3x3 grid of random displacements), on the device")
+    elastic_sigma: float = described(10.0, "standard deviation of the elastic displacements, pixels (the paper's: 10)")
     seed: int = described(0, "parameters, data order and augmentation all derive from it")
     init_weights: Optional[str] = described(
         None, "start the new run from these weights (Flax or PyTorch file, any naming; its architecture is taken); none: random"
@@ -61,6 +72,7 @@ class TrainConfig:
     cells_train_images: int = described(48, "built-in synthetic cells: training images")
     cells_val_images: int = described(8, "built-in synthetic cells: validation images")
     cells_image_size: int = described(256, "built-in synthetic cells: image side")
+    cells_layout: str = described("mixed", "built-in synthetic cells: mixed (some touch) or touching (most cells touch)")
     eval_every: int = described(100, "steps between validations")
     val_tiles_per_image: int = described(4, "validation tiles cut from each held-out image")
     log_every: int = described(10, "steps between records in metrics.jsonl")
@@ -78,14 +90,17 @@ class TrainConfig:
             raise ConfigError(f"{_name('cells_image_size')} must be at least {_MIN_CELLS_IMAGE_SIZE}, got {self.cells_image_size}")
         if not is_integer(self.seed) or self.seed < 0:
             raise ConfigError(f"{_name('seed')} must be a non-negative integer, got {self.seed!r}")
-        for name, allowed in (("optimizer", OPTIMIZERS), ("loss", LOSSES), ("dtype", DTYPES), ("remat", REMAT_POLICIES)):
+        for name, allowed in (("optimizer", OPTIMIZERS), ("loss", LOSSES), ("dtype", DTYPES), ("remat", REMAT_POLICIES),
+                              ("cells_layout", CELLS_LAYOUTS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{_name(name)} must be one of {allowed}, got {getattr(self, name)!r}")
         _check_range("learning_rate", self.learning_rate, 0, 1, low_open=True, high_open=False)
         _check_range("momentum", self.momentum, 0, 1, low_open=False, high_open=True)
         _check_range("val_fraction", self.val_fraction, 0, 1, low_open=True, high_open=True)
-        if not isinstance(self.augment, bool):
-            raise ConfigError(f"{_name('augment')} must be true or false, got {self.augment!r}")
+        for name in ("augment", "elastic", "target_gap"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{_name(name)} must be true or false, got {getattr(self, name)!r}")
+        _check_range("elastic_sigma", self.elastic_sigma, 0, math.inf, low_open=False, high_open=True)
         for name in ("preset", "data", "val_data", "init_weights"):
             value = getattr(self, name)
             if not (isinstance(value, str) or (value is None and name != "preset")):
@@ -95,6 +110,11 @@ class TrainConfig:
     @property
     def label_size(self) -> int:
         return self.model.output_size(self.tile_size)
+
+    @property
+    def separates_touching(self) -> bool:
+        """Whether training targets get the one-pixel gap between touching objects (needs instance masks)."""
+        return self.target_gap or self.loss in WEIGHT_MAP_LOSSES
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -19,6 +19,7 @@ from typing import Callable, Optional, Sequence
 
 from unet_jax import __version__
 from unet_jax.config import (
+    CELLS_LAYOUTS,
     DTYPES,
     LOSSES,
     NORMS,
@@ -53,6 +54,7 @@ CHOICES = {
     "loss": LOSSES,
     "dtype": DTYPES,
     "remat": REMAT_POLICIES,
+    "cells_layout": CELLS_LAYOUTS,
 }
 
 
@@ -179,8 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a U-Net (default: the CPU demo on built-in synthetic cells)")
     train.add_argument("--preset", choices=sorted(PRESETS),
-                       help="demo: small net, CPU-sized; seed: the seed's full net, Adam, batch 16; paper: SGD 0.99, "
-                            "batch 1 (default: demo)")
+                       help="demo: small net, CPU-sized; instances: the demo with the paper's weight map, for instance "
+                            "masks; seed: the seed's full net, Adam, batch 16; paper: SGD 0.99, batch 1 (default: demo)")
     where = train.add_mutually_exclusive_group()
     where.add_argument("--run-dir", help="where the new run is written (default: runs/<preset>-<time>)")
     where.add_argument("--resume", metavar="RUN_DIR",

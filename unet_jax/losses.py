@@ -1,15 +1,19 @@
-"""Segmentation losses on logits `[N, H, W, C]` and class-index labels `[N, H, W]`."""
+"""Segmentation losses on logits `[N, H, W, C]` and class-index labels `[N, H, W]`.
+
+`weighted-ce` also takes per-pixel weights `[N, H, W]` (the paper's separation weight map,
+`unet_jax.data.weight_map`); `needs_weights` says which losses do.
+"""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-from unet_jax.config import LOSSES
+from unet_jax.config import LOSSES, WEIGHT_MAP_LOSSES
 
 
-def cross_entropy(logits, labels):
-    """Mean pixel-wise softmax cross-entropy (PyTorch's `F.cross_entropy`).
+def pixel_cross_entropy(logits, labels):
+    """Softmax cross-entropy of every pixel, [N, H, W].
 
     The true class's log-probability is picked with a one-hot comparison, not gathered
     (`optax.softmax_cross_entropy_with_integer_labels` uses `take_along_axis`): the gradient of a
@@ -20,8 +24,22 @@ def cross_entropy(logits, labels):
     """
     log_probs = jax.nn.log_softmax(logits, axis=-1)  # [N, H, W, C]
     is_true_class = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.bool_)  # [N, H, W, C]
-    picked = jnp.where(is_true_class, log_probs, 0.0)
-    return -picked.sum(axis=-1).mean()
+    return -jnp.where(is_true_class, log_probs, 0.0).sum(axis=-1)
+
+
+def cross_entropy(logits, labels):
+    """Mean pixel-wise softmax cross-entropy (PyTorch's `F.cross_entropy`)."""
+    return pixel_cross_entropy(logits, labels).mean()
+
+
+def weighted_cross_entropy(logits, labels, weights):
+    """Mean over pixels of weight x softmax cross-entropy: the paper's energy (eq. 1), averaged."""
+    return (weights * pixel_cross_entropy(logits, labels)).mean()
+
+
+def needs_weights(name: str) -> bool:
+    """Whether loss `name` takes per-pixel weights (and so instance masks to compute them from)."""
+    return name in WEIGHT_MAP_LOSSES
 
 
 def soft_dice_loss(logits, labels, smooth: float = 1.0):
@@ -38,11 +56,13 @@ def soft_dice_loss(logits, labels, smooth: float = 1.0):
 
 
 def make_loss(name: str):
-    """'ce', 'dice' or 'ce+dice' (their sum) -> loss(logits, labels)."""
+    """'ce', 'dice' or 'ce+dice' (their sum) -> loss(logits, labels); 'weighted-ce' -> loss(logits, labels, weights)."""
     if name == "ce":
         return cross_entropy
     if name == "dice":
         return soft_dice_loss
     if name == "ce+dice":
         return lambda logits, labels: cross_entropy(logits, labels) + soft_dice_loss(logits, labels)
+    if name == "weighted-ce":
+        return weighted_cross_entropy
     raise ValueError(f"loss must be one of {LOSSES}, got {name!r}")

@@ -1,4 +1,4 @@
-"""The two pictures a run leaves behind: loss curves and image | truth | prediction rows."""
+"""The pictures a run leaves behind: loss curves, image | truth | prediction rows, and the weight map."""
 
 from __future__ import annotations
 
@@ -54,6 +54,23 @@ def plot_predictions(images: np.ndarray, truths: np.ndarray, predictions: np.nda
             axis.set_yticks([])
             if row == 0:
                 axis.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_weight_map(image: np.ndarray, target: np.ndarray, weights: np.ndarray, path: Path) -> None:
+    """A training image [H, W, C], its target with the gaps between touching objects [H, W], and its weight map [H, W]."""
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
+    picture = image[..., 0] if image.shape[-1] == 1 else (image - image.min()) / max(np.ptp(image), 1e-6)
+    axes[0].imshow(picture, cmap="gray", interpolation="nearest")
+    axes[1].imshow(target, cmap="gray", interpolation="nearest")
+    shown = axes[2].imshow(weights, cmap="jet", interpolation="nearest")
+    fig.colorbar(shown, ax=axes[2], fraction=0.046, pad=0.04)
+    for axis, title in zip(axes, ("image", "target (gaps between touching cells)", "weight map w(x)")):
+        axis.set_title(title)
+        axis.set_xticks([])
+        axis.set_yticks([])
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -64,6 +64,7 @@ class RunDir:
     SUMMARY = "summary.json"
     LOSS_PLOT = "loss.png"
     PREDICTIONS_PLOT = "predictions.png"
+    WEIGHT_MAP_PLOT = "weight_map.png"  # runs with --loss weighted-ce
     LOCK = "run.lock"
 
     def __init__(self, path):

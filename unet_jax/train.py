@@ -26,13 +26,16 @@ from tqdm import tqdm
 from unet_jax.checkpoints import Checkpointer
 from unet_jax.config import TRAJECTORY_FIELDS, ConfigError, TrainConfig, UNetError
 from unet_jax.data import Normalization, Samples, augment, load_folder, make_cells, sample_tiles, split_validation
+from unet_jax.data.augment import chain
+from unet_jax.data.elastic import elastic_deform
+from unet_jax.data.targets import require_instances, separated_targets
 from unet_jax.distributed import DataParallel, check_batch_size, fetch, is_primary
 from unet_jax.evaluate import evaluate_samples
 from unet_jax.init_weights import init_normalization, start_from_weights
-from unet_jax.losses import make_loss
+from unet_jax.losses import make_loss, needs_weights
 from unet_jax.metrics import add_counts, scores_from_counts
 from unet_jax.model import UNet
-from unet_jax.plots import plot_losses, plot_predictions
+from unet_jax.plots import plot_losses, plot_predictions, plot_weight_map
 from unet_jax.predict import Predictor
 from unet_jax.run_dir import FollowerRunDir, MetricsLog, RunDir, RunDirError, TrainingInterrupted
 from unet_jax.train_step import TrainState, create_train_state, make_eval_step, make_optax_optimizer, make_train_step
@@ -47,14 +50,23 @@ class NonFiniteLossError(UNetError):
 
 # ------------------------------------------------------------------ data
 def load_data(cfg: TrainConfig) -> tuple[Samples, Samples]:
-    """(train, validation) samples, not yet normalised."""
+    """(train, validation) samples, not yet normalised; DataError if the loss needs instance masks they lack."""
+    train, val = _read_data(cfg)
+    if cfg.separates_touching:
+        why = "--loss weighted-ce" if needs_weights(cfg.loss) else "--target-gap"
+        require_instances(train, why, cfg.data)
+        require_instances(val, why, cfg.val_data or cfg.data)
+    return train, val
+
+
+def _read_data(cfg: TrainConfig) -> tuple[Samples, Samples]:
     if cfg.data is None:
         if cfg.model.in_channels != 1 or cfg.model.num_classes != 2:
             raise ConfigError("the built-in cells are 1-channel, 2-class: pass --data for other in_channels/num_classes")
         size = cfg.cells_image_size
         return (
-            make_cells(cfg.cells_train_images, size, seed=cfg.seed),
-            make_cells(cfg.cells_val_images, size, seed=cfg.seed + VAL_SEED_OFFSET),
+            make_cells(cfg.cells_train_images, size, seed=cfg.seed, layout=cfg.cells_layout),
+            make_cells(cfg.cells_val_images, size, seed=cfg.seed + VAL_SEED_OFFSET, layout=cfg.cells_layout),
         )
     train = load_folder(cfg.data, cfg.model.in_channels, cfg.model.num_classes)
     if cfg.val_data is not None:
@@ -65,26 +77,34 @@ def load_data(cfg: TrainConfig) -> tuple[Samples, Samples]:
         raise ConfigError(f"--data {cfg.data}: {error}") from None
 
 
-def batch_at(samples: Samples, cfg: TrainConfig, step: int, rows: Optional[range] = None) -> tuple[np.ndarray, np.ndarray]:
+def batch_at(samples: Samples, cfg: TrainConfig, step: int, weights=None, rows: Optional[range] = None) -> tuple[np.ndarray, ...]:
     """The training batch of `step` (its `rows` only, if given): a pure function of (seed, step),
-    so resume needs no RNG state and every process agrees on the global batch."""
+    so resume needs no RNG state and every process agrees on the global batch.
+
+    (images, masks), or (images, masks, weights) with per-image `weights`. Elastic deformation
+    moves labels into the output window from around it, so it gets input-sized label tiles.
+    """
     rng = np.random.default_rng([cfg.seed, step])
-    return sample_tiles(samples.images, samples.masks, rng, cfg.batch_size, cfg.tile_size, cfg.label_size, rows=rows)
+    label_size = cfg.tile_size if cfg.elastic else cfg.label_size
+    return sample_tiles(samples.images, samples.masks, rng, cfg.batch_size, cfg.tile_size, cfg.label_size, weights, label_size,
+                        rows=rows)
 
 
-def validation_tiles(samples: Samples, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+def validation_tiles(samples: Samples, cfg: TrainConfig, weights=None) -> tuple[np.ndarray, ...]:
     """A fixed set of held-out tiles, a whole number of batches so one compiled shape serves."""
     count = math.ceil(len(samples) * cfg.val_tiles_per_image / cfg.batch_size) * cfg.batch_size
     rng = np.random.default_rng([cfg.seed, VAL_SEED_OFFSET])
-    return sample_tiles(samples.images, samples.masks, rng, count, cfg.tile_size, cfg.label_size)
+    return sample_tiles(samples.images, samples.masks, rng, count, cfg.tile_size, cfg.label_size, weights)
 
 
-def validate(eval_step, state: TrainState, images: np.ndarray, masks: np.ndarray, batch_size: int, place=lambda a: a):
+def validate(eval_step, state: TrainState, images: np.ndarray, masks: np.ndarray, batch_size: int, weights=None,
+             place=lambda a: a):
     """(loss and scores over all tiles, predictions of the first batch), `batch_size` tiles per call,
     each batch laid out on the devices by `place`."""
     counts, losses, first_predictions = None, [], None
     for start in range(0, len(images), batch_size):
-        metrics = eval_step(state, place(images[start : start + batch_size]), place(masks[start : start + batch_size]))
+        batch = slice(start, start + batch_size)
+        metrics = eval_step(state, place(images[batch]), place(masks[batch]), None if weights is None else place(weights[batch]))
         counts = add_counts(counts, {k: metrics[k] for k in ("true_positive", "predicted", "actual")})
         losses.append(float(metrics["loss"]))
         if first_predictions is None:
@@ -168,7 +188,13 @@ class _Session:
         normalization = self.run_dir.load_normalization() if changes is not None else None
         normalization = normalization or init_normalization(cfg) or Normalization.from_images(self.train_samples.images)
         train_samples = self.train_samples.map_images(normalization.apply)
-        val_images, val_masks = validation_tiles(self.val_samples.map_images(normalization.apply), cfg)
+        val_samples = self.val_samples.map_images(normalization.apply)
+        train_samples, self.train_weights, val_samples, val_weights = self._targets(train_samples, val_samples)
+        val_images, val_masks, *val_rest = validation_tiles(val_samples, cfg, val_weights)
+        self.val_weights = val_rest[0] if val_rest else None
+        self.weight_map_example = None  # what weight_map.png shows: the first training image's targets
+        if self.train_weights is not None:
+            self.weight_map_example = (train_samples.images[0], train_samples.masks[0], self.train_weights[0])
         model = UNet(cfg.model, dtype=jnp.dtype(cfg.dtype), remat=cfg.remat)
         template = create_train_state(model, make_optax_optimizer(cfg.optimizer, cfg.learning_rate, cfg.momentum),
                                       cfg.seed, cfg.tile_size)
@@ -190,6 +216,19 @@ class _Session:
         except KeyboardInterrupt:
             raise TrainingInterrupted(f"interrupted at step {self.step}. {self._where_to_continue()}") from None
         return self._finish(state, eval_step, val_images, val_masks, normalization, metrics_log)
+
+    def _targets(self, train: Samples, val: Samples):
+        """(train, train weights, val, val weights): with the gap between touching objects and the
+        weight maps where the config asks for them, computed here once for the whole run."""
+        cfg = self.cfg
+        if not cfg.separates_touching:
+            return train, None, val, None
+        started = time.perf_counter()
+        train, train_weights = separated_targets(train, needs_weights(cfg.loss))
+        val, val_weights = separated_targets(val, needs_weights(cfg.loss))
+        made = "targets with a one-pixel gap between touching objects" + (" and their weight maps" if train_weights else "")
+        self.log(f"{made}: {time.perf_counter() - started:.1f} s for {len(train) + len(val)} images")
+        return train, train_weights, val, val_weights
 
     def _restore(self, checkpointer: Checkpointer, template: TrainState, changes: dict) -> TrainState:
         cfg, run = self.cfg, self.run_dir
@@ -242,16 +281,19 @@ class _Session:
         """Run the steps after `state.step` up to `cfg.steps`; returns the last state."""
         cfg = self.cfg
         start = int(state.step)
-        train_step = make_train_step(make_loss(cfg.loss), augment=augment if cfg.augment else None,
+        augmentations = [functools.partial(elastic_deform, sigma=cfg.elastic_sigma)] if cfg.elastic else []
+        augmentations += [augment] if cfg.augment else []
+        train_step = make_train_step(make_loss(cfg.loss), augment=chain(*augmentations) if augmentations else None,
                                      shardings=self.parallel.step_shardings(state))
         window, timer = [], _Throughput()
         bar = tqdm(total=cfg.steps, initial=start, desc="train", disable=not self.progress, dynamic_ncols=True)
         with _stop_between_steps(self.log) as stop, contextlib.closing(bar):
             for step in range(start + 1, cfg.steps + 1):
                 with timer.data():
-                    images, masks = self.parallel.global_batch(cfg.batch_size, functools.partial(batch_at, train_samples, cfg, step))
+                    batch = self.parallel.global_batch(cfg.batch_size,
+                                                       functools.partial(batch_at, train_samples, cfg, step, self.train_weights))
                 # Dispatch is asynchronous: the host samples the next batch while the device computes.
-                state, metrics = train_step(state, images, masks)
+                state, metrics = train_step(state, *batch)
                 window.append(metrics)
                 bar.update(1)
                 if step == start + 1:  # keep compilation out of the throughput figures
@@ -271,7 +313,8 @@ class _Session:
                     window = []
                     timer.restart()
                 if step % cfg.eval_every == 0 or last:
-                    val_metrics, _ = validate(eval_step, state, val_images, val_masks, cfg.batch_size, self.parallel.put)
+                    val_metrics, _ = validate(eval_step, state, val_images, val_masks, cfg.batch_size, self.val_weights,
+                                              self.parallel.put)
                     metrics_log.write({"step": step, "split": "val", **val_metrics})
                     say = bar.write if is_primary() else _silent
                     say(f"step {step}: val loss {val_metrics['loss']:.4f}, foreground Dice {val_metrics['dice']:.4f}, "
@@ -319,12 +362,15 @@ class _Session:
         if state.batch_stats is not None:
             variables["batch_stats"] = state.batch_stats
         variables = fetch(variables)
-        val_metrics, predictions = validate(eval_step, state, val_images, val_masks, cfg.batch_size, self.parallel.put)
+        val_metrics, predictions = validate(eval_step, state, val_images, val_masks, cfg.batch_size, self.val_weights,
+                                            self.parallel.put)
         if not is_primary():
             return {"steps": int(state.step), "validation_tiles": val_metrics}  # process 0 writes and scores the run
         save_flax_weights(variables, cfg.model, run.file(RunDir.WEIGHTS), overwrite=True)
         shown = min(4, len(predictions))
         plot_predictions(val_images[:shown], val_masks[:shown], predictions[:shown], run.file(RunDir.PREDICTIONS_PLOT))
+        if self.weight_map_example is not None:
+            plot_weight_map(*self.weight_map_example, run.file(RunDir.WEIGHT_MAP_PLOT))
         plot_losses(metrics_log.records, run.file(RunDir.LOSS_PLOT))
         # The tiles score training's view; users judge whole images, predicted overlap-tile.
         predictor = Predictor(cfg.model, variables, normalization, devices=self.parallel.local_device_count)
@@ -333,8 +379,11 @@ class _Session:
         summary = {"preset": cfg.preset, "steps": int(state.step), "exact_continuation": all(r["exact"] for r in resumes),
                    "resumes": resumes, "validation_tiles": val_metrics, "validation_whole_images": whole}
         run.save_summary(summary)
+        objects = whole.get("instances")
+        objects = (f", instance F1 {objects['f1']:.4f} with {objects['split_pairs']} of {objects['touching_pairs']} touching "
+                   "pairs kept apart") if objects else ""
         self.log(f"done: held-out foreground Dice {whole['dice']:.4f}, IoU {whole['iou']:.4f}, pixel accuracy "
-                 f"{whole['pixel_accuracy']:.4f} on {whole['num_images']} whole images ({len(val_images)} tiles: Dice "
+                 f"{whole['pixel_accuracy']:.4f}{objects} on {whole['num_images']} whole images ({len(val_images)} tiles: Dice "
                  f"{val_metrics['dice']:.4f}); weights in {run.file(RunDir.WEIGHTS)}")
         return summary
 

@@ -53,8 +53,12 @@ def state_from_variables(model: nn.Module, tx, variables, rng: jax.Array) -> Tra
     )
 
 
-def loss_and_logits(params, batch_stats, apply_fn, images, masks, loss_fn, train: bool = True):
-    """(loss, (logits, labels, new batch_stats)): the differentiable heart of a train step."""
+def loss_and_logits(params, batch_stats, apply_fn, images, masks, loss_fn, train: bool = True, weights=None):
+    """(loss, (logits, labels, new batch_stats)): the differentiable heart of a train step.
+
+    Masks (and per-pixel `weights`, given to losses that take them) may be larger than the
+    logits, e.g. input-sized for elastic deformation: their centre is the part scored.
+    """
     variables = {"params": params}
     if batch_stats is not None:
         variables["batch_stats"] = batch_stats
@@ -63,25 +67,31 @@ def loss_and_logits(params, batch_stats, apply_fn, images, masks, loss_fn, train
     else:
         logits = apply_fn(variables, images, train=train)
     labels = center_crop(masks, logits.shape[1], logits.shape[2])
-    return loss_fn(logits, labels), (logits, labels, batch_stats)
+    if weights is None:
+        return loss_fn(logits, labels), (logits, labels, batch_stats)
+    weights = center_crop(weights, logits.shape[1], logits.shape[2])
+    return loss_fn(logits, labels, weights), (logits, labels, batch_stats)
 
 
 def make_train_step(loss_fn: Callable, augment: Optional[Callable] = None, jit: bool = True, shardings=None):
-    """`step(state, images [N,H,W,C], masks [N,H',W']) -> (state, metrics)`.
+    """`step(state, images [N,H,W,C], masks [N,H',W'], weights [N,H',W'] = None) -> (state, metrics)`.
 
-    `augment(key, images, masks)` runs inside the compiled step, on the device. The state
+    `augment(key, images, masks[, weights])` runs inside the compiled step, on the device.
+    `weights` (per-pixel loss weights) go to a `loss_fn(logits, labels, weights)`. The state
     is donated: the caller must use the returned state, never the one passed in.
     `shardings` (`unet_jax.distributed.StepShardings`) lays the step out on a device mesh: the
     batch split, the state as given, the metrics replicated; XLA adds the collectives.
     """
 
-    def train_step(state: TrainState, images, masks):
+    def train_step(state: TrainState, images, masks, weights=None):
         rng, augment_key = jax.random.split(state.rng)
-        if augment is not None:
+        if augment is not None and weights is None:
             images, masks = augment(augment_key, images, masks)
+        elif augment is not None:
+            images, masks, weights = augment(augment_key, images, masks, weights)
         grad_fn = jax.value_and_grad(loss_and_logits, has_aux=True)
         (loss, (logits, labels, batch_stats)), grads = grad_fn(
-            state.params, state.batch_stats, state.apply_fn, images, masks, loss_fn
+            state.params, state.batch_stats, state.apply_fn, images, masks, loss_fn, True, weights
         )
         # optax's Adam raises its decay rates to the int32 step count (`b1 ** count`), which
         # needs JAX's standard dtype promotion; everything else here runs under "strict" too,
@@ -95,21 +105,23 @@ def make_train_step(loss_fn: Callable, augment: Optional[Callable] = None, jit: 
         return train_step
     if shardings is None:
         return jax.jit(train_step, donate_argnums=0)
-    return jax.jit(train_step, donate_argnums=0, in_shardings=(shardings.state, shardings.batch, shardings.batch),
-                   out_shardings=(shardings.state, shardings.replicated))
+    # With shardings every positional argument needs one, `weights` too (None holds no array).
+    sharded = jax.jit(train_step, donate_argnums=0, in_shardings=(shardings.state,) + (shardings.batch,) * 3,
+                      out_shardings=(shardings.state, shardings.replicated))
+    return lambda state, images, masks, weights=None: sharded(state, images, masks, weights)
 
 
 def make_eval_step(loss_fn: Callable, jit: bool = True, shardings=None):
-    """`eval_step(state, images [N,H,W,C], masks [N,H',W']) -> metrics`: the train step's loss and
+    """`eval_step(state, images [N,H,W,C], masks [N,H',W'], weights = None) -> metrics`: the train step's loss and
     per-class counts in inference mode (BatchNorm uses its running statistics; no augmentation,
     no update), plus the predicted classes `predictions` [N, h, w] of the logits' size.
 
     The state is only read, never donated. `shardings` as for `make_train_step`.
     """
 
-    def eval_step(state: TrainState, images, masks):
+    def eval_step(state: TrainState, images, masks, weights=None):
         loss, (logits, labels, _) = loss_and_logits(
-            state.params, state.batch_stats, state.apply_fn, images, masks, loss_fn, train=False
+            state.params, state.batch_stats, state.apply_fn, images, masks, loss_fn, train=False, weights=weights
         )
         return {"loss": loss, **segmentation_counts(logits, labels), "predictions": jnp.argmax(logits, axis=-1)}
 
@@ -117,4 +129,5 @@ def make_eval_step(loss_fn: Callable, jit: bool = True, shardings=None):
         return eval_step
     if shardings is None:
         return jax.jit(eval_step)
-    return jax.jit(eval_step, in_shardings=(shardings.state, shardings.batch, shardings.batch), out_shardings=shardings.replicated)
+    sharded = jax.jit(eval_step, in_shardings=(shardings.state,) + (shardings.batch,) * 3, out_shardings=shardings.replicated)
+    return lambda state, images, masks, weights=None: sharded(state, images, masks, weights)

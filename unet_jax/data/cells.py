@@ -6,7 +6,12 @@ optical system with uneven illumination and shot noise. Foreground and backgroun
 separable, so a small U-Net reaches a foreground Dice above 0.9 in minutes on a CPU.
 
 Each image is drawn from its own child of `np.random.SeedSequence(seed)`, so image i depends only
-on (seed, i, size): `make_cells(8)` starts with the 4 images of `make_cells(4)`.
+on (seed, i, size, layout): `make_cells(8)` starts with the 4 images of `make_cells(4)`.
+
+Two layouts: "mixed" (about two thirds of the cells are placed against another, the rest
+anywhere) and "touching" (nearly every cell is placed against another and more of the image is
+covered), where the only thing between two cells is the faint seam where both dim towards their
+edge: plain cross-entropy on the class mask merges them, which is what the paper's weight map is for.
 """
 
 from __future__ import annotations
@@ -16,10 +21,14 @@ import numpy as np
 from unet_jax.data.samples import Samples
 
 RADIUS_RANGE = (6.0, 15.0)  # mean cell radius in pixels (fixed: the "microscope" does not zoom)
+# Per layout: the chance that a new cell is placed against an existing one, the share of the
+# image the cells aim to cover, and how much a cell dims from its centre to its edge (which
+# draws the seam between touching cells; a real membrane stain shows one much like it).
+LAYOUTS = {"mixed": (0.65, (0.3, 0.45), 0.35), "touching": (0.97, (0.45, 0.6), 0.6)}
 HARMONICS = np.arange(2, 6)  # low-frequency radial perturbations cos(h * theta), h = 2..5
 
 
-def make_cells(num_images: int, size: int = 256, seed: int = 0) -> Samples:
+def make_cells(num_images: int, size: int = 256, seed: int = 0, layout: str = "mixed") -> Samples:
     """`num_images` square images of side `size` with their class masks and instance labels.
 
     images float32 [N, size, size, 1] in [0, 1]; masks int32 [N, size, size] (0 background,
@@ -27,35 +36,38 @@ def make_cells(num_images: int, size: int = 256, seed: int = 0) -> Samples:
     """
     if num_images < 0 or size < 8:
         raise ValueError(f"need num_images >= 0 and size >= 8, got {num_images}, {size}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {tuple(LAYOUTS)}, got {layout!r}")
     images = np.zeros((num_images, size, size, 1), np.float32)  # [N, H, W, 1]
     instances = np.zeros((num_images, size, size), np.int32)  # [N, H, W]
     for i, child in enumerate(np.random.SeedSequence(seed).spawn(num_images)):
         rng = np.random.default_rng(child)
-        labels, distance, brightness = _draw_cells(rng, size)
+        labels, distance, brightness = _draw_cells(rng, size, layout)
         instances[i] = labels
-        images[i, :, :, 0] = _photograph(rng, labels, distance, brightness)
+        images[i, :, :, 0] = _photograph(rng, labels, distance, brightness, edge_dimming=LAYOUTS[layout][2])
     return Samples(
         images=images,
         masks=(instances > 0).astype(np.int32),
         instances=instances,
-        names=tuple(f"cells(seed={seed})[{i}]" for i in range(num_images)),
+        names=tuple(f"cells(seed={seed}{'' if layout == 'mixed' else f', {layout}'})[{i}]" for i in range(num_images)),
     )
 
 
-def _place_centres(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+def _place_centres(rng: np.random.Generator, size: int, layout: str) -> tuple[np.ndarray, np.ndarray]:
     """Cell centres [K, 2] and mean radii [K].
 
     Most cells are put next to an existing one, closer than the sum of their radii, so they
     overlap; `_draw_cells` then splits the overlap, which makes touching cells with a shared
     border. Centres closer than 0.6x the radius sum are rejected so no cell swallows another.
     """
-    target_area = rng.uniform(0.3, 0.45) * size * size  # about this much foreground
+    attach, coverage, _ = LAYOUTS[layout]
+    target_area = rng.uniform(*coverage) * size * size  # about this much foreground
     centres, radii, area = [], [], 0.0
     for _ in range(40 * size * size // 1000 + 50):  # bounded attempts; most succeed
         if area >= target_area:
             break
         radius = rng.uniform(*RADIUS_RANGE)
-        if centres and rng.random() < 0.65:
+        if centres and rng.random() < attach:
             j = rng.integers(len(centres))
             angle = rng.uniform(0, 2 * np.pi)
             reach = (radius + radii[j]) * rng.uniform(0.7, 0.95)
@@ -74,7 +86,7 @@ def _place_centres(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.
     return np.asarray(centres).reshape(-1, 2), np.asarray(radii)
 
 
-def _draw_cells(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _draw_cells(rng: np.random.Generator, size: int, layout: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Instance labels int32 [H, W], normalised distance to the own cell centre [H, W], brightness [K].
 
     Each cell is an ellipse whose radius is perturbed by a few low-frequency harmonics of the
@@ -82,7 +94,7 @@ def _draw_cells(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nda
     radius in its direction, is smallest and below 1; overlapping cells thus split along a
     smooth border instead of stacking.
     """
-    centres, radii = _place_centres(rng, size)
+    centres, radii = _place_centres(rng, size, layout)
     k = len(radii)
     aspect = rng.uniform(1.0, 1.6, k)
     semi_a, semi_b = radii * np.sqrt(aspect), radii / np.sqrt(aspect)  # same area as the mean circle
@@ -123,7 +135,9 @@ def _draw_cells(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nda
     return lookup[labels], np.where(inside, distance, np.float32(1)), brightness[kept]
 
 
-def _photograph(rng: np.random.Generator, labels: np.ndarray, distance: np.ndarray, brightness: np.ndarray) -> np.ndarray:
+def _photograph(
+    rng: np.random.Generator, labels: np.ndarray, distance: np.ndarray, brightness: np.ndarray, edge_dimming: float
+) -> np.ndarray:
     """The image [H, W] a fluorescence microscope would record of the labelled cells.
 
     Cells are brightest at the centre and dimmer towards the edge (so touching cells show a
@@ -136,7 +150,7 @@ def _photograph(rng: np.random.Generator, labels: np.ndarray, distance: np.ndarr
     size = labels.shape[0]
     cell = np.concatenate([[0.0], brightness]).astype(np.float32)[labels]  # [H, W]; 0 outside
     haze = np.float32(rng.uniform(0.05, 0.13)) * (1 + _waves(rng, size, 2, 3.0, (0.15, 0.35)))  # > 0
-    signal = cell * (1 - 0.35 * distance**2) + haze
+    signal = cell * (1 - np.float32(edge_dimming) * distance**2) + haze
     signal = signal * np.clip(1 + _waves(rng, size, 3, 1.5, (0.1, 0.25)), 0.4, 1.5)
     signal = _blur(signal.astype(np.float32), sigma=rng.uniform(0.8, 1.6))
     photons = rng.uniform(80, 300)  # photons at intensity 1: fewer means noisier

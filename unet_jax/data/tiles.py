@@ -54,15 +54,25 @@ def sample_tiles(
     batch_size: int,
     input_size: int,
     output_size: int,
+    weights: Optional[Sequence[np.ndarray]] = None,
+    label_size: Optional[int] = None,
     rows: Optional[range] = None,
-) -> tuple[np.ndarray, np.ndarray]:
+):
     """A random batch of (input tile, label tile) pairs.
 
-    `rows`: cut only these tiles of the batch (one process's share of a global batch). Every
-    tile's position is still drawn, in order, so each row is the one the whole batch holds.
+    images: [H, W, C] each (a list, or a stack [N, H, W, C]); masks: [H, W] each; weights
+    (optional): per-pixel loss weights [H, W] each, cut like the masks.
+    Returns x float32 [B, input_size, input_size, C] and y int32 [B, L, L], L = `label_size`
+    (default `output_size`), and with `weights` also w float32 [B, L, L]: (x, y) or (x, y, w).
 
-    images: [H, W, C] each (a list, or a stack [N, H, W, C]); masks: [H, W] each.
-    Returns x float32 [B, input_size, input_size, C] and y int32 [B, output_size, output_size].
+    A `label_size` above `output_size` cuts the labels concentric with the output window
+    (mirrored where they leave the image), e.g. input-sized for elastic deformation, which moves
+    labels from outside the window into it. The draws depend only on `rng` and the sizes, not on
+    `weights` or `label_size`: the same seed gives the same windows.
+
+    `rows`: cut only these tiles of the batch (one process's share of a global batch; B is then
+    `len(rows)`). Every tile's position is still drawn, in order, so each row is the one the
+    whole batch holds.
 
     Each tile: an image is picked uniformly; an output window is picked uniformly among the
     positions that lie inside the image; the input tile is the window grown by the context
@@ -81,10 +91,15 @@ def sample_tiles(
             "the input must exceed the output by an even number of pixels"
         )
     margin = context // 2
+    label_size = output_size if label_size is None else label_size
+    if (label_size - output_size) % 2 or label_size < output_size:
+        raise ValueError(f"label size {label_size} must exceed the output size {output_size} by an even number of pixels")
+    label_margin = (label_size - output_size) // 2
     channels = images[0].shape[-1]
     rows = range(batch_size) if rows is None else rows
-    x = np.empty((len(rows), input_size, input_size, channels), np.float32)  # [len(rows), Hin, Win, C]
-    y = np.empty((len(rows), output_size, output_size), np.int32)  # [len(rows), Hout, Wout]
+    x = np.empty((len(rows), input_size, input_size, channels), np.float32)  # [B, Hin, Win, C]
+    y = np.empty((len(rows), label_size, label_size), np.int32)  # [B, L, L]
+    pixel_weights = None if weights is None else np.empty((len(rows), label_size, label_size), np.float32)
     for b in range(batch_size):
         i = int(rng.integers(len(images)))
         image, mask = images[i], masks[i]
@@ -94,6 +109,9 @@ def sample_tiles(
         top = int(rng.integers(min(0, h - output_size), max(0, h - output_size) + 1))
         left = int(rng.integers(min(0, w - output_size), max(0, w - output_size) + 1))
         if b in rows:  # the draws above are cheap; cutting is what a process skips for other processes' rows
-            x[b - rows.start] = mirror_crop(image, top - margin, left - margin, input_size, input_size)
-            y[b - rows.start] = mirror_crop(mask, top, left, output_size, output_size)
-    return x, y
+            row = b - rows.start
+            x[row] = mirror_crop(image, top - margin, left - margin, input_size, input_size)
+            y[row] = mirror_crop(mask, top - label_margin, left - label_margin, label_size, label_size)
+            if weights is not None:
+                pixel_weights[row] = mirror_crop(weights[i], top - label_margin, left - label_margin, label_size, label_size)
+    return (x, y) if weights is None else (x, y, pixel_weights)

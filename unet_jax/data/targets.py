@@ -1,0 +1,47 @@
+"""What a run trains against: the class masks as they are, or the paper's separated targets.
+
+With `--target-gap` or `--loss weighted-ce`, touching objects get a one-pixel background gap
+in the target, and `weighted-ce` weights every pixel by the separation weight map. Both come
+from instance labels, computed once per image when the run starts and kept in memory for the
+run (a pure function of the masks, so a resumed run recomputes the same values); never per step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import numpy as np
+
+from unet_jax.data.folder import DataError
+from unet_jax.data.samples import Samples
+from unet_jax.data.weight_map import separate_touching, separation_weights
+
+INSTANCE_MASKS = (
+    "instance masks (0 background and one id per object, 1..N, saved as 16-bit or wider PNG/TIFF, "
+    "so that touching objects can be told apart)"
+)
+
+
+def require_instances(samples: Samples, why: str, where: Optional[str]) -> None:
+    """DataError naming the first sample without instance labels, when `why` needs them."""
+    missing = [name for name, instances in zip(samples.names, samples.instances) if instances is None]
+    if missing:
+        source = f" in {where}" if where else ""
+        raise DataError(
+            f"{why} needs {INSTANCE_MASKS}, but {len(missing)} of {len(samples)} masks{source} hold class indices "
+            f"(first: the mask of {missing[0]}). Fix: give instance masks, or train with --loss ce and no --target-gap"
+        )
+
+
+def separated_targets(samples: Samples, weight_map: bool) -> tuple[Samples, Optional[list[np.ndarray]]]:
+    """The samples with gapped class masks, and the weight map of each (if `weight_map`), float32 [H, W].
+
+    Needs `samples.instances` (see `require_instances`).
+    """
+    gapped = [separate_touching(instances) for instances in samples.instances]
+    masks = [(labels > 0).astype(np.int32) for labels in gapped]
+    if isinstance(samples.masks, np.ndarray):
+        masks = np.stack(masks)
+    weights = [separation_weights(labels) for labels in gapped] if weight_map else None
+    return dataclasses.replace(samples, masks=masks), weights
