@@ -83,9 +83,11 @@ def test_quick_sweep_runs_every_job_with_a_profile(tmp_path):
     for r in doc["results"]:
         top = r["kernels"]["top"]
         assert top and all(k["ms"] > 0 for k in top) and sum(k["share"] for k in top) <= 1 + 1e-9
-        assert not any("::" in k["name"] or k["name"].startswith("end: ") for k in top)
-        if r["framework"] == "jax":
+        if r["framework"] == "jax":  # XLA ops, not the runtime's spans
+            assert not any("::" in k["name"] or k["name"].startswith("end: ") for k in top)
             assert r["compiled_temp_bytes"] > 0 and r["remat"] in ("none", "blocks")
+        else:
+            assert all(k["name"].startswith("aten::") for k in top)
     assert "## Where one step's time goes" in (tmp_path / "results.md").read_text()
 
 
