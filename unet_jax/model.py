@@ -51,7 +51,7 @@ class ConvBlock(nn.Module):
                 param_dtype=self.param_dtype,
                 name=f"conv{i}",
             )(x)
-            if self.remat == "conv-outputs":  # only then: the name alone costs XLA:CPU 10% more temporaries
+            if self.remat == "conv-outputs":  # the policy keeps what carries this name
                 x = checkpoint_name(x, CONV_OUTPUT)
             if batch_norm:
                 x = BatchNorm(dtype=self.dtype, param_dtype=self.param_dtype, name=f"norm{i}")(x, train)
@@ -84,22 +84,22 @@ class UNet(nn.Module):
         cfg = self.config
         self._check_input(x)
         block = dict(config=cfg, dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat)
-        ConvBlock = conv_block_class(self.remat)
+        block_class = conv_block_class(self.remat)
         x = x.astype(self.dtype)
 
         skips = []
         for level in range(1, cfg.depth + 1):
-            x = ConvBlock(cfg.channels(level - 1), **block, name=f"down{level}")(x, train)
+            x = block_class(cfg.channels(level - 1), **block, name=f"down{level}")(x, train)
             skips.append(x)
             x = max_pool_2x2(x)
-        x = ConvBlock(cfg.channels(cfg.depth), **block, name="bottom")(x, train)
+        x = block_class(cfg.channels(cfg.depth), **block, name="bottom")(x, train)
 
         for step in range(1, cfg.depth + 1):
             features = cfg.channels(cfg.depth - step)
             x = self._upsample(x, features, name=f"upconv{step}")  # [N, 2H, 2W, features]
             skip = center_crop(skips[cfg.depth - step], x.shape[1], x.shape[2])
             x = jnp.concatenate([skip, x], axis=-1)  # the seed's order: skip first
-            x = ConvBlock(features, **block, name=f"up{step}")(x, train)
+            x = block_class(features, **block, name=f"up{step}")(x, train)
 
         logits = nn.Conv(
             cfg.num_classes, (1, 1), kernel_init=he_normal, dtype=self.dtype, param_dtype=self.param_dtype, name="head"
