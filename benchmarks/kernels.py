@@ -32,13 +32,20 @@ def _top(totals_us: dict, counts: dict, source: str) -> dict:
 
 
 def jax_trace_totals(trace_events: list) -> tuple[dict, dict, str]:
-    """Summed durations (us) and counts per op name of the device's events in a perfetto trace."""
+    """Summed durations (us) and counts per op name of the device's events in a perfetto trace.
+
+    A GPU's process (`/device:GPU:N`) holds one line per CUDA stream beside summary lines
+    ("XLA Modules", "XLA Ops") that span the same time again: only the stream lines are counted.
+    """
     processes = {e["pid"]: e["args"]["name"] for e in trace_events if e.get("ph") == "M" and e.get("name") == "process_name"}
     threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in trace_events
                if e.get("ph") == "M" and e.get("name") == "thread_name"}
     device_pids = {pid for pid, name in processes.items() if name.startswith("/device:")}
     if device_pids:
-        on_device, source = (lambda e: e["pid"] in device_pids), "jax.profiler: GPU kernels on /device streams"
+        def on_device(event):
+            return event["pid"] in device_pids and threads.get((event["pid"], event["tid"]), "").startswith("Stream")
+
+        source = "jax.profiler: GPU kernels on the /device stream lines"
     else:  # XLA:CPU runs the compiled ops on its client's threads, beside its runtime's own spans
         # ("ThunkExecutor::Execute", "SlinkyThreadPool::Await") and, from jax 0.11, "end: <op>" marks.
         def on_device(event):
@@ -48,30 +55,11 @@ def jax_trace_totals(trace_events: list) -> tuple[dict, dict, str]:
 
         source = "jax.profiler: XLA ops on the XLA:CPU client threads"
     totals, counts = collections.defaultdict(float), collections.Counter()
-    for event in _leaves([e for e in trace_events if e.get("ph") == "X" and on_device(e)]):
-        totals[event["name"]] += float(event.get("dur", 0.0))
-        counts[event["name"]] += 1
+    for event in trace_events:
+        if event.get("ph") == "X" and on_device(event):
+            totals[event["name"]] += float(event.get("dur", 0.0))
+            counts[event["name"]] += 1
     return totals, counts, source
-
-
-def _leaves(events: list) -> list:
-    """The events that contain no other event of their thread, so that no time counts twice."""
-    by_thread = collections.defaultdict(list)
-    for event in events:
-        by_thread[event["pid"], event["tid"]].append(event)
-    leaves = []
-    for thread_events in by_thread.values():
-        thread_events.sort(key=lambda e: (float(e["ts"]), -float(e.get("dur", 0.0))))
-        open_spans, parents = [], set()
-        for event in thread_events:
-            start = float(event["ts"])
-            while open_spans and float(open_spans[-1]["ts"]) + float(open_spans[-1].get("dur", 0.0)) <= start:
-                open_spans.pop()
-            if open_spans:
-                parents.add(id(open_spans[-1]))
-            open_spans.append(event)
-        leaves += [e for e in thread_events if id(e) not in parents]
-    return leaves
 
 
 def guarded(profile: Callable[..., dict], *args, **kwargs) -> dict:
