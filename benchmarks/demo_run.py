@@ -23,14 +23,20 @@ from benchmarks.devices import write_measurement
 COMMAND = ["train", "--preset", "demo", "--no-progress"]
 
 
-def run_demo(run_dir: Path) -> dict:
-    command = [sys.executable, "-c", "import sys; from unet_jax.cli import main; sys.exit(main())", *COMMAND,
-               "--run-dir", str(run_dir)]
+def run_cli(arguments: list, what: str) -> tuple[subprocess.CompletedProcess, float]:
+    """`unet-jax ARGUMENTS` in a fresh process, as a user runs it: (its output, wall seconds).
+    RuntimeError, with the end of its stderr, if it fails."""
+    command = [sys.executable, "-c", "import sys; from unet_jax.cli import main; sys.exit(main())", *arguments]
     start = time.perf_counter()
     completed = subprocess.run(command, check=False, capture_output=True, text=True)
     wall_s = time.perf_counter() - start
     if completed.returncode != 0:
-        raise RuntimeError(f"the demo run failed (exit {completed.returncode}):\n{completed.stderr[-3000:]}")
+        raise RuntimeError(f"{what} failed (exit {completed.returncode}):\n{completed.stderr[-3000:]}")
+    return completed, wall_s
+
+
+def run_demo(run_dir: Path) -> dict:
+    _, wall_s = run_cli([*COMMAND, "--run-dir", str(run_dir)], "the demo run")
     summary = json.loads((run_dir / "summary.json").read_text())
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     last_train = [r for r in records if r["split"] == "train"][-1]

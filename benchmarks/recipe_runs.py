@@ -22,12 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
+from benchmarks.demo_run import run_cli
 from benchmarks.devices import write_measurement
 
 COMMON = ["train", "--preset", "demo", "--cells-layout", "touching", "--seed", "0", "--no-progress"]
@@ -46,13 +44,7 @@ KEPT = ("summary.json", "config.json", "weight_map.png", "predictions.png")
 
 def run_one(name: str, scratch: Path, keep: Path) -> dict:
     run_dir = scratch / name
-    command = [sys.executable, "-c", "import sys; from unet_jax.cli import main; sys.exit(main())", *COMMON, *RUNS[name],
-               "--run-dir", str(run_dir)]
-    start = time.perf_counter()
-    completed = subprocess.run(command, check=False, capture_output=True, text=True)
-    wall_s = time.perf_counter() - start
-    if completed.returncode != 0:
-        raise RuntimeError(f"run {name} failed (exit {completed.returncode}):\n{completed.stderr[-3000:]}")
+    completed, wall_s = run_cli([*COMMON, *RUNS[name], "--run-dir", str(run_dir)], f"run {name}")
     keep.mkdir(parents=True, exist_ok=True)
     for file in KEPT:
         if (run_dir / file).is_file():
