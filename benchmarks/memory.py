@@ -23,6 +23,7 @@ and bfloat16, under each `UNet(remat=...)` policy:
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -161,7 +162,7 @@ def main(argv=None) -> None:
     config = UNetConfig(features=args.features, depth=args.depth, norm=None if args.norm == "none" else args.norm)
     config.check_input_size(args.size, args.size)
     result = measure(config, args.size, args.batch, args.dtypes, args.remat, not args.no_compile)
-    command = "python -m benchmarks.memory " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    command = "python -m benchmarks.memory " + " ".join(sys.argv[1:] if argv is None else argv)
     write_measurement(args.out, "memory", result, to_markdown, command=command)
 
 

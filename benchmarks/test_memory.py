@@ -1,6 +1,7 @@
 """The memory accounting of benchmarks.memory: the count of what backprop needs, by hand, and the
 model keeping exactly that (plus the weights) for its backward pass."""
 
+import jax
 import jax.numpy as jnp
 
 from benchmarks.memory import kept_for_backward_bytes, main, needed_activation_elements
@@ -21,7 +22,8 @@ def test_the_model_keeps_what_backprop_needs_and_the_weights_and_no_more():
     # exceed the bound; a count that misses a layer would fall below the first.
     config, size, batch = UNetConfig(features=8, depth=3), 92, 2
     needed = batch * needed_activation_elements(config, size) * 4
-    parameters = 4 * 120_690  # float32 bytes; tests/test_model.py counts this config's parameters by formula
+    shapes = jax.eval_shape(UNet(config).init, jax.random.key(0), jax.ShapeDtypeStruct((1, size, size, 1), jnp.float32))
+    parameters = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(shapes["params"]))  # float32 bytes
     kept = kept_for_backward_bytes(UNet(config, dtype=jnp.float32), batch, size)
     assert needed <= kept <= needed + parameters
 

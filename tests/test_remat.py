@@ -4,7 +4,7 @@ for the backward pass where the policy says so.
 XLA:CPU drops the optimisation barriers that keep recomputation apart and then merges the
 recomputed ops back into the forward ones, so the compiled step's memory on a CPU does not show
 a policy's effect (benchmarks/NOTES.md); what the backward pass is handed does, and is measured
-here from `jax.vjp` without computing anything.
+here from `jax.vjp` without computing anything (`benchmarks.memory.kept_for_backward_bytes`).
 """
 
 import jax
@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from benchmarks.memory import kept_for_backward_bytes
 from unet_jax.config import REMAT_POLICIES, ConfigError, TrainConfig, UNetConfig
 from unet_jax.layers import center_crop
 from unet_jax.losses import cross_entropy
@@ -20,10 +21,10 @@ from unet_jax.model import UNet
 SIZE, BATCH = 44, 2
 
 
-def _inputs(config, size=SIZE):
+def _inputs(config):
     rng = np.random.default_rng(0)
-    images = jnp.asarray(rng.standard_normal((BATCH, size, size, 1)), jnp.float32)  # [N, H, W, C]
-    masks = jnp.asarray(rng.integers(0, config.num_classes, (BATCH, size, size)), jnp.int32)
+    images = jnp.asarray(rng.standard_normal((BATCH, SIZE, SIZE, 1)), jnp.float32)  # [N, H, W, C]
+    masks = jnp.asarray(rng.integers(0, config.num_classes, (BATCH, SIZE, SIZE)), jnp.int32)
     return images, masks
 
 
@@ -37,11 +38,6 @@ def _loss_function(model, images, masks, batch_stats):
         return cross_entropy(logits, center_crop(masks, logits.shape[1], logits.shape[2]))
 
     return loss
-
-
-def _kept_for_backward_bytes(loss, params) -> int:
-    residuals = jax.eval_shape(lambda p: jax.vjp(loss, p)[1], params)
-    return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(residuals))
 
 
 @pytest.mark.parametrize("norm", [None, "batch"])
@@ -69,18 +65,8 @@ def test_every_policy_has_the_same_parameters_loss_and_gradients(norm):
 
 
 def test_blocks_keep_less_for_the_backward_pass_and_conv_outputs_keep_less_with_batchnorm():
-    kept = {}
-    for norm in (None, "batch"):
-        config = UNetConfig(features=8, depth=3, norm=norm)
-        images, masks = _inputs(config, size=92)
-        for remat in REMAT_POLICIES:
-            model = UNet(config, remat=remat)
-            variables = jax.eval_shape(model.init, jax.random.key(0), images)
-            params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), variables["params"])
-            stats = variables.get("batch_stats")
-            if stats is not None:
-                stats = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), stats)
-            kept[norm, remat] = _kept_for_backward_bytes(_loss_function(model, images, masks, stats), params)
+    kept = {(norm, remat): kept_for_backward_bytes(UNet(UNetConfig(features=8, depth=3, norm=norm), remat=remat), BATCH, 92)
+            for norm in (None, "batch") for remat in REMAT_POLICIES}
     # Measured (features 8, depth 3, 92 px, batch 2): without norm, none 2.44 MB, blocks 1.58 MB,
     # conv-outputs 3.22 MB (it keeps each block's second conv output beside the block output that
     # the pool and the skip read); with BatchNorm, 5.73, 1.58 and 3.23 MB (the norm's backward
