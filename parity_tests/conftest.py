@@ -50,11 +50,21 @@ def parity(request) -> Parity:
 
 
 def pytest_runtest_logreport(report):
-    """Remember every test's outcome, and a skip's reason, for the session report."""
+    """Remember every test's outcome, a skip's reason and a failure's message, for the session
+    report: written after every test, it is what a run killed by its time cap leaves (pytest
+    prints tracebacks only at the end)."""
     if report.when == "call" or report.outcome != "passed":
-        reason = report.longrepr[2] if report.skipped and isinstance(report.longrepr, tuple) else ""
-        reason = reason.removeprefix("Skipped: ")
-        parity_report.OUTCOMES[report.nodeid] = {"outcome": report.outcome, "reason": reason}
+        parity_report.OUTCOMES[report.nodeid] = {"outcome": report.outcome, "reason": _reason(report)}
+
+
+def _reason(report) -> str:
+    if report.skipped and isinstance(report.longrepr, tuple):
+        return report.longrepr[2].removeprefix("Skipped: ")
+    if report.failed:
+        crash = getattr(report.longrepr, "reprcrash", None)  # the exception's line and message
+        message = crash.message if crash is not None else str(report.longrepr)
+        return f"{report.when}: {message}"[:2000]
+    return ""
 
 
 _SESSION: list = []  # the running session: pytest_runtest_logfinish is not given it

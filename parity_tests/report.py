@@ -143,10 +143,14 @@ def to_markdown(env: dict, rows: list[Row], outcomes: dict, collected: list[str]
     took = f" in {seconds:.0f} s" if seconds is not None else ""
     never = f", {len(not_run)} not run" if not_run else ""
     lines += ["", f"Tests: {counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped{never}{took}."]
-    lines += [f"- failed: `{k}`" for k in failed]
+    lines += [f"- failed: `{k}`: {_one_line(outcomes[k]['reason'])}" for k in failed]
     lines += [f"- skipped: `{k}`: {v['reason']}" for k, v in skipped.items()]
     lines += [f"- not run: `{k}`" for k in not_run]
     return "\n".join(lines) + "\n"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def _replace(path: Path, text: str) -> None:

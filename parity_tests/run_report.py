@@ -42,9 +42,10 @@ def main(argv=None) -> int:
     out = (args.out or HERE / "results" / ("gpu" if has_nvidia_gpu() else "cpu")).resolve()
     out.mkdir(parents=True, exist_ok=True)
 
-    command = [sys.executable, "-m", "pytest", str(HERE), "-q", "-rs", "--durations=15", *args.pytest_args]
+    command = [sys.executable, "-m", "pytest", str(HERE), "-v", "-rs", "--tb=short", "--durations=15", *args.pytest_args]
     env = suite_env(out)
-    # Line-buffered: a run killed by a time limit keeps its log up to the last line printed.
+    # Line-buffered, one line per test (-v): a run killed by a time limit keeps its log up to
+    # the last test that finished (with -q, a line holds ~80 tests' dots).
     with open(out / "pytest.log", "w", buffering=1) as log:
         process = subprocess.Popen(command, cwd=HERE.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    text=True)

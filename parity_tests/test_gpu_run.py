@@ -6,7 +6,7 @@
 - `scripts/gpu_check.sh parity` leaves at most a handful of files where the device tool fetches
   them ($OUT/<device>/, at most 8 files, at most 2 folders deep), with a finished report;
 - a parity run killed mid-way still leaves a whole report of what it measured (it is rewritten
-  after every test), and the list of tests that never ran;
+  after every test), the list of tests that never ran, and why each failed test failed;
 - the precision modes set torch's TF32 flags so that cuDNN and cuBLAS read what is meant.
 `benchmarks/test_benchmarks.py` runs `scripts/gpu_check.sh bench` the same way.
 """
@@ -20,13 +20,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from benchmarks import run as bench_run
 from benchmarks.variants import VARIANTS
+from parity_tests import conftest as parity_conftest
 from parity_tests import determinism_child, harness, run_report
+from parity_tests import report as parity_report
 
 REPO = Path(__file__).resolve().parent.parent
 PREALLOCATE = "XLA_PYTHON_CLIENT_PREALLOCATE"
@@ -154,6 +157,17 @@ def test_a_killed_parity_run_leaves_the_report_of_the_tests_that_finished(tmp_pa
     assert SECOND in report["not_run"]
     assert "**Partial" in (out / "parity_report.md").read_text()
     assert not list(out.glob("*.tmp"))
+
+
+def test_a_failed_tests_message_is_in_the_report_at_once():
+    """The first GPU run was killed by its cap with four failures and no word of why: pytest
+    prints tracebacks at the end. The message is kept when the test ends, and shown."""
+    crash = SimpleNamespace(message="AssertionError: seed-572px-batch2 [strict] loss per step: exceed the tolerance")
+    failed = SimpleNamespace(skipped=False, failed=True, when="call", longrepr=SimpleNamespace(reprcrash=crash))
+    reason = parity_conftest._reason(failed)
+    assert reason == "call: " + crash.message
+    markdown = parity_report.to_markdown(parity_report.environment(), [], {"t::x": {"outcome": "failed", "reason": reason}}, finished=False)
+    assert f"- failed: `t::x`: {reason}" in markdown.splitlines()
 
 
 @pytest.mark.skipif(not hasattr(torch.backends.cudnn, "conv"), reason="torch < 2.9 has only the allow_tf32 flags")
