@@ -166,7 +166,8 @@ def test_a_failed_tests_message_is_in_the_report_at_once():
     failed = SimpleNamespace(skipped=False, failed=True, when="call", longrepr=SimpleNamespace(reprcrash=crash))
     reason = parity_conftest._reason(failed)
     assert reason == "call: " + crash.message
-    markdown = parity_report.to_markdown(parity_report.environment(), [], {"t::x": {"outcome": "failed", "reason": reason}}, finished=False)
+    outcomes = {"t::x": {"outcome": "failed", "reason": reason}}
+    markdown = parity_report.to_markdown(parity_report.environment(), [], outcomes, finished=False)
     assert f"- failed: `t::x`: {reason}" in markdown.splitlines()
 
 
