@@ -38,6 +38,7 @@ def _row(r: dict) -> str:
         _num(r.get("img_per_s"), ".1f"), _num(r.get("achieved_tflops"), ".2f"),
         _num(r.get("mfu_datasheet"), ".1%"), _num(r.get("mfu_measured_bf16_ceiling"), ".1%"),
         _num(r.get("compile_s"), ".1f"), _num(r.get("warmup_s"), ".1f"), _memory(r) if ok else "–",
+        _num(r["step_peak_memory_bytes"] / GIB if r.get("step_peak_memory_bytes") is not None else None, ".2f"),
         _num(r["compiled_temp_bytes"] / GIB if r.get("compiled_temp_bytes") is not None else None, ".2f"),
     ]
     return "| " + " | ".join(cells) + " |"
@@ -75,8 +76,8 @@ def markdown(doc: dict) -> str:
         f"command `{doc['command']}`.",
         "",
         "| task | variant | batch | status | step ms median (p10–p90) | img/s | TFLOP/s | MFU datasheet "
-        "| MFU vs bf16 matmul | compile s | warm-up s | peak memory | XLA temporaries GiB |",
-        "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| MFU vs bf16 matmul | compile s | warm-up s | peak memory | step peak GiB | XLA temporaries GiB |",
+        "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     lines += [_row(r) for r in doc["results"]]
     lines += _kernel_sections(doc["results"])
@@ -84,8 +85,12 @@ def markdown(doc: dict) -> str:
         "",
         "compile s: JAX `lower()+compile()` before the first call; torch.compile: warm-up time beyond "
         "steady-state steps; eager: none. warm-up s: wall time of the untimed calls. Peak memory: "
-        "device allocator peak (jax `peak_bytes_in_use`, `torch.cuda.max_memory_allocated`), or on CPU the "
-        "process RSS peak, labelled. XLA temporaries: the compiled JAX step's `memory_analysis()`.",
+        "device allocator peak over the whole run, autotuning included (jax `peak_bytes_in_use`, "
+        "`torch.cuda.max_memory_allocated`), or on CPU the process RSS peak, labelled. Step peak (GPU): the "
+        "timed steps alone, without the compile's and cudnn.benchmark's algorithm search: torch's allocator "
+        "peak reset after the warm-up; for JAX, which cannot reset its peak, the bytes live after the warm-up "
+        "plus the compiled step's temporaries and new outputs. XLA temporaries: the compiled JAX step's "
+        "`memory_analysis()`.",
         "",
     ]
     return "\n".join(lines)

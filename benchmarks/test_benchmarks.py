@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks import devices, flops, plan, timing
+from benchmarks import devices, flops, jax_step, plan, timing
 from benchmarks.derive import apply_run_ceiling, ceiling_summary, derived_figures
 from benchmarks.variants import FULL_PLAN, QUICK_PLAN, SWEEP_PLAN, VARIANTS, jobs
 from unet_jax.config import UNetConfig
@@ -184,6 +184,22 @@ def test_step_statistics():
     stats = timing.summarize_ms([0.001 * i for i in range(1, 101)])
     assert stats["n"] == 100 and stats["min"] == pytest.approx(1.0) and stats["max"] == pytest.approx(100.0)
     assert stats["median"] == pytest.approx(50.5) and stats["p10"] < stats["p90"]
+
+
+def test_the_memory_peak_is_reset_between_warm_up_and_timed_steps():
+    """The step peak must leave out the warm-up's autotuning: the hook runs after the last
+    warm-up call and before the first timed one."""
+    calls = []
+    timing.warmup_and_time(lambda: calls.append("step"), 2, 3, after_warmup=lambda: calls.append("reset"))
+    assert calls == ["step", "step", "reset", "step", "step", "step"]
+
+
+def test_jax_step_peak_is_live_bytes_plus_temporaries_plus_fresh_outputs():
+    resident = jax_step.ResidentBytes()
+    resident.between_steps = 1000  # state and batch, as bytes_in_use reads them on a GPU
+    compiled = {"compiled_temp_bytes": 300, "compiled_output_bytes": 410, "compiled_alias_bytes": 400}
+    assert resident.step_peak(compiled)["step_peak_memory_bytes"] == 1000 + 300 + 10
+    assert jax_step.ResidentBytes().step_peak(compiled) == {}  # a CPU: no allocator statistics
 
 
 @pytest.mark.slow

@@ -72,14 +72,18 @@ def summarize_ms(times_s: list[float]) -> dict:
     }
 
 
-def warmup_and_time(step: Callable[[], None], warmup: int, steps: int) -> dict:
+def warmup_and_time(step: Callable[[], None], warmup: int, steps: int,
+                    after_warmup: Callable[[], None] | None = None) -> dict:
     """Run `warmup` untimed-for-statistics calls, then `steps` timed ones.
 
     Returns the warm-up wall time, the first call alone (where lazy compilation happens) and
     the per-step statistics. Every call synchronises, so each time is one whole step.
+    `after_warmup` runs between the two (the memory peak's reset: see steady_peak_bytes).
     """
     phase("warmup-start")
     warm = timed_calls(step, warmup)
+    if after_warmup is not None:
+        after_warmup()
     phase("timing-start")
     times = timed_calls(step, steps)
     phase("timing-done")
