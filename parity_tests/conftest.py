@@ -8,6 +8,7 @@ loads before this file.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -23,6 +24,7 @@ class Parity:
 
     def __init__(self, test: str):
         self.test = test
+        self._failures: list[str] | None = None  # inside all_recorded(): the misses so far
 
     def check(self, config: str, mode: str, quantity: str, tolerance: float | None, *,
               flax: float | None = None, torch: float | None = None, between: float | None = None,
@@ -37,11 +39,27 @@ class Parity:
         parity_report.ROWS.append(
             parity_report.Row(self.test, config, mode, quantity, flax, torch, between, tolerance, passed, note)
         )
-        assert not any(math.isnan(v) for v in measured), f"{config} [{mode}] {quantity}: NaN"
-        assert passed is not False, (
-            f"{config} [{mode}] {quantity}: flax vs f64 {flax}, torch vs f64 {torch}, flax vs torch {between} "
-            f"exceed the tolerance {tolerance}" + (f" ({note})" if note else "")
-        )
+        failure = None
+        if any(math.isnan(v) for v in measured):
+            failure = f"{config} [{mode}] {quantity}: NaN"
+        elif passed is False:
+            failure = (f"{config} [{mode}] {quantity}: flax vs f64 {flax}, torch vs f64 {torch}, flax vs torch "
+                       f"{between} exceed the tolerance {tolerance}" + (f" ({note})" if note else ""))
+        if failure and self._failures is not None:
+            self._failures.append(failure)
+        else:
+            assert failure is None, failure
+
+    @contextlib.contextmanager
+    def all_recorded(self):
+        """Checks inside record their figures and fail together at the end, not at the first
+        miss: a run on a lent GPU must bring back every figure it measured."""
+        self._failures = []
+        try:
+            yield
+        finally:
+            failures, self._failures = self._failures, None
+        assert not failures, "; ".join(failures)
 
 
 @pytest.fixture

@@ -171,6 +171,24 @@ def test_a_failed_tests_message_is_in_the_report_at_once():
     assert f"- failed: `t::x`: {reason}" in markdown.splitlines()
 
 
+def test_checks_inside_all_recorded_are_each_recorded_then_fail_together():
+    """A test with several figures must bring back all of them from a GPU run, not stop at the
+    first miss (the first run lost the seed net's weights figures that way)."""
+    parity, recorded = parity_conftest.Parity("t"), len(parity_report.ROWS)
+    try:
+        with pytest.raises(AssertionError, match=r"\[m\] first.*; c \[m\] second"):
+            with parity.all_recorded():
+                parity.check("c", "m", "first", 1e-5, between=1.0)
+                parity.check("c", "m", "within", 1e-5, between=0.0)
+                parity.check("c", "m", "second", 1e-5, between=float("nan"))
+        assert [r.quantity for r in parity_report.ROWS[recorded:]] == ["first", "within", "second"]
+        parity.check("c", "m", "outside", 1e-5, between=0.0)  # plain checks assert at once again
+        with pytest.raises(AssertionError):
+            parity.check("c", "m", "outside", 1e-5, between=1.0)
+    finally:
+        del parity_report.ROWS[recorded:]  # figures of this test's own, not of the suite
+
+
 @pytest.mark.skipif(not hasattr(torch.backends.cudnn, "conv"), reason="torch < 2.9 has only the allow_tf32 flags")
 def test_precision_modes_set_the_tf32_flags_cudnn_and_cublas_read():
     """torch >= 2.9 decides TF32 per op from the fp32_precision settings, and raises when code

@@ -2,10 +2,12 @@
 # The GPU job for a lent H100/H200, as two calls of the device tool. From the repository root:
 #
 #   bash scripts/gpu_check.sh parity   # parity suite + report; ends within 300 s  -> device run timeout_s=360
+#                                      # (PARITY_S=360: ends within 360 s instead -> timeout_s=390)
 #                                      # (extra arguments go to pytest, e.g. parity -k seed572)
 #   bash scripts/gpu_check.sh bench    # benchmarks, then input pipeline; ends within 420 s -> timeout_s=480
 #   bash scripts/gpu_check.sh sweep    # benchmarks.sweep: JAX speed-up options vs torch.compile, with
 #                                      # kernel profiles; ends within 420 s -> timeout_s=480
+#                                      # (BENCH_S sets those 420 s, for bench and sweep)
 #
 # Each fits the tool's limits: 10 min a command, 15 min of device time a session (machine start
 # 1-2 min included: 2 + 5 + 7 = 14 min for parity then bench, or parity then sweep), at most 8
@@ -78,12 +80,12 @@ case "$MODE" in
   parity)
     SLUG=$(device_slug); DEST="$OUT/$SLUG"; mkdir -p "$DEST"
     system_info "$DEST/system.txt"
-    # 300 s in all: SIGTERM to the suite 20 s before the end, SIGKILL 10 s later. Left out: the
+    # PARITY_S (300) s in all: SIGTERM to the suite 20 s before the end, SIGKILL 10 s later. Left out: the
     # `slow` tests, which run the same on any device (a float64 numpy forward at 572 px, the
     # mutation checker's and test_gpu_run's subprocess runs); CI runs them. The GPU-only cases
     # (marker `gpu`) run first. The image's pytest plugins (xdist, timeout, cov, ...) are not
     # the project's: not loaded.
-    PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 timeout -k 10 $(( $(left 300) - 20 )) \
+    PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 timeout -k 10 $(( $(left "${PARITY_S:-300}") - 20 )) \
         "$PY" -m parity_tests.run_report --out "$DEST" -- -m "not slow" -p no:cacheprovider "${@:2}"
     status=$?
     echo "parity exit status: $status$([ $status -ge 124 ] && echo ' (stopped by the time limit: the report holds the tests that finished)')"
@@ -93,7 +95,7 @@ case "$MODE" in
   bench|sweep)
     # bench: the framework comparison, then the input pipeline. sweep (benchmarks.sweep): the
     # JAX step under each speed-up option and XLA flag set against torch.compile, with a kernel
-    # profile of every job; its results go to <slug>-sweep. 420 s each, as two device calls.
+    # profile of every job; its results go to <slug>-sweep. BENCH_S (420) s each, as two device calls.
     SLUG=$(device_slug); [ "$MODE" = sweep ] && SLUG="$SLUG-sweep"
     DEST="$OUT/$SLUG"; mkdir -p "$DEST"
     WORK=$(mktemp -d /tmp/unet-bench-XXXXXX) && chmod 755 "$WORK"  # logs: into the tarball, not loose under $OUT
@@ -102,8 +104,8 @@ case "$MODE" in
     pack() { tar -czf "$DEST/bench_logs.tar.gz" -C "$WORK" . 2>/dev/null || echo "tar failed"; }
     # Jobs start only while they fit the budget and are killed at its end, the rest recorded as
     # skipped. bench keeps 100 s for the input pipeline, sweep 45 s; 15 s are kept for packing up.
-    if [ "$MODE" = bench ]; then module=benchmarks.run; budget=$(( $(left 420) - 100 ));
-    else module=benchmarks.sweep; budget=$(( $(left 420) - 45 )); fi
+    if [ "$MODE" = bench ]; then module=benchmarks.run; budget=$(( $(left "${BENCH_S:-420}") - 100 ));
+    else module=benchmarks.sweep; budget=$(( $(left "${BENCH_S:-420}") - 45 )); fi
     plan=(--budget-s "$budget"); [ -n "$QUICK" ] && plan=(--quick)  # --quick keeps its own 50 s budget
     timeout -k 10 $(( budget + 30 )) "$PY" -m $module "${plan[@]}" --out "$DEST" --log-dir "$WORK/logs" \
         --compile-timeout 150 2>&1 | tee "$WORK/run.log"
@@ -114,7 +116,7 @@ case "$MODE" in
         "$PY" -m benchmarks.report "$DEST" || echo "report rebuild failed"
     fi
     pack
-    pipeline=$(( $(left 420) - 15 ))
+    pipeline=$(( $(left "${BENCH_S:-420}") - 15 ))
     if [ "$MODE" = sweep ]; then
         :
     elif [ "$pipeline" -ge 40 ]; then
