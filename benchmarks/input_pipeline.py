@@ -22,6 +22,7 @@ the accelerator.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -30,29 +31,32 @@ import numpy as np
 
 from benchmarks.devices import write_measurement
 from benchmarks.timing import summarize_ms, timed_calls
-from unet_jax import UNet, UNetConfig
+from unet_jax import TrainConfig, UNet, UNetConfig
 from unet_jax.data import augment, make_cells, sample_tiles
 from unet_jax.losses import make_loss
 from unet_jax.train_step import create_train_state, make_optax_optimizer, make_train_step
 
 
-def batch_sampler(config: UNetConfig, tile: int, batch: int, image_size: int):
+def batch_sampler(config: UNetConfig, tile: int, batch: int, image_size: int, threads: int):
     """The trainer's host-side sampling of one batch from synthetic cells, a fresh generator per call."""
     label = config.output_size(tile)
     samples = make_cells(8, image_size, seed=0)
     rngs = iter(np.random.default_rng([0, i]) for i in range(10**6))
-    return lambda: sample_tiles(samples.images, samples.masks, next(rngs), batch, tile, label)
+    return lambda: sample_tiles(samples.images, samples.masks, next(rngs), batch, tile, label, threads=threads)
 
 
-def measure_host(config: UNetConfig, tile: int, batch: int, steps: int, image_size: int) -> dict:
-    sample = batch_sampler(config, tile, batch, image_size)
+def measure_host(config: UNetConfig, tile: int, batch: int, steps: int, image_size: int, threads: int) -> dict:
+    """Sampling alone, on one thread and on `threads` (the trainer's --sampling-threads)."""
+    timings = {n: summarize_ms(timed_calls(batch_sampler(config, tile, batch, image_size, n), steps))
+               for n in sorted({1, threads})}
     return {"config": str(config), "tile": tile, "label": config.output_size(tile), "batch": batch, "steps": steps,
-            "image_size": image_size, "host_sample_ms": summarize_ms(timed_calls(sample, steps))}
+            "image_size": image_size, "threads": threads, "host_cpus": os.cpu_count(),
+            "host_sample_ms": timings[threads], "host_sample_ms_by_threads": timings}
 
 
-def measure(config: UNetConfig, tile: int, batch: int, steps: int, image_size: int) -> dict:
+def measure(config: UNetConfig, tile: int, batch: int, steps: int, image_size: int, threads: int) -> dict:
     label = config.output_size(tile)
-    sample = batch_sampler(config, tile, batch, image_size)
+    sample = batch_sampler(config, tile, batch, image_size, threads)
     images, masks = sample()
     device_images, device_masks = jax.device_put(images), jax.device_put(masks)
     jitted_augment = jax.jit(augment)
@@ -60,7 +64,7 @@ def measure(config: UNetConfig, tile: int, batch: int, steps: int, image_size: i
     jax.block_until_ready(jitted_augment(key, device_images, device_masks))
 
     result = {
-        "config": str(config), "tile": tile, "label": label, "batch": batch, "steps": steps,
+        "config": str(config), "tile": tile, "label": label, "batch": batch, "steps": steps, "threads": threads,
         "host_sample_ms": summarize_ms(timed_calls(sample, steps)),
         "augment_ms": summarize_ms(timed_calls(lambda: jax.block_until_ready(
             jitted_augment(key, device_images, device_masks)), steps)),
@@ -101,7 +105,8 @@ def to_markdown(report: dict) -> str:
     return "\n".join([
         f"# Input pipeline: {report['device']['name']}",
         "",
-        f"{r['config']}, {r['tile']}→{r['label']} tiles, batch {r['batch']}, {r['steps']} steps; "
+        f"{r['config']}, {r['tile']}→{r['label']} tiles, batch {r['batch']}, {r['steps']} steps, "
+        f"{r.get('threads', 1)} sampling thread(s); "
         f"versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items() if v)}.",
         "",
         "| quantity | ms median (p10–p90) |",
@@ -128,7 +133,12 @@ def host_markdown(report: dict) -> str:
         f"batch {r['batch']}, {r['steps']} batches, one process; versions: "
         f"{', '.join(f'{k} {v}' for k, v in report['versions'].items() if v)}.",
         "",
-        f"Sampling one batch: **{ms['median']:.2f} ms** median (p10–p90 {ms['p10']:.2f}–{ms['p90']:.2f}).",
+        f"Sampling one batch on {r['threads']} thread(s) ({r['host_cpus']} CPUs): **{ms['median']:.2f} ms** median "
+        f"(p10–p90 {ms['p10']:.2f}–{ms['p90']:.2f}).",
+        "",
+        "| threads | ms median (p10–p90) |",
+        "| ---: | ---: |",
+        *[f"| {n} | {t['median']:.2f} ({t['p10']:.2f}–{t['p90']:.2f}) |" for n, t in r["host_sample_ms_by_threads"].items()],
         "",
     ])
 
@@ -143,15 +153,18 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--host-only", action="store_true", help="measure host sampling only (no train step)")
+    parser.add_argument("--threads", type=int, default=TrainConfig().sampling_threads,
+                        help="sampling threads, as the trainer's --sampling-threads (--host-only also times 1)")
     args = parser.parse_args(argv)
     measure_fn, stem, markdown = (
         (measure_host, "host_sampling", host_markdown) if args.host_only else (measure, "input_pipeline", to_markdown)
     )
     if args.quick:
-        result = measure_fn(UNetConfig(features=4, depth=2), tile=60, batch=2, steps=5, image_size=64)
+        result = measure_fn(UNetConfig(features=4, depth=2), tile=60, batch=2, steps=5, image_size=64, threads=args.threads)
     else:  # default: the seed network at the seed's batch, on 700x700 images
         config = UNetConfig(features=args.features, depth=args.depth)
-        result = measure_fn(config, tile=args.tile, batch=args.batch, steps=args.steps, image_size=max(700, args.tile))
+        result = measure_fn(config, tile=args.tile, batch=args.batch, steps=args.steps, image_size=max(700, args.tile),
+                            threads=args.threads)
     write_measurement(args.out, stem, result, markdown, quick=args.quick)
     return 0
 

@@ -112,3 +112,16 @@ def test_weights_and_input_sized_labels_are_cut_from_the_same_windows():
                                weights=[positions], label_size=INPUT)
     np.testing.assert_array_equal(cut, ids.astype(np.float32))
     np.testing.assert_array_equal(x3[..., 0], image[..., 0].ravel()[ids])  # the image under the labels, mirror and all
+
+
+def test_threads_cut_the_same_batch_and_report_a_bad_sample():
+    rng = np.random.default_rng(1)
+    images = [rng.uniform(0, 1, (h, w, 2)).astype(np.float32) for h, w in ((50, 60), (30, 80), (20, 20))]
+    masks = [rng.integers(0, 3, im.shape[:2]).astype(np.int32) for im in images]
+    weights = [rng.uniform(0, 5, im.shape[:2]).astype(np.float32) for im in images]
+    one = sample_tiles(images, masks, np.random.default_rng(7), 9, INPUT, OUTPUT, weights, rows=range(2, 8))
+    four = sample_tiles(images, masks, np.random.default_rng(7), 9, INPUT, OUTPUT, weights, rows=range(2, 8), threads=4)
+    for a, b in zip(one, four, strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="don't match"):  # checked while drawing, before any thread runs
+        sample_tiles(images, [masks[0], masks[1], masks[2][:5]], np.random.default_rng(0), 40, INPUT, OUTPUT, threads=4)

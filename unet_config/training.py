@@ -24,13 +24,13 @@ REMAT_POLICIES = ("none", "blocks", "conv-outputs")
 
 # What a resumed run may change. Bookkeeping never changes the trained weights; a new
 # learning rate does, so a run resumed with one is no longer an exact continuation.
-BOOKKEEPING_FIELDS = ("steps", "eval_every", "log_every", "checkpoint_every", "keep_checkpoints")
+BOOKKEEPING_FIELDS = ("steps", "eval_every", "log_every", "checkpoint_every", "keep_checkpoints", "sampling_threads")
 TRAJECTORY_FIELDS = ("learning_rate",)
 RESUMABLE_FIELDS = BOOKKEEPING_FIELDS + TRAJECTORY_FIELDS
 
 _POSITIVE_INTEGERS = (
     "tile_size", "batch_size", "steps", "cells_train_images", "cells_val_images", "cells_image_size",
-    "eval_every", "val_tiles_per_image", "log_every", "checkpoint_every", "keep_checkpoints",
+    "eval_every", "val_tiles_per_image", "log_every", "checkpoint_every", "keep_checkpoints", "sampling_threads",
 )
 _MIN_CELLS_IMAGE_SIZE = 8  # the synthetic cells need room for one cell
 
@@ -63,6 +63,10 @@ class TrainConfig:
     elastic: bool = described(False, "the paper's elastic deformation (3x3 grid of random displacements), on the device")
     elastic_sigma: float = described(10.0, "standard deviation of the elastic displacements, pixels (the paper's: 10)")
     seed: int = described(0, "parameters, data order and augmentation all derive from it")
+    sampling_threads: int = described(
+        4, "host threads that cut each batch's tiles while the device runs the previous step; the batch is the same "
+        "for any number (1: cut on the training thread)"
+    )
     init_weights: Optional[str] = described(
         None, "start the new run from these weights (Flax or PyTorch file, any naming; its architecture is taken); none: random"
     )

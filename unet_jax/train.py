@@ -87,14 +87,15 @@ def batch_at(samples: Samples, cfg: TrainConfig, step: int, weights=None, rows: 
     rng = np.random.default_rng([cfg.seed, step])
     label_size = cfg.tile_size if cfg.elastic else cfg.label_size
     return sample_tiles(samples.images, samples.masks, rng, cfg.batch_size, cfg.tile_size, cfg.label_size, weights, label_size,
-                        rows=rows)
+                        rows=rows, threads=cfg.sampling_threads)
 
 
 def validation_tiles(samples: Samples, cfg: TrainConfig, weights=None) -> tuple[np.ndarray, ...]:
     """A fixed set of held-out tiles, a whole number of batches so one compiled shape serves."""
     count = math.ceil(len(samples) * cfg.val_tiles_per_image / cfg.batch_size) * cfg.batch_size
     rng = np.random.default_rng([cfg.seed, VAL_SEED_OFFSET])
-    return sample_tiles(samples.images, samples.masks, rng, count, cfg.tile_size, cfg.label_size, weights)
+    return sample_tiles(samples.images, samples.masks, rng, count, cfg.tile_size, cfg.label_size, weights,
+                        threads=cfg.sampling_threads)
 
 
 def validate(eval_step, state: TrainState, images: np.ndarray, masks: np.ndarray, batch_size: int, weights=None,

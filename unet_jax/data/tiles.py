@@ -9,6 +9,7 @@ drawn inside the labelled image and its context is read from the mirrored image.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional, Sequence
 
 import numpy as np
@@ -61,6 +62,7 @@ def sample_tiles(
     weights: Optional[Sequence[np.ndarray]] = None,
     label_size: Optional[int] = None,
     rows: Optional[range] = None,
+    threads: int = 1,
 ):
     """A random batch of (input tile, label tile) pairs.
 
@@ -77,6 +79,9 @@ def sample_tiles(
     `rows`: cut only these tiles of the batch (one process's share of a global batch; B is then
     `len(rows)`). Every tile's position is still drawn, in order, so each row is the one the
     whole batch holds.
+
+    `threads`: cut the tiles on this many threads (numpy's gathers release the GIL). The draws
+    stay sequential, so the batch is the same for any number of threads.
 
     Each tile: an image is picked uniformly; an output window is picked uniformly among the
     positions that lie inside the image; the input tile is the window grown by the context
@@ -104,6 +109,7 @@ def sample_tiles(
     x = np.empty((len(rows), input_size, input_size, channels), np.float32)  # [B, Hin, Win, C]
     y = np.empty((len(rows), label_size, label_size), np.int32)  # [B, L, L]
     pixel_weights = None if weights is None else np.empty((len(rows), label_size, label_size), np.float32)
+    cuts = []  # (row, image index, output window's top, left)
     for b in range(batch_size):
         i = int(rng.integers(len(images)))
         image, mask = images[i], masks[i]
@@ -112,10 +118,19 @@ def sample_tiles(
         h, w = mask.shape
         top = int(rng.integers(min(0, h - output_size), max(0, h - output_size) + 1))
         left = int(rng.integers(min(0, w - output_size), max(0, w - output_size) + 1))
-        if b in rows:  # the draws above are cheap; cutting is what a process skips for other processes' rows
-            row = b - rows.start
-            x[row] = mirror_crop(image, top - margin, left - margin, input_size, input_size)
-            y[row] = mirror_crop(mask, top - label_margin, left - label_margin, label_size, label_size)
-            if weights is not None:
-                pixel_weights[row] = mirror_crop(weights[i], top - label_margin, left - label_margin, label_size, label_size)
+        if b in rows:  # the draws are cheap; cutting is what a process skips for other processes' rows
+            cuts.append((b - rows.start, i, top, left))
+
+    def cut(row: int, i: int, top: int, left: int) -> None:
+        x[row] = mirror_crop(images[i], top - margin, left - margin, input_size, input_size)
+        y[row] = mirror_crop(masks[i], top - label_margin, left - label_margin, label_size, label_size)
+        if weights is not None:
+            pixel_weights[row] = mirror_crop(weights[i], top - label_margin, left - label_margin, label_size, label_size)
+
+    if threads > 1 and len(cuts) > 1:
+        with ThreadPoolExecutor(min(threads, len(cuts))) as pool:
+            list(pool.map(lambda args: cut(*args), cuts))  # list(): re-raises a failed cut here
+    else:
+        for args in cuts:
+            cut(*args)
     return (x, y) if weights is None else (x, y, pixel_weights)
