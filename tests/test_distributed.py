@@ -236,3 +236,19 @@ def test_processes_that_disagree_on_their_number_are_told_so(tmp_path):
     assert code == 2, text[-3000:]
     assert "process 1 was started with --num-processes 3, process 0 with 2" in text
     assert coordinator.returncode not in (None, -9), "the coordinator must end by itself, within its timeout"
+
+
+@pytest.mark.slow
+def test_a_process_id_beyond_process_0s_count_is_explained_before_jax_aborts(tmp_path):
+    """JAX's C++ client ends such a process with a fatal log that Python cannot catch; the line
+    printed before joining says what it means and names the fix."""
+    address = f"127.0.0.1:{free_port()}"
+    common = ["--run-dir", str(tmp_path / "run"), "--coordinator-address", address, "--coordinator-timeout", "10"]
+    coordinator = launch([*common, "--num-processes", "2", "--process-id", "0"], devices=1)
+    beyond = launch([*common, "--num-processes", "3", "--process-id", "2"], devices=1)
+    code, text = finish(beyond, timeout=120)
+    finish(coordinator, timeout=120)
+    assert code != 0, text[-3000:]
+    assert "Unexpected task registered" in text  # JAX's own words, as the hint quotes them
+    assert "process 0 was started with fewer processes: start every process with the same --num-processes" in text
+

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import sys
 import time
 from typing import Callable, NamedTuple, Optional
 
@@ -65,6 +66,13 @@ def initialize(
         )
     if coordinator_address is not None and process_id not in (None, 0):
         _wait_for_coordinator(coordinator_address, timeout_s)
+    # A process id that process 0's count has no room for ends this process inside JAX's C++
+    # client (a fatal log, "Unexpected task registered"), which Python cannot catch: say first
+    # what that message will mean.
+    if coordinator_address is not None and process_id not in (None, 0) and num_processes is not None:
+        print(f"unet-jax: joining {coordinator_address} as process {process_id} of {num_processes}; should JAX stop "
+              "with 'Unexpected task registered', process 0 was started with fewer processes: start every process with "
+              "the same --num-processes", file=sys.stderr, flush=True)
     try:
         # A process that stops waits at most timeout_s for the others, and one that died is noticed
         # within JAX's default heartbeat of 100 s, or timeout_s if shorter.
