@@ -1,10 +1,12 @@
 """Tile sampling: labels are the mask under the output window, inputs the mirrored context around it."""
 
+import threading
+
 import numpy as np
 import pytest
 
 from unet_jax.config import UNetConfig
-from unet_jax.data import mirror_crop, mirror_pad, sample_tiles
+from unet_jax.data import mirror_crop, mirror_pad, sample_tiles, tiles
 
 CONFIG = UNetConfig(features=8, depth=2)
 INPUT = CONFIG.nearest_valid_input_sizes(60)[1]
@@ -114,7 +116,11 @@ def test_weights_and_input_sized_labels_are_cut_from_the_same_windows():
     np.testing.assert_array_equal(x3[..., 0], image[..., 0].ravel()[ids])  # the image under the labels, mirror and all
 
 
-def test_threads_cut_the_same_batch_and_report_a_bad_sample():
+def test_threads_cut_the_same_batch_and_report_a_bad_sample(monkeypatch):
+    monkeypatch.setattr(tiles, "_THREADED_TILE_PIXELS", 0)  # these tiles are small: thread them anyway
+    cut_on = set()
+    real_crop = tiles.mirror_crop
+    monkeypatch.setattr(tiles, "mirror_crop", lambda *a: cut_on.add(threading.current_thread().name) or real_crop(*a))
     rng = np.random.default_rng(1)
     images = [rng.uniform(0, 1, (h, w, 2)).astype(np.float32) for h, w in ((50, 60), (30, 80), (20, 20))]
     masks = [rng.integers(0, 3, im.shape[:2]).astype(np.int32) for im in images]
@@ -123,5 +129,6 @@ def test_threads_cut_the_same_batch_and_report_a_bad_sample():
     four = sample_tiles(images, masks, np.random.default_rng(7), 9, INPUT, OUTPUT, weights, rows=range(2, 8), threads=4)
     for a, b in zip(one, four, strict=True):
         np.testing.assert_array_equal(a, b)
+    assert threading.current_thread().name in cut_on and any(n.startswith("unet-jax-tiles") for n in cut_on)
     with pytest.raises(ValueError, match="don't match"):  # checked while drawing, before any thread runs
         sample_tiles(images, [masks[0], masks[1], masks[2][:5]], np.random.default_rng(0), 40, INPUT, OUTPUT, threads=4)
