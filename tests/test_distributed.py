@@ -140,17 +140,20 @@ def finish(process, timeout=CHILD_TIMEOUT_S):
 
 
 @pytest.mark.slow
-def test_two_processes_on_localhost_train_as_one(tmp_path):
-    """Two processes of 2 devices each, joined on 127.0.0.1, against one process of 4 devices."""
+@pytest.mark.parametrize("fsdp", [False, True], ids=["replicated", "fsdp"])
+def test_two_processes_on_localhost_train_as_one(tmp_path, fsdp):
+    """Two processes of 2 devices each, joined on 127.0.0.1, against one process of 4 devices
+    (replicated); with --fsdp the two processes hold each parameter sharded across both."""
     together, alone = tmp_path / "two-processes", tmp_path / "one-process"
     address = f"127.0.0.1:{free_port()}"
     processes = [launch(["--run-dir", str(together), "--coordinator-address", address, "--num-processes", "2",
-                         "--process-id", str(i), "--coordinator-timeout", "60"], devices=2) for i in range(2)]
+                         "--process-id", str(i), "--coordinator-timeout", "60", *(["--fsdp"] if fsdp else [])],
+                        devices=2) for i in range(2)]
     single = launch(["--run-dir", str(alone)], devices=4)
     results = [finish(p) for p in processes] + [finish(single)]
     for code, text in results:
         assert code == 0, text[-3000:]
-    assert "over 4 device(s)" in results[0][1] and "over 4 device(s)" in results[2][1]
+    assert f"over 4 device(s){' (FSDP)' if fsdp else ''}," in results[0][1] and "over 4 device(s)," in results[2][1]
     # Besides gloo's own C++ notes, process 1 says only that it joins (distributed.initialize).
     spoken = [line for line in results[1][1].splitlines()
               if line.strip() and not line.startswith(("[Gloo]", "unet-jax: joining"))]
