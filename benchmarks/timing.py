@@ -78,7 +78,8 @@ def warmup_and_time(step: Callable[[], None], warmup: int, steps: int,
 
     Returns the warm-up wall time, the first call alone (where lazy compilation happens) and
     the per-step statistics. Every call synchronises, so each time is one whole step.
-    `after_warmup` runs between the two (the memory peak's reset: see steady_peak_bytes).
+    `after_warmup` runs between the two: where the step peak starts (torch_step.PeakAcrossWarmup,
+    jax_step.ResidentBytes).
     """
     phase("warmup-start")
     warm = timed_calls(step, warmup)
