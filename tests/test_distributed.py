@@ -177,9 +177,12 @@ def test_two_processes_on_localhost_train_as_one(tmp_path, fsdp):
     # BatchNorm right after them, which take them in, are noise-driven; everything else is held tightly.
     noise_driven = {k for k in one if k.startswith("params/upconv") and k.endswith("bias")}
     takes_them_in = {k for k in one if k.startswith("batch_stats/up") and k.endswith("norm1/mean")}
-    assert max(gap(k) for k in one.keys() - noise_driven - takes_them_in) < TWO_PROCESS_WEIGHTS_TOLERANCE
-    assert max(float(np.max(np.abs(two[k] - one[k]))) for k in noise_driven) < NOISE_MOVE_BOUND
-    assert max(gap(k) for k in takes_them_in) < BATCH_STATS_TOLERANCE
+    held = max((gap(k), k) for k in one.keys() - noise_driven - takes_them_in)
+    assert held[0] < TWO_PROCESS_WEIGHTS_TOLERANCE, held
+    moved = max((float(np.max(np.abs(two[k] - one[k]))), k) for k in noise_driven)
+    assert moved[0] < NOISE_MOVE_BOUND, moved
+    statistics = max((gap(k), k) for k in takes_them_in)
+    assert statistics[0] < BATCH_STATS_TOLERANCE, statistics
 
 
 # ------------------------------------------------------------------ errors, in this process
