@@ -183,6 +183,29 @@ def test_two_processes_on_localhost_train_as_one(tmp_path, fsdp):
     assert moved[0] < NOISE_MOVE_BOUND, moved
     statistics = max((gap(k), k) for k in takes_them_in)
     assert statistics[0] < BATCH_STATS_TOLERANCE, statistics
+    if not fsdp:
+        _resume_past_a_damaged_checkpoint(together, train_losses)
+
+
+def _resume_past_a_damaged_checkpoint(run, train_losses):
+    """Both processes find the newest checkpoint damaged, process 0 alone sets it aside, and the
+    two continue from the one before it to the same losses and weights as the run they resume."""
+    losses, weights = train_losses(run), flatten_variables(load_variables(run / "weights.safetensors")[0])
+    newest = run / "checkpoints" / "3"
+    damaged = max((p for p in newest.rglob("*") if p.is_file() and p.name != "unet_jax_manifest.json"),
+                  key=lambda p: p.stat().st_size)
+    damaged.write_bytes(damaged.read_bytes()[:10])
+    address = f"127.0.0.1:{free_port()}"
+    processes = [launch(["--resume", str(run), "--coordinator-address", address, "--num-processes", "2",
+                         "--process-id", str(i), "--coordinator-timeout", "60"], devices=2) for i in range(2)]
+    results = [finish(p) for p in processes]
+    for code, text in results:
+        assert code == 0, text[-3000:]
+    assert "can't be restored" in results[0][1] and "resumed from step 2" in results[0][1], results[0][1][-3000:]
+    assert sorted(p.name for p in (run / "unusable-checkpoints").iterdir()) == ["3"]  # moved once, by process 0
+    assert train_losses(run) == losses
+    again = flatten_variables(load_variables(run / "weights.safetensors")[0])
+    assert max(float(np.max(np.abs(again[k] - weights[k]))) for k in weights) == 0.0
 
 
 # ------------------------------------------------------------------ errors, in this process
