@@ -102,7 +102,7 @@ class ResidentBytes:
     """The step's own memory peak, without the compile's: XLA's GPU autotuner tries convolution
     algorithms with scratch buffers while compiling, and `peak_bytes_in_use` (which cannot be
     reset) keeps that high-water mark: on an H200 the fp32 seed step at batch 1 showed a 33 GiB
-    peak around 2.4 GiB of live state and temporaries. Called after the warm-up (timing's
+    peak around 1.4 GiB of live state and temporaries. Called after the warm-up (timing's
     `after_warmup`), it records the bytes live between steps (state and batch); a step adds its
     temporaries and the outputs that do not reuse a donated input's buffer (memory_analysis)."""
 
