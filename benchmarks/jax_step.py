@@ -74,12 +74,7 @@ def bench_train(model: UNet, images, masks, warmup: int, steps: int, profile: bo
         box["state"], metrics = compiled(box["state"], images, masks)
         jax.block_until_ready((box["state"], metrics))
 
-    resident = ResidentBytes()
-    result = {**compile_info, **compiled_memory(compiled), **timing.warmup_and_time(one_step, warmup, steps, resident)}
-    result.update(resident.step_peak(result))
-    if profile:
-        result["kernels"] = kernels.guarded(kernels.profile_jax, one_step)
-    return result
+    return measure(compiled, compile_info, one_step, warmup, steps, profile)
 
 
 def bench_predict(model: UNet, images, warmup: int, steps: int, profile: bool = False) -> dict:
@@ -90,11 +85,17 @@ def bench_predict(model: UNet, images, warmup: int, steps: int, profile: bool = 
     def one_call():
         jax.block_until_ready(compiled(params, images))
 
+    return measure(compiled, compile_info, one_call, warmup, steps, profile)
+
+
+def measure(compiled, compile_info: dict, call, warmup: int, steps: int, profile: bool) -> dict:
+    """A compiled job's figures: compile, memory (the compiled program's and the steps' own
+    peak), timing, and with `profile` a kernel profile of one more call."""
     resident = ResidentBytes()
-    result = {**compile_info, **compiled_memory(compiled), **timing.warmup_and_time(one_call, warmup, steps, resident)}
+    result = {**compile_info, **compiled_memory(compiled), **timing.warmup_and_time(call, warmup, steps, resident)}
     result.update(resident.step_peak(result))
     if profile:
-        result["kernels"] = kernels.guarded(kernels.profile_jax, one_call)
+        result["kernels"] = kernels.guarded(kernels.profile_jax, call)
     return result
 
 
