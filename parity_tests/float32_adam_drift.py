@@ -16,7 +16,6 @@ Writes `float32_adam_drift.{json,md}`.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from parity_tests import harness, training
-from parity_tests.report import environment
+from parity_tests.report import write_study
 from unet_config import UNetConfig
 
 # The seed network at the smallest size it takes (4x4 output pixels: a noisy loss) at the
@@ -85,12 +84,7 @@ def main(argv=None) -> int:
         rows.append(measure(recipe))
         print(f"{recipe.name} lr {recipe.learning_rate:g}: float32 worst torch {max(rows[-1]['torch_float32']):.1e}, "
               f"Flax {max(rows[-1]['flax_float32']):.1e}; float64 Flax {max(rows[-1]['flax_float64']):.1e}", flush=True)
-    env = environment()
-    args.out.mkdir(parents=True, exist_ok=True)
-    payload = {"environment": env, "seconds": round(time.perf_counter() - start, 1), "rows": rows}
-    (args.out / "float32_adam_drift.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (args.out / "float32_adam_drift.md").write_text(to_markdown(env, rows))
-    print(f"written to {args.out / 'float32_adam_drift.md'}")
+    print(f"written to {write_study(args.out, 'float32_adam_drift', rows, start, to_markdown)}")
     return 0
 
 

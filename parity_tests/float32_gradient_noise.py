@@ -13,12 +13,11 @@ error (harness.max_rel_error) of torch and of Flax (strict float32) against torc
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 from parity_tests import harness
-from parity_tests.report import environment
+from parity_tests.report import write_study
 
 # (case, input size, data seeds): the seed network where kink flips are largest, and a small one.
 PLAN = (("seed", 188, range(6)), ("seed", 204, range(2)), ("features8", 188, range(10)))
@@ -74,12 +73,7 @@ def main(argv=None) -> int:
         for seed in seeds:
             rows.append(measure(name, size, seed))
             print(f"{name} {size} px seed {seed}: torch {rows[-1]['torch']:.2e}, flax {rows[-1]['flax']:.2e}", flush=True)
-    env = environment()
-    args.out.mkdir(parents=True, exist_ok=True)
-    payload = {"environment": env, "seconds": round(time.perf_counter() - start, 1), "rows": rows}
-    (args.out / "float32_gradient_noise.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (args.out / "float32_gradient_noise.md").write_text(to_markdown(env, rows))
-    print(f"written to {args.out / 'float32_gradient_noise.md'}")
+    print(f"written to {write_study(args.out, 'float32_gradient_noise', rows, start, to_markdown)}")
     return 0
 
 

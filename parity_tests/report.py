@@ -19,6 +19,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPORT_DIR_ENV = "PARITY_REPORT_DIR"
@@ -147,6 +148,17 @@ def to_markdown(env: dict, rows: list[Row], outcomes: dict, collected: list[str]
     lines += [f"- skipped: `{k}`: {v['reason']}" for k, v in skipped.items()]
     lines += [f"- not run: `{k}`" for k in not_run]
     return "\n".join(lines) + "\n"
+
+
+def write_study(out: Path, stem: str, rows: list[dict], started: float, markdown) -> Path:
+    """A measurement script's results: out/stem.json (environment, seconds since `started`, rows)
+    and out/stem.md (`markdown(environment, rows)`). Returns the markdown's path."""
+    env = environment()
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"environment": env, "seconds": round(time.perf_counter() - started, 1), "rows": rows}
+    (out / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(markdown(env, rows))
+    return out / f"{stem}.md"
 
 
 def _one_line(text: str) -> str:
