@@ -17,9 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from unet_jax.cli import main
-from unet_jax.data import make_cells, sample_tiles
+from unet_jax.data import make_cells, sample_tiles, split_validation
+from unet_jax.data.folder import index_folder
 from unet_jax.distributed import DistributedError, _wait_for_coordinator, check_batch_size, initialize, select_devices
 from unet_jax.port import flatten_variables
 from unet_jax.weights_io import load_variables
@@ -143,13 +145,15 @@ def finish(process, timeout=CHILD_TIMEOUT_S):
 @pytest.mark.parametrize("fsdp", [False, True], ids=["replicated", "fsdp"])
 def test_two_processes_on_localhost_train_as_one(tmp_path, fsdp):
     """Two processes of 2 devices each, joined on 127.0.0.1, against one process of 4 devices
-    (replicated); with --fsdp the two processes hold each parameter sharded across both."""
+    (replicated); with --fsdp the two processes hold each parameter sharded across both. Each of
+    the two reads its own half of the training images (2 shards, one per process, by default);
+    the single process, given the same 2 shards, reads both and draws the same batches."""
     together, alone = tmp_path / "two-processes", tmp_path / "one-process"
     address = f"127.0.0.1:{free_port()}"
     processes = [launch(["--run-dir", str(together), "--coordinator-address", address, "--num-processes", "2",
                          "--process-id", str(i), "--coordinator-timeout", "60", *(["--fsdp"] if fsdp else [])],
                         devices=2) for i in range(2)]
-    single = launch(["--run-dir", str(alone)], devices=4)
+    single = launch(["--run-dir", str(alone), "--data-shards", "2"], devices=4)
     results = [finish(p) for p in processes] + [finish(single)]
     for code, text in results:
         assert code == 0, text[-3000:]
@@ -159,6 +163,8 @@ def test_two_processes_on_localhost_train_as_one(tmp_path, fsdp):
               if line.strip() and not line.startswith(("[Gloo]", "unet-jax: joining"))]
     assert spoken == [], f"only process 0 speaks for the run: {results[1][1]!r}"
     assert sorted(p.name for p in together.iterdir()) == sorted(p.name for p in alone.iterdir())
+    shares = [json.loads((run / "summary.json").read_text())["training_data"] for run in (together, alone)]
+    assert shares == [{"images": 4, "shards": 2, "read_per_process": [2, 2]}, {"images": 4, "shards": 2, "read_per_process": [4]}]
 
     def train_losses(run):
         return [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["split"] == "train"]
@@ -253,6 +259,29 @@ def test_the_cli_reports_an_unreachable_coordinator_in_one_line(tmp_path, capsys
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("unet-jax train: error: the coordinator 127.0.0.1:") and "start process 0" in err and "\n" not in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_bad_file_in_one_process_share_stops_both_naming_it(tmp_path):
+    """Process 1 alone reads the damaged image (its shard); both stop with its name, nothing is written."""
+    data = tmp_path / "data"
+    for sub in ("images", "masks"):
+        (data / sub).mkdir(parents=True)
+    for i in range(8):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (64, 64), dtype=np.uint8)).save(data / "images" / f"{i}.png")
+        Image.fromarray(np.full((64, 64), 255 * (i % 2), np.uint8)).save(data / "masks" / f"{i}.png")
+    training = split_validation(index_folder(data, 1, 2), 0.25, seed=0)[0]
+    damaged = Path(training.names[1])  # in shard 1 (training images 1, 3, 5), which only process 1 reads
+    damaged.write_bytes(damaged.read_bytes()[:-40])  # the header, which every process reads, survives
+    address = f"127.0.0.1:{free_port()}"
+    processes = [launch(["--run-dir", str(tmp_path / "run"), "--data", str(data), "--val-fraction", "0.25",
+                         "--coordinator-address", address, "--num-processes", "2", "--process-id", str(i),
+                         "--coordinator-timeout", "60"], devices=1) for i in range(2)]
+    results = [finish(p, timeout=180) for p in processes]
+    for code, text in results:
+        assert code == 2, text[-3000:]
+        assert f"error: process 1 of 2: {damaged}: cannot be read" in text, text[-3000:]
     assert not (tmp_path / "run").exists()
 
 

@@ -67,6 +67,11 @@ class TrainConfig:
         4, "host threads that cut each batch's tiles while the device runs the previous step; the batch is the same "
         "for any number (1: cut on the training thread)"
     )
+    data_shards: int = described(
+        0, "deal the training images into this many shards; each process of a multi-host run reads only the shard its "
+        "rows of the batch draw from. The batch depends on this number, never on the process count, and a run keeps it "
+        "when resumed. 0: one per process (at most one per image); 1: every tile draws from all images"
+    )
     init_weights: Optional[str] = described(
         None, "start the new run from these weights (Flax or PyTorch file, any naming; its architecture is taken); none: random"
     )
@@ -92,8 +97,9 @@ class TrainConfig:
                 raise ConfigError(f"{_name(name)} must be a positive integer, got {value!r}")
         if self.cells_image_size < _MIN_CELLS_IMAGE_SIZE:
             raise ConfigError(f"{_name('cells_image_size')} must be at least {_MIN_CELLS_IMAGE_SIZE}, got {self.cells_image_size}")
-        if not is_integer(self.seed) or self.seed < 0:
-            raise ConfigError(f"{_name('seed')} must be a non-negative integer, got {self.seed!r}")
+        for name in ("seed", "data_shards"):
+            if not is_integer(getattr(self, name)) or getattr(self, name) < 0:
+                raise ConfigError(f"{_name(name)} must be a non-negative integer, got {getattr(self, name)!r}")
         for name, allowed in (("optimizer", OPTIMIZERS), ("loss", LOSSES), ("dtype", DTYPES), ("remat", REMAT_POLICIES),
                               ("cells_layout", CELLS_LAYOUTS)):
             if getattr(self, name) not in allowed:
@@ -131,6 +137,7 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown TrainConfig field(s) {unknown}")
         values = dict(values)
+        values.setdefault("data_shards", 1)  # a config saved before shards existed drew every tile from all images
         if isinstance(values.get("model"), Mapping):
             try:
                 values["model"] = UNetConfig(**values["model"])

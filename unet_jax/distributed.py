@@ -15,6 +15,7 @@ only process 0 (`is_primary`) writes the run directory.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import socket
 import sys
@@ -140,6 +141,29 @@ def _check_process_count(timeout_s: int) -> None:
             f"process {me} was started with --num-processes {count}, process 0 with {coordinators}. "
             "Fix: start every process with the same --num-processes"
         )
+
+
+_GATHERS = itertools.count()  # each gather's own keys; every process gathers the same times, in the same order
+
+
+def gather_text(text: str, timeout_s: int = 3600) -> list[str]:
+    """Every process's `text`, in process order ([text] alone outside a multi-process run).
+
+    It goes through the key-value store of `jax.distributed`'s coordination service, not the
+    devices: what the processes exchange before training (their data's statistics, or the error
+    one of them met reading its share) needs no device and no compiled collective. A process
+    that died is noticed by JAX's heartbeat (see `initialize`); `timeout_s` bounds the wait for a
+    slow one.
+    """
+    from jax._src import distributed as jax_distributed  # the client is private; see _check_process_count
+
+    state = jax_distributed.global_state
+    if state.client is None:
+        return [text]
+    key = f"unet_jax/gather/{next(_GATHERS)}/"
+    state.client.key_value_set(key + str(state.process_id), text)
+    return [text if p == state.process_id else state.client.blocking_key_value_get(key + str(p), timeout_s * 1000)
+            for p in range(state.num_processes)]
 
 
 def leave_if_joined(exit_status: int) -> None:

@@ -25,10 +25,10 @@ from tqdm import tqdm
 
 from unet_jax.checkpoints import Checkpointer
 from unet_jax.config import TRAJECTORY_FIELDS, ConfigError, TrainConfig, UNetError
-from unet_jax.data import Normalization, Samples, augment, load_folder, make_cells, sample_tiles, split_validation
+from unet_jax.data import Normalization, Samples, augment, sample_tiles
 from unet_jax.data.augment import chain
 from unet_jax.data.elastic import elastic_deform
-from unet_jax.data.targets import require_instances, separated_targets
+from unet_jax.data.targets import separated_targets
 from unet_jax.distributed import DataParallel, check_batch_size, fetch, is_primary
 from unet_jax.evaluate import evaluate_samples
 from unet_jax.init_weights import init_normalization, start_from_weights
@@ -38,10 +38,9 @@ from unet_jax.model import UNet
 from unet_jax.plots import plot_losses, plot_predictions, plot_weight_map
 from unet_jax.predict import Predictor
 from unet_jax.run_dir import FollowerRunDir, MetricsLog, RunDir, RunDirError, TrainingInterrupted
+from unet_jax.train_data import VAL_SEED_OFFSET, TrainingData, load_data
 from unet_jax.train_step import TrainState, create_train_state, make_eval_step, make_optax_optimizer, make_train_step
 from unet_jax.weights_io import save_flax_weights
-
-VAL_SEED_OFFSET = 1_000_003  # the held-out cells come from a different stream than the training ones
 
 
 class NonFiniteLossError(UNetError):
@@ -49,34 +48,6 @@ class NonFiniteLossError(UNetError):
 
 
 # ------------------------------------------------------------------ data
-def load_data(cfg: TrainConfig) -> tuple[Samples, Samples]:
-    """(train, validation) samples, not yet normalised; DataError if the loss needs instance masks they lack."""
-    train, val = _read_data(cfg)
-    if cfg.separates_touching:
-        why = "--loss weighted-ce" if needs_weights(cfg.loss) else "--target-gap"
-        require_instances(train, why, cfg.data)
-        require_instances(val, why, cfg.val_data or cfg.data)
-    return train, val
-
-
-def _read_data(cfg: TrainConfig) -> tuple[Samples, Samples]:
-    if cfg.data is None:
-        if cfg.model.in_channels != 1 or cfg.model.num_classes != 2:
-            raise ConfigError("the built-in cells are 1-channel, 2-class: pass --data for other in_channels/num_classes")
-        size = cfg.cells_image_size
-        return (
-            make_cells(cfg.cells_train_images, size, seed=cfg.seed, layout=cfg.cells_layout),
-            make_cells(cfg.cells_val_images, size, seed=cfg.seed + VAL_SEED_OFFSET, layout=cfg.cells_layout),
-        )
-    train = load_folder(cfg.data, cfg.model.in_channels, cfg.model.num_classes)
-    if cfg.val_data is not None:
-        return train, load_folder(cfg.val_data, cfg.model.in_channels, cfg.model.num_classes)
-    try:
-        return split_validation(train, cfg.val_fraction, seed=cfg.seed)
-    except ValueError as error:
-        raise ConfigError(f"--data {cfg.data}: {error}") from None
-
-
 def batch_at(samples: Samples, cfg: TrainConfig, step: int, weights=None, rows: Optional[range] = None) -> tuple[np.ndarray, ...]:
     """The training batch of `step` (its `rows` only, if given): a pure function of (seed, step),
     so resume needs no RNG state and every process agrees on the global batch.
@@ -87,7 +58,7 @@ def batch_at(samples: Samples, cfg: TrainConfig, step: int, weights=None, rows: 
     rng = np.random.default_rng([cfg.seed, step])
     label_size = cfg.tile_size if cfg.elastic else cfg.label_size
     return sample_tiles(samples.images, samples.masks, rng, cfg.batch_size, cfg.tile_size, cfg.label_size, weights, label_size,
-                        rows=rows, threads=cfg.sampling_threads)
+                        rows=rows, threads=cfg.sampling_threads, shards=cfg.data_shards)
 
 
 def validation_tiles(samples: Samples, cfg: TrainConfig, weights=None) -> tuple[np.ndarray, ...]:
@@ -124,16 +95,16 @@ def train(cfg: TrainConfig, run_dir, progress: bool = True, log=print, parallel:
     parallel = parallel or DataParallel.create()
     check_batch_size(cfg.batch_size, parallel.device_count)
     if not is_primary():
-        return _Session(cfg, FollowerRunDir(run_dir), load_data(cfg), False, _silent, parallel).run(changes=None)
+        return _Session(*load_data(cfg, parallel), FollowerRunDir(run_dir), False, _silent, parallel).run(changes=None)
     run = RunDir(run_dir)
     run.check_new_run()  # fail fast, before loading data; checked again under the lock
-    samples = load_data(cfg)  # bad data fails here, before anything is written
+    cfg, data = load_data(cfg, parallel)  # bad data fails here, in every process, before anything is written
     with run.lock():
         run.check_no_trained_run()
         if run.state == "unstarted":
             log(f"{run} holds a run that stopped before its first checkpoint: starting over in place")
             run.clear()
-        return _Session(cfg, run, samples, progress, log, parallel).run(changes=None)
+        return _Session(cfg, data, run, progress, log, parallel).run(changes=None)
 
 
 def resume(run_dir, requested: Optional[Mapping[str, Any]] = None, progress: bool = True, log=print,
@@ -149,14 +120,14 @@ def resume(run_dir, requested: Optional[Mapping[str, Any]] = None, progress: boo
     parallel = parallel or DataParallel.create()
     if not is_primary():
         cfg, changes = RunDir(run_dir).load_config().resumed_with(requested or {})
-        return _Session(cfg, FollowerRunDir(run_dir), load_data(cfg), False, _silent, parallel).run(changes=changes)
+        return _Session(*load_data(cfg, parallel), FollowerRunDir(run_dir), False, _silent, parallel).run(changes=changes)
     run = RunDir(run_dir)
     run.check_resumable()
     with run.lock():
         cfg, changes = run.load_config().resumed_with(requested or {})
         check_batch_size(cfg.batch_size, parallel.device_count)
-        samples = load_data(cfg)
-        return _Session(cfg, run, samples, progress, log, parallel).run(changes=changes)
+        cfg, data = load_data(cfg, parallel)
+        return _Session(cfg, data, run, progress, log, parallel).run(changes=changes)
 
 
 def _silent(*_):
@@ -171,10 +142,9 @@ def default_run_dir(cfg: TrainConfig) -> Path:
 class _Session:
     """One process's share of a run: from a fresh or restored state to the last step."""
 
-    def __init__(self, cfg: TrainConfig, run: RunDir, samples: tuple[Samples, Samples], progress: bool, log,
-                 parallel: DataParallel):
-        self.cfg, self.run_dir, self.progress, self.log, self.parallel = cfg, run, progress, log, parallel
-        self.train_samples, self.val_samples = samples
+    def __init__(self, cfg: TrainConfig, data: TrainingData, run: RunDir, progress: bool, log, parallel: DataParallel):
+        self.cfg, self.data, self.run_dir, self.progress, self.log, self.parallel = cfg, data, run, progress, log, parallel
+        self.train_samples, self.val_samples = data.train, data.val
         self.started = False  # config.json written: the directory now holds this run
         self.step = 0  # the last step completed
 
@@ -185,9 +155,12 @@ class _Session:
                  f"over {self.parallel.device_count} device(s){' (FSDP)' if self.parallel.fsdp else ''}, "
                  f"{cfg.steps} steps, {cfg.optimizer} lr {cfg.learning_rate}, loss {cfg.loss}, {cfg.dtype}, "
                  f"data {cfg.data or 'built-in synthetic cells'}, run dir {self.run_dir}")
+        if len(self.data.read_per_process) > 1 or cfg.data_shards > 1:
+            self.log(f"{len(self.train_samples)} training images in {cfg.data_shards} shard(s); training images read by "
+                     f"each process: {list(self.data.read_per_process)}")
         # A pure function of the training images (or of --init-weights): refitting one never saved gives the same numbers.
         normalization = self.run_dir.load_normalization() if changes is not None else None
-        normalization = normalization or init_normalization(cfg) or Normalization.from_images(self.train_samples.images)
+        normalization = normalization or init_normalization(cfg) or Normalization.from_moments(self.data.moments)
         train_samples = self.train_samples.map_images(normalization.apply)
         val_samples = self.val_samples.map_images(normalization.apply)
         train_samples, self.train_weights, val_samples, val_weights = self._targets(train_samples, val_samples)
@@ -228,7 +201,7 @@ class _Session:
         train, train_weights = separated_targets(train, needs_weights(cfg.loss))
         val, val_weights = separated_targets(val, needs_weights(cfg.loss))
         made = "targets with a one-pixel gap between touching objects" + (" and their weight maps" if train_weights else "")
-        self.log(f"{made}: {time.perf_counter() - started:.1f} s for {len(train) + len(val)} images")
+        self.log(f"{made}: {time.perf_counter() - started:.1f} s for {len(train.read) + len(val.read)} images")
         return train, train_weights, val, val_weights
 
     def _restore(self, checkpointer: Checkpointer, template: TrainState, changes: dict) -> TrainState:
@@ -378,7 +351,9 @@ class _Session:
         whole = evaluate_samples(predictor, self.val_samples, batch_size=cfg.batch_size)
         resumes = run.resumes()
         summary = {"preset": cfg.preset, "steps": int(state.step), "exact_continuation": all(r["exact"] for r in resumes),
-                   "resumes": resumes, "validation_tiles": val_metrics, "validation_whole_images": whole}
+                   "resumes": resumes, "validation_tiles": val_metrics, "validation_whole_images": whole,
+                   "training_data": {"images": len(self.train_samples), "shards": cfg.data_shards,
+                                     "read_per_process": list(self.data.read_per_process)}}
         run.save_summary(summary)
         objects = whole.get("instances")
         objects = (f", instance F1 {objects['f1']:.4f} with {objects['split_pairs']} of {objects['touching_pairs']} touching "

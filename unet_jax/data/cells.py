@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from unet_jax.data.samples import Samples
+from unet_jax.data.source import Source
 
 RADIUS_RANGE = (6.0, 15.0)  # mean cell radius in pixels (fixed: the "microscope" does not zoom)
 # Per layout: the chance that a new cell is placed against an existing one, the share of the
@@ -34,23 +35,35 @@ def make_cells(num_images: int, size: int = 256, seed: int = 0, layout: str = "m
     images float32 [N, size, size, 1] in [0, 1]; masks int32 [N, size, size] (0 background,
     1 cell); instances int32 [N, size, size] (0 background, 1..K per cell, K varies by image).
     """
+    samples = cells_source(num_images, size, seed, layout).read()
+    instances = np.stack(samples.instances) if num_images else np.zeros((0, size, size), np.int32)  # [N, H, W]
+    return Samples(
+        images=np.stack(samples.images) if num_images else np.zeros((0, size, size, 1), np.float32),  # [N, H, W, 1]
+        masks=(instances > 0).astype(np.int32),
+        instances=instances,
+        names=samples.names,
+    )
+
+
+def cells_source(num_images: int, size: int = 256, seed: int = 0, layout: str = "mixed") -> Source:
+    """The cells of `make_cells` as a `Source`: image i is made only when it is read."""
     if num_images < 0 or size < 8:
         raise ValueError(f"need num_images >= 0 and size >= 8, got {num_images}, {size}")
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {tuple(LAYOUTS)}, got {layout!r}")
-    images = np.zeros((num_images, size, size, 1), np.float32)  # [N, H, W, 1]
-    instances = np.zeros((num_images, size, size), np.int32)  # [N, H, W]
-    for i, child in enumerate(np.random.SeedSequence(seed).spawn(num_images)):
-        rng = np.random.default_rng(child)
-        labels, distance, brightness = _draw_cells(rng, size, layout)
-        instances[i] = labels
-        images[i, :, :, 0] = _photograph(rng, labels, distance, brightness, edge_dimming=LAYOUTS[layout][2])
-    return Samples(
-        images=images,
-        masks=(instances > 0).astype(np.int32),
-        instances=instances,
-        names=tuple(f"cells(seed={seed}{'' if layout == 'mixed' else f', {layout}'})[{i}]" for i in range(num_images)),
-    )
+    children = np.random.SeedSequence(seed).spawn(num_images)
+
+    def load(indices):
+        made = []
+        for i in indices:
+            rng = np.random.default_rng(children[i])
+            labels, distance, brightness = _draw_cells(rng, size, layout)
+            image = _photograph(rng, labels, distance, brightness, edge_dimming=LAYOUTS[layout][2])
+            made.append((image[:, :, None].astype(np.float32), (labels > 0).astype(np.int32), labels.astype(np.int32)))
+        return made
+
+    names = tuple(f"cells(seed={seed}{'' if layout == 'mixed' else f', {layout}'})[{i}]" for i in range(num_images))
+    return Source(names, ((size, size),) * num_images, 1, load)
 
 
 def _place_centres(rng: np.random.Generator, size: int, layout: str) -> tuple[np.ndarray, np.ndarray]:

@@ -25,7 +25,7 @@ dropped from images and masks; an RGB image whose channels are equal is accepted
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import tifffile
@@ -33,6 +33,7 @@ from PIL import Image
 
 from unet_jax.config import UNetError
 from unet_jax.data.samples import Samples
+from unet_jax.data.source import Source
 
 SUFFIXES = (".png", ".tif", ".tiff")
 MASK_SUFFIX = "_mask"
@@ -48,6 +49,12 @@ def load_folder(path: Union[str, Path], in_channels: int, num_classes: int) -> S
     Images are float32 [H, W, in_channels] in [0, 1] and masks int32 [H, W]; sizes may differ
     between samples, so the fields are lists.
     """
+    return index_folder(path, in_channels, num_classes).read()
+
+
+def index_folder(path: Union[str, Path], in_channels: int, num_classes: int) -> Source:
+    """The samples under `path`, listed, paired and sized from the files' headers; `.read(indices)`
+    reads the pixels (of those samples only), with every check of `load_folder`."""
     path = Path(path)
     if path.is_file():
         if "-volume" not in path.stem:
@@ -55,7 +62,7 @@ def load_folder(path: Union[str, Path], in_channels: int, num_classes: int) -> S
                 f"{path}: not an ISBI-style '*-volume.tif' stack. Fix: point at such a stack (with its "
                 "'*-labels.tif' beside it), or at a folder holding images/ and masks/"
             )
-        return _load_stack(path, path.with_name(path.name.replace("-volume", "-labels")), in_channels, num_classes)
+        return _index_stack(path, path.with_name(path.name.replace("-volume", "-labels")), in_channels, num_classes)
     if not path.is_dir():
         raise DataError(f"{path}: no such folder. Fix: point at a folder holding images/ and masks/ subfolders")
     images_dir, masks_dir = path / "images", path / "masks"
@@ -66,8 +73,8 @@ def load_folder(path: Union[str, Path], in_channels: int, num_classes: int) -> S
                     f"{sub}: missing. Fix: put the images in {images_dir} and their masks, with the same "
                     f"file names, in {masks_dir} (or use an ISBI pair train-volume.tif + train-labels.tif)"
                 )
-        return _load_pairs(images_dir, masks_dir, in_channels, num_classes)
-    return _load_stack(path / "train-volume.tif", path / "train-labels.tif", in_channels, num_classes)
+        return _index_pairs(images_dir, masks_dir, in_channels, num_classes)
+    return _index_stack(path / "train-volume.tif", path / "train-labels.tif", in_channels, num_classes)
 
 
 def data_sources(path: Union[str, Path]) -> list[Path]:
@@ -92,7 +99,7 @@ def _list(folder: Path) -> dict[str, Path]:
     return by_stem
 
 
-def _load_pairs(images_dir: Path, masks_dir: Path, in_channels: int, num_classes: int) -> Samples:
+def _index_pairs(images_dir: Path, masks_dir: Path, in_channels: int, num_classes: int) -> Source:
     images = _list(images_dir)
     masks: dict[str, Path] = {}
     for stem, p in _list(masks_dir).items():
@@ -108,45 +115,98 @@ def _load_pairs(images_dir: Path, masks_dir: Path, in_channels: int, num_classes
         raise DataError(
             f"{len(problems)} unpaired file(s); every image needs a mask with the same name and vice versa:\n" + "\n".join(problems)
         )
-    loaded = []
-    for stem in sorted(images):
-        image = read_image(images[stem], in_channels)
-        mask, ids = _to_mask(_read(masks[stem], palette_to_rgb=False), masks[stem], num_classes)
-        if image.shape[:2] != mask.shape:
-            raise DataError(
-                f"{images[stem]} is {image.shape[0]}x{image.shape[1]} but its mask {masks[stem]} is "
-                f"{mask.shape[0]}x{mask.shape[1]}. Fix: save the mask at the image's size"
-            )
-        loaded.append((image, mask, ids, str(images[stem])))
-    return _samples(loaded)
+    stems = sorted(images)
+    sizes = []
+    for stem in stems:
+        image_size, mask_size = _stored_size(images[stem], is_image=True), _stored_size(masks[stem], is_image=False)
+        _check_sizes(images[stem], image_size, masks[stem], mask_size)
+        sizes.append(image_size)
+
+    def load(indices: Sequence[int]) -> list:
+        loaded = []
+        for stem in (stems[i] for i in indices):
+            image = read_image(images[stem], in_channels)
+            mask, ids = _to_mask(_read(masks[stem], palette_to_rgb=False), masks[stem], num_classes)
+            _check_sizes(images[stem], image.shape[:2], masks[stem], mask.shape)  # the pixels, as the headers said
+            loaded.append((image, mask, ids))
+        return loaded
+
+    return Source(tuple(str(images[s]) for s in stems), tuple(sizes), in_channels, load)
 
 
-def _samples(loaded: list) -> Samples:
-    images, masks, ids, names = zip(*loaded)
-    return Samples(images=list(images), masks=list(masks), instances=list(ids), names=tuple(names))
+def _check_sizes(image_path: Path, image_size: tuple, mask_path: Path, mask_size: tuple) -> None:
+    if tuple(image_size) != tuple(mask_size):
+        raise DataError(
+            f"{image_path} is {image_size[0]}x{image_size[1]} but its mask {mask_path} is "
+            f"{mask_size[0]}x{mask_size[1]}. Fix: save the mask at the image's size"
+        )
 
 
-def _load_stack(volume_path: Path, labels_path: Path, in_channels: int, num_classes: int) -> Samples:
+def _stored_size(path: Path, is_image: bool) -> tuple[int, int]:
+    """(H, W) of one image or mask file from its header, without decoding its pixels."""
+    if path.suffix.lower() in (".tif", ".tiff"):
+        series = _tiff_series(path)
+        if is_image and image_pages(path) > 1:
+            read_image(path, 1)  # refuses the stack, with what to do instead
+        if "Y" in series.axes and "X" in series.axes:
+            return int(series.shape[series.axes.index("Y")]), int(series.shape[series.axes.index("X")])
+        return tuple(_read(path, palette_to_rgb=False).shape[:2])  # axes not named: read it to know
+    try:
+        with Image.open(path) as im:
+            return im.height, im.width
+    except Exception as error:
+        raise DataError(f"{path}: cannot be read ({type(error).__name__}: {error}). Fix: re-save the file or remove it") from error
+
+
+def _index_stack(volume_path: Path, labels_path: Path, in_channels: int, num_classes: int) -> Source:
     """ISBI-2012 style: a multi-page image TIFF and a label TIFF with one page per slice."""
     for p in (volume_path, labels_path):
         if not p.is_file():
             raise DataError(
                 f"{p}: missing. Fix: an ISBI volume needs its label stack beside it ({volume_path.name} + {labels_path.name})"
             )
-    volume, labels = _read(volume_path, palette_to_rgb=True), _read(labels_path, palette_to_rgb=False)
-    volume = volume[None] if volume.ndim == 2 else volume  # [N, H, W] or [N, H, W, C]
-    labels = labels[None] if labels.ndim == 2 else labels  # [N, H, W]
-    if len(volume) != len(labels) or volume.shape[1:3] != labels.shape[1:3]:
+    volume_shape, labels_shape = _stack_shape(volume_path), _stack_shape(labels_path)
+    if volume_shape[0] != labels_shape[0] or volume_shape[1:3] != labels_shape[1:3]:
         raise DataError(
-            f"{volume_path} holds {volume.shape[:3]} (slices, H, W) but {labels_path} holds {labels.shape[:3]}. "
+            f"{volume_path} holds {volume_shape[:3]} (slices, H, W) but {labels_path} holds {labels_shape[:3]}. "
             "Fix: use matching stacks, one label page per image page"
         )
-    loaded = []
-    for k in range(len(volume)):
-        name = f"{volume_path}[slice {k}]"
-        mask, ids = _to_mask(labels[k], f"{labels_path}[slice {k}]", num_classes)
-        loaded.append((_to_image(volume[k], name, in_channels), mask, ids, name))
-    return _samples(loaded)
+    slices = volume_shape[0]
+
+    def load(indices: Sequence[int]) -> list:
+        volume = _read_slices(volume_path, indices, slices, palette_to_rgb=True)
+        labels = _read_slices(labels_path, indices, slices, palette_to_rgb=False)
+        loaded = []
+        for k, image, label in zip(indices, volume, labels):
+            mask, ids = _to_mask(label, f"{labels_path}[slice {k}]", num_classes)
+            loaded.append((_to_image(image, f"{volume_path}[slice {k}]", in_channels), mask, ids))
+        return loaded
+
+    names = tuple(f"{volume_path}[slice {k}]" for k in range(slices))
+    return Source(names, ((volume_shape[1], volume_shape[2]),) * slices, in_channels, load)
+
+
+def _stack_shape(path: Path) -> tuple[int, ...]:
+    """(slices, H, W) of a stack from its header: every axis but Y, X and S (colour) counts slices."""
+    series = _tiff_series(path)
+    if "Y" not in series.axes or "X" not in series.axes:
+        shape = _read(path, palette_to_rgb=False).shape  # axes not named: read it to know
+        return (1, *shape[:2]) if len(shape) == 2 else tuple(shape[:3])
+    height, width = series.shape[series.axes.index("Y")], series.shape[series.axes.index("X")]
+    return image_pages(path), int(height), int(width)
+
+
+def _read_slices(path: Path, indices: Sequence[int], slices: int, palette_to_rgb: bool) -> list[np.ndarray]:
+    """Slices `indices` of a stack: only their pages where each slice is one page, else the whole stack."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if len(tif.pages) == slices and slices > 1:
+                return [np.asarray(tif.pages[k].asarray()) for k in indices]
+    except Exception as error:
+        raise DataError(f"{path}: cannot be read ({type(error).__name__}: {error}). Fix: re-save the file or remove it") from error
+    stack = _read(path, palette_to_rgb=palette_to_rgb)
+    stack = stack[None] if slices == 1 or stack.ndim == 2 else stack  # [N, H, W] or [N, H, W, C]
+    return [stack[k] for k in indices]
 
 
 def read_image(path: Union[str, Path], in_channels: int) -> np.ndarray:

@@ -2,6 +2,8 @@
 
 One `Samples` type serves the synthetic cells (stacked arrays, all one size) and a user's
 folder (lists, sizes may differ), so tiling, splitting and normalisation are written once.
+In a run of several processes each reads only its own share of the training images; the
+others stand in its `Samples` as `NotRead`, which knows the sample's size and nothing more.
 """
 
 from __future__ import annotations
@@ -10,6 +12,16 @@ import dataclasses
 from typing import Callable, Optional, Sequence
 
 import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class NotRead:
+    """A sample another process reads: only its shape is known here (tile positions are drawn from it).
+
+    It is not an array, so code that would cut a tile from it fails at once instead of reading zeros.
+    """
+
+    shape: tuple[int, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +38,7 @@ class Samples:
     # mask file held class indices, so no object identities are known.
     instances: Sequence[Optional[np.ndarray]]
     names: tuple[str, ...]  # where each sample came from, for error messages
+    # Any entry of images, masks and instances may be a `NotRead` (the same index in all three).
 
     def __post_init__(self):
         counts = {len(self.images), len(self.masks), len(self.instances), len(self.names)}
@@ -45,6 +58,11 @@ class Samples:
             raise ValueError("no samples, so no channel count")
         return int(self.images[0].shape[-1])
 
+    @property
+    def read(self) -> list[int]:
+        """The indices of the samples this process holds (all of them, unless it holds a share)."""
+        return [i for i, image in enumerate(self.images) if not isinstance(image, NotRead)]
+
     def take(self, indices: Sequence[int]) -> "Samples":
         """The samples at `indices`, in that order (stacked arrays stay stacked)."""
         indices = [int(i) for i in indices]
@@ -56,11 +74,11 @@ class Samples:
         )
 
     def map_images(self, fn: Callable[[np.ndarray], np.ndarray]) -> "Samples":
-        """The same samples with `fn` applied to each image (e.g. `Normalization.apply`)."""
+        """The same samples with `fn` applied to each image read (e.g. `Normalization.apply`)."""
         if isinstance(self.images, np.ndarray):
             images = fn(self.images)  # fn works on [..., C], so the whole stack at once
         else:
-            images = [fn(image) for image in self.images]
+            images = [image if isinstance(image, NotRead) else fn(image) for image in self.images]
         return dataclasses.replace(self, images=images)
 
 
@@ -70,8 +88,9 @@ def _take(values, indices: list[int]):
     return [values[i] for i in indices]
 
 
-def split_validation(samples: Samples, fraction: float, seed: int = 0) -> tuple[Samples, Samples]:
-    """Split into (train, val) with a seeded shuffle, so a resumed run sees the same split.
+def split_validation(samples, fraction: float, seed: int = 0):
+    """Split `samples` (a `Samples`, or a `Source` not yet read) into (train, val) of the same type,
+    with a seeded shuffle, so a resumed run sees the same split.
 
     `round(fraction * N)` samples go to validation, at least one when `fraction > 0`, and at
     least one stays for training. Each part keeps the original order of its samples.
@@ -116,14 +135,16 @@ class Normalization:
     @classmethod
     def from_images(cls, images: Sequence[np.ndarray]) -> "Normalization":
         """Fit on images `[H, W, C]` (a list, or a stack `[N, H, W, C]`)."""
-        if len(images) == 0:
+        return cls.from_moments([PixelMoments.of(images)])
+
+    @classmethod
+    def from_moments(cls, parts: Sequence["PixelMoments"]) -> "Normalization":
+        """Fit on the pooled pixels of several parts (each process's share of the images), added in order."""
+        total, total_sq, count = 0.0, 0.0, 0
+        for part in parts:
+            total, total_sq, count = total + np.asarray(part.total), total_sq + np.asarray(part.total_sq), count + part.count
+        if count == 0:
             raise ValueError("cannot fit a Normalization on no images")
-        total = count = total_sq = 0.0
-        for image in images:
-            pixels = np.asarray(image, dtype=np.float64).reshape(-1, image.shape[-1])  # [H*W, C]
-            total = total + pixels.sum(axis=0)
-            total_sq = total_sq + np.square(pixels).sum(axis=0)
-            count += pixels.shape[0]
         mean = total / count
         var = np.maximum(total_sq / count - np.square(mean), 0.0)
         std = np.sqrt(var)
@@ -147,3 +168,32 @@ class Normalization:
             return cls(tuple(float(m) for m in d["mean"]), tuple(float(s) for s in d["std"]))
         except (KeyError, TypeError) as error:
             raise ValueError(f"a Normalization dict needs lists 'mean' and 'std', got {d!r}") from error
+
+
+@dataclasses.dataclass(frozen=True)
+class PixelMoments:
+    """Per-channel sums of pixel values and of their squares, and the pixel count, in float64:
+    what `Normalization` is fitted from, added up over shares of the images."""
+
+    total: tuple[float, ...]
+    total_sq: tuple[float, ...]
+    count: int
+
+    @classmethod
+    def of(cls, images: Sequence[np.ndarray]) -> "PixelMoments":
+        """The moments of images `[H, W, C]` (a list, or a stack `[N, H, W, C]`), pooled."""
+        total = total_sq = 0.0
+        count = 0
+        for image in images:
+            pixels = np.asarray(image, dtype=np.float64).reshape(-1, image.shape[-1])  # [H*W, C]
+            total = total + pixels.sum(axis=0)
+            total_sq = total_sq + np.square(pixels).sum(axis=0)
+            count += pixels.shape[0]
+        return cls(tuple(np.atleast_1d(total).tolist()), tuple(np.atleast_1d(total_sq).tolist()), count)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)  # floats survive JSON exactly (repr round-trips)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PixelMoments":
+        return cls(tuple(d["total"]), tuple(d["total_sq"]), int(d["count"]))

@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 
 from unet_jax.data.folder import DataError
-from unet_jax.data.samples import Samples
+from unet_jax.data.samples import NotRead, Samples
 from unet_jax.data.weight_map import separate_touching, separation_weights
 
 INSTANCE_MASKS = (
@@ -29,7 +29,7 @@ def require_instances(samples: Samples, why: str, where: Optional[str]) -> None:
     if missing:
         source = f" in {where}" if where else ""
         raise DataError(
-            f"{why} needs {INSTANCE_MASKS}, but {len(missing)} of {len(samples)} masks{source} hold class indices "
+            f"{why} needs {INSTANCE_MASKS}, but {len(missing)} of {len(samples.read)} masks{source} hold class indices "
             f"(first: the mask of {missing[0]}). Fix: give instance masks, or train with --loss ce and no --target-gap"
         )
 
@@ -37,11 +37,13 @@ def require_instances(samples: Samples, why: str, where: Optional[str]) -> None:
 def separated_targets(samples: Samples, weight_map: bool) -> tuple[Samples, Optional[list[np.ndarray]]]:
     """The samples with gapped class masks, and the weight map of each (if `weight_map`), float32 [H, W].
 
-    Needs `samples.instances` (see `require_instances`).
+    Needs `samples.instances` (see `require_instances`). Samples not read here stay `NotRead`.
     """
-    gapped = [separate_touching(instances) for instances in samples.instances]
-    masks = [(labels > 0).astype(np.int32) for labels in gapped]
+    gapped = [ids if isinstance(ids, NotRead) else separate_touching(ids) for ids in samples.instances]
+    masks = [labels if isinstance(labels, NotRead) else (labels > 0).astype(np.int32) for labels in gapped]
     if isinstance(samples.masks, np.ndarray):
         masks = np.stack(masks)
-    weights = [separation_weights(labels) for labels in gapped] if weight_map else None
+    weights = None
+    if weight_map:
+        weights = [labels if isinstance(labels, NotRead) else separation_weights(labels) for labels in gapped]
     return dataclasses.replace(samples, masks=masks), weights

@@ -15,6 +15,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from unet_jax.data.samples import NotRead
+
 
 def _reflect(indices: np.ndarray, n: int) -> np.ndarray:
     """Map any integer positions onto 0..n-1 by reflecting at the ends without repeating the edge.
@@ -78,6 +80,7 @@ def sample_tiles(
     label_size: Optional[int] = None,
     rows: Optional[range] = None,
     threads: int = 1,
+    shards: int = 1,
 ):
     """A random batch of (input tile, label tile) pairs.
 
@@ -94,6 +97,12 @@ def sample_tiles(
     `rows`: cut only these tiles of the batch (one process's share of a global batch; B is then
     `len(rows)`). Every tile's position is still drawn, in order, so each row is the one the
     whole batch holds.
+
+    `shards`: the images are dealt into this many shards (image i into shard i % shards) and the
+    rows into as many blocks (row b into block b * shards // batch_size); each row draws from its
+    block's shard only. A process whose rows lie in one block then needs that shard's pixels
+    alone (`unet_jax.data.shards`); images of other shards may be `NotRead` (their sizes suffice
+    for the draws). With 1 shard every row draws from all images.
 
     `threads`: cut the tiles on this many threads (numpy's gathers release the GIL), for tiles
     large enough to gain from it (_THREADED_TILE_PIXELS). The draws stay sequential, so the
@@ -122,12 +131,15 @@ def sample_tiles(
     label_margin = (label_size - output_size) // 2
     channels = images[0].shape[-1]
     rows = range(batch_size) if rows is None else rows
+    check_shards(shards, batch_size, len(images))
     x = np.empty((len(rows), input_size, input_size, channels), np.float32)  # [B, Hin, Win, C]
     y = np.empty((len(rows), label_size, label_size), np.int32)  # [B, L, L]
     pixel_weights = None if weights is None else np.empty((len(rows), label_size, label_size), np.float32)
     cuts = []  # (row, image index, output window's top, left)
     for b in range(batch_size):
-        i = int(rng.integers(len(images)))
+        shard = b * shards // batch_size
+        members = range(shard, len(images), shards)  # with one shard: all images
+        i = members[int(rng.integers(len(members)))]
         image, mask = images[i], masks[i]
         if image.shape[:2] != mask.shape or image.shape[-1] != channels:
             raise ValueError(f"sample {i}: image {image.shape} and mask {mask.shape} don't match (or channels differ)")
@@ -135,6 +147,8 @@ def sample_tiles(
         top = int(rng.integers(min(0, h - output_size), max(0, h - output_size) + 1))
         left = int(rng.integers(min(0, w - output_size), max(0, w - output_size) + 1))
         if b in rows:  # the draws are cheap; cutting is what a process skips for other processes' rows
+            if isinstance(image, NotRead) or isinstance(mask, NotRead):
+                raise ValueError(f"tile {b} is drawn from sample {i} (shard {shard} of {shards}), which was not read here")
             cuts.append((b - rows.start, i, top, left))
 
     def cut(row: int, i: int, top: int, left: int) -> None:
@@ -149,3 +163,19 @@ def sample_tiles(
         for args in cuts:
             cut(*args)
     return (x, y) if weights is None else (x, y, pixel_weights)
+
+
+def check_shards(shards: int, batch_size: int, images: int) -> None:
+    """Every shard needs an image to draw from and a row of the batch to draw for."""
+    if not 1 <= shards <= min(batch_size, images):
+        raise ValueError(f"{shards} data shards need between 1 and min(batch size {batch_size}, images {images}) shards")
+
+
+def rows_shards(rows: range, batch_size: int, shards: int) -> list[int]:
+    """The shards that the rows `rows` of a batch draw from (see `sample_tiles`)."""
+    return sorted({b * shards // batch_size for b in rows})
+
+
+def shard_images(shard_ids: Sequence[int], images: int, shards: int) -> list[int]:
+    """The images dealt into the shards `shard_ids`, in order."""
+    return sorted(i for s in shard_ids for i in range(s, images, shards))
