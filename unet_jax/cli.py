@@ -270,7 +270,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "train":
             from unet_jax.distributed import leave_if_joined
 
-            leave_if_joined(EXIT_ERROR)
+            leave_if_joined(EXIT_ERROR, error)
         return EXIT_ERROR
 
 

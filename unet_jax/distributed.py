@@ -7,9 +7,10 @@ the device count divides. `jax.jit` with these shardings makes XLA insert the co
 gradient all-reduce, and the BatchNorm batch mean and variance over the whole global batch
 (PyTorch's SyncBatchNorm), since under jit an array's mean is its global mean however it is laid out.
 
-Several processes (hosts) join through `initialize` (`jax.distributed`). Each process cuts only
-the tiles of its own devices (`DataParallel.rows`) and assembles the global batch from them;
-only process 0 (`is_primary`) writes the run directory.
+Several processes (hosts) join through `initialize` (`jax.distributed`). Each process reads only
+its share of the training images (`unet_jax.train_data`), cuts only the tiles of its own devices
+(`DataParallel.rows`) and assembles the global batch from them; only process 0 (`is_primary`)
+writes the run directory.
 """
 
 from __future__ import annotations
@@ -166,11 +167,24 @@ def gather_text(text: str, timeout_s: int = 3600) -> list[str]:
             for p in range(state.num_processes)]
 
 
-def leave_if_joined(exit_status: int) -> None:
-    """A process that joined a multi-process run and cannot go on leaves at once: exiting normally
-    runs JAX's shutdown barrier, which waits for the other processes and then aborts."""
-    if jax.distributed.is_initialized():
-        os._exit(exit_status)
+class EveryProcessError(UNetError):
+    """An error that every process of the run raises at the same point (one process met it and
+    told the others, e.g. through `gather_text`), so that they can leave together."""
+
+
+def leave_if_joined(exit_status: int, error: Optional[BaseException] = None) -> None:
+    """A process that joined a multi-process run and cannot go on leaves at once.
+
+    Alone, it must not run JAX's shutdown barrier, which would wait for the other processes and
+    then abort. When every process stops on the same `EveryProcessError`, they leave through that
+    barrier together: process 0 serves the coordination service, and leaving before the others
+    have read what it told them would cut their last call short.
+    """
+    if not jax.distributed.is_initialized():
+        return
+    if isinstance(error, EveryProcessError):
+        jax.distributed.shutdown()
+    os._exit(exit_status)
 
 
 def is_primary() -> bool:

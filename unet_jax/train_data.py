@@ -23,10 +23,14 @@ from unet_jax.data.samples import PixelMoments
 from unet_jax.data.source import Source
 from unet_jax.data.targets import require_instances
 from unet_jax.data.tiles import check_shards, rows_shards, shard_images
-from unet_jax.distributed import DataParallel, gather_text
+from unet_jax.distributed import DataParallel, EveryProcessError, gather_text
 from unet_jax.losses import needs_weights
 
 VAL_SEED_OFFSET = 1_000_003  # the held-out cells come from a different stream than the training ones
+
+
+class ShareError(DataError, EveryProcessError):
+    """What one process met reading its share (a bad file), raised in every process at once."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +77,7 @@ def combine(train: Samples, val: Samples, reports: list[dict], shards: int) -> T
     failed = [(process, r["error"]) for process, r in enumerate(reports) if "error" in r]
     if failed:
         process, message = failed[0]
-        raise DataError(message if len(reports) == 1 else f"process {process} of {len(reports)}: {message}")
+        raise ShareError(message if len(reports) == 1 else f"process {process} of {len(reports)}: {message}")
     by_shard = {}
     for r in reports:  # a shard read by several processes has the same moments in each
         by_shard.update({int(s): m for s, m in r["moments"].items() if int(s) not in by_shard})
