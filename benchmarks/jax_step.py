@@ -19,7 +19,7 @@ from benchmarks import devices, kernels, timing
 from benchmarks.variants import VARIANTS
 from unet_jax.config import UNetConfig
 from unet_jax.losses import make_loss
-from unet_jax.model import UNet
+from unet_jax.model import UNet, default_batch_groups
 from unet_jax.train_step import create_train_state, make_optax_optimizer, make_train_step
 
 
@@ -162,7 +162,10 @@ def main() -> None:
         jax.config.update("jax_enable_compilation_cache", False)
     device = jax.devices()[0]
     config = UNetConfig(features=args.features, depth=args.depth)
-    model = UNet(config, dtype=jnp.bfloat16 if variant.dtype == "bf16" else jnp.float32, remat=variant.remat)
+    # The library's own grouping (one group per core on a single CPU device, 1 on a GPU): what `unet-jax train` runs.
+    groups = variant.batch_groups or default_batch_groups(1, config.norm, train=variant.task == "train")
+    model = UNet(config, dtype=jnp.bfloat16 if variant.dtype == "bf16" else jnp.float32, remat=variant.remat,
+                 batch_groups=groups)
     images, masks = synthetic_batch(config, args.batch, args.size)
     precision = jax.default_matmul_precision(variant.precision) if variant.precision else contextlib.nullcontext()
     with precision:  # a trace-time setting: it must wrap lower(), which it does
@@ -171,6 +174,7 @@ def main() -> None:
         else:
             result = bench_predict(model, images, args.warmup, args.steps, args.profile)
     result.update(peak_memory(device))
+    result["batch_groups"] = groups
     result["process_peak_rss_bytes"] = timing.process_peak_rss_bytes()
     result["runtime"] = runtime_info(device)
     if args.ceiling_n:

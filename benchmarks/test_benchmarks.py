@@ -18,7 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import devices, flops, jax_step, plan, timing
 from benchmarks.derive import apply_run_ceiling, ceiling_summary, derived_figures
-from benchmarks.variants import FULL_PLAN, QUICK_PLAN, SWEEP_PLAN, VARIANTS, jobs
+from benchmarks.variants import FULL_PLAN, PLANS, QUICK_PLAN, VARIANTS, jobs
 from unet_jax.config import UNetConfig
 from unet_jax.model import UNet
 from unet_torch.model import UNet as TorchUNet
@@ -139,7 +139,7 @@ def test_jobs_follow_the_plan_and_filters():
     full = jobs(FULL_PLAN)
     assert len(full) == len(set(full))
     assert {b for _, b in full} == {1, 4, 16}
-    assert {v.name for v, _ in full} | {v.name for v, _ in jobs(SWEEP_PLAN)} == set(VARIANTS)  # none left out
+    assert {v.name for plan in PLANS.values() for v, _ in jobs(plan)} == set(VARIANTS)  # none left out
     assert [(v.name, b) for v, b in jobs(FULL_PLAN, ["jax-bf16"])] == [("jax-bf16", 16), ("jax-bf16", 1), ("jax-bf16", 4)]
     assert {b for _, b in jobs(FULL_PLAN, None, [8])} == {8}
     quick = {v.framework for v, _ in jobs(QUICK_PLAN)}

@@ -25,6 +25,7 @@ class Variant:
     description: str = ""
     remat: str = "none"  # jax: UNet(remat=...), a memory/compute trade that keeps the function
     xla_flags: str = ""  # jax: appended to XLA_FLAGS in the job's process (a flag set to compare)
+    batch_groups: Optional[int] = None  # jax: UNet(batch_groups=...); None: the library's default_batch_groups
 
 
 _TABLE = (
@@ -44,7 +45,11 @@ _TABLE = (
     Variant("torch-compile-autotune-bf16-cl", "torch", "train", "bf16", "bf16", "channels_last",
             compile_mode="max-autotune-no-cudagraphs",
             description="torch.compile(whole step, max-autotune-no-cudagraphs), bf16 autocast, channels_last"),
+    Variant("jax-fp32-ungrouped", "jax", "train", "fp32", "tf32", "NHWC", batch_groups=1,
+            description="jax-fp32 with UNet(batch_groups=1): the whole batch in each conv (the CPU default groups it)"),
     Variant("predict-jax-fp32", "jax", "predict", "fp32", "tf32", "NHWC", description="jit(model.apply), train=False"),
+    Variant("predict-jax-fp32-ungrouped", "jax", "predict", "fp32", "tf32", "NHWC", batch_groups=1,
+            description="predict-jax-fp32 with UNet(batch_groups=1)"),
     Variant("predict-jax-bf16", "jax", "predict", "bf16", "bf16", "NHWC", description="jit(model.apply), bf16 compute"),
     Variant("predict-torch-fp32", "torch", "predict", "fp32", "tf32", "NCHW", description="inference_mode, TF32"),
     Variant("predict-torch-bf16-cl", "torch", "predict", "bf16", "bf16", "channels_last",
@@ -109,7 +114,14 @@ SWEEP_PLAN = (
 # minutes of C++ builds on two cores. XLA:CPU ignores the GPU flags, which is what lets this run.
 SWEEP_QUICK_PLAN = ((("jax-fp32", "torch-fp32", "jax-fp32-remat-blocks"), (1,)),)
 
-PLANS = {"full": FULL_PLAN, "quick": QUICK_PLAN, "sweep": SWEEP_PLAN, "sweep-quick": SWEEP_QUICK_PLAN}
+# The CPU standing (README, benchmarks/results/cpu-amd-epyc-demo/): the JAX step with and without
+# its batch groups against PyTorch eager, in one run (`--plan cpu --features 16 --depth 3 --size 124`).
+CPU_PLAN = (
+    (("jax-fp32", "jax-fp32-ungrouped", "torch-fp32", "predict-jax-fp32", "predict-jax-fp32-ungrouped",
+      "predict-torch-fp32"), (8,)),
+)
+
+PLANS = {"full": FULL_PLAN, "quick": QUICK_PLAN, "sweep": SWEEP_PLAN, "sweep-quick": SWEEP_QUICK_PLAN, "cpu": CPU_PLAN}
 
 
 def jobs(plan, variants: Optional[list] = None, batches: Optional[list] = None) -> list[tuple[Variant, int]]:

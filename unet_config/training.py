@@ -24,7 +24,9 @@ REMAT_POLICIES = ("none", "blocks", "conv-outputs")
 
 # What a resumed run may change. Bookkeeping never changes the trained weights; a new
 # learning rate does, so a run resumed with one is no longer an exact continuation.
-BOOKKEEPING_FIELDS = ("steps", "eval_every", "log_every", "checkpoint_every", "keep_checkpoints", "sampling_threads")
+# batch_groups changes only the order in which per-image gradients are summed, as --devices does.
+BOOKKEEPING_FIELDS = ("steps", "eval_every", "log_every", "checkpoint_every", "keep_checkpoints", "sampling_threads",
+                      "batch_groups")
 TRAJECTORY_FIELDS = ("learning_rate",)
 RESUMABLE_FIELDS = BOOKKEEPING_FIELDS + TRAJECTORY_FIELDS
 
@@ -58,6 +60,10 @@ class TrainConfig:
         "none", "recompute in the backward pass instead of keeping: none; blocks: each conv block from its input; "
         "conv-outputs: keep the conv outputs, recompute BatchNorm and ReLU (for --norm batch). Same function, "
         "less memory, more compute"
+    )
+    batch_groups: int = described(
+        0, "run the network on this many groups of each batch side by side (the same function; XLA:CPU keeps its cores "
+        "busier that way). 0: two per CPU core on a single CPU device, else 1; 1: off. Not with --norm batch"
     )
     augment: bool = described(True, "random flips and 90-degree rotations, on the device")
     elastic: bool = described(False, "the paper's elastic deformation (3x3 grid of random displacements), on the device")
@@ -97,7 +103,7 @@ class TrainConfig:
                 raise ConfigError(f"{_name(name)} must be a positive integer, got {value!r}")
         if self.cells_image_size < _MIN_CELLS_IMAGE_SIZE:
             raise ConfigError(f"{_name('cells_image_size')} must be at least {_MIN_CELLS_IMAGE_SIZE}, got {self.cells_image_size}")
-        for name in ("seed", "data_shards"):
+        for name in ("seed", "data_shards", "batch_groups"):
             if not is_integer(getattr(self, name)) or getattr(self, name) < 0:
                 raise ConfigError(f"{_name(name)} must be a non-negative integer, got {getattr(self, name)!r}")
         for name, allowed in (("optimizer", OPTIMIZERS), ("loss", LOSSES), ("dtype", DTYPES), ("remat", REMAT_POLICIES),
@@ -115,6 +121,9 @@ class TrainConfig:
             value = getattr(self, name)
             if not (isinstance(value, str) or (value is None and name != "preset")):
                 raise ConfigError(f"{_name(name)} must be a string, got {value!r}")
+        if self.batch_groups > 1 and self.model.norm == "batch":
+            raise ConfigError(f"{_name('batch_groups')} {self.batch_groups} with BatchNorm would give each group its own "
+                              "batch statistics: use 1 (or 0, which picks 1 for BatchNorm)")
         self.model.check_input_size(self.tile_size, self.tile_size)
 
     @property

@@ -11,6 +11,7 @@ Layer names are explicit and stable, because checkpoints and the torch<->flax ta
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import flax.linen as nn
@@ -72,12 +73,20 @@ class UNet(nn.Module):
     recomputes the block (about one more forward pass of the 3x3 convs); "conv-outputs" keeps
     the convs' outputs and recomputes the BatchNorm and ReLU after them (for `norm="batch"`:
     without a norm it keeps more than "none", tests/test_remat.py).
+
+    `batch_groups` runs the network on that many groups of the batch (sizes differing by at most
+    one), side by side in one program with the same weights, and concatenates the logits: the
+    same function, per-image convolutions summed in another order. XLA:CPU then runs the groups
+    concurrently on its cores instead of splitting each convolution across them, which keeps
+    the cores busier (benchmarks/NOTES.md, 15); `default_batch_groups` picks it. Not with
+    BatchNorm in training, whose statistics must cover the whole batch.
     """
 
     config: UNetConfig = UNetConfig()
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     remat: str = "none"
+    batch_groups: int = 1
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -85,40 +94,54 @@ class UNet(nn.Module):
         self._check_input(x)
         block = dict(config=cfg, dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat)
         block_class = conv_block_class(self.remat)
+        # Made once and called once per group: the groups share every weight.
+        layers = {f"down{level}": block_class(cfg.channels(level - 1), **block, name=f"down{level}")
+                  for level in range(1, cfg.depth + 1)}
+        layers["bottom"] = block_class(cfg.channels(cfg.depth), **block, name="bottom")
+        for step in range(1, cfg.depth + 1):
+            layers[f"upconv{step}"] = self._upsampler(cfg.channels(cfg.depth - step), name=f"upconv{step}")
+            layers[f"up{step}"] = block_class(cfg.channels(cfg.depth - step), **block, name=f"up{step}")
+        layers["head"] = nn.Conv(
+            cfg.num_classes, (1, 1), kernel_init=he_normal, dtype=self.dtype, param_dtype=self.param_dtype, name="head"
+        )
         x = x.astype(self.dtype)
+        groups = min(self.batch_groups, x.shape[0])
+        if groups == 1:
+            return self._network(layers, x, train)
+        if train and cfg.norm == "batch":
+            raise ValueError(f"batch_groups={self.batch_groups} with BatchNorm in training would give each group its own "
+                             "batch statistics: use batch_groups=1")
+        cuts = [x.shape[0] * g // groups for g in range(groups + 1)]
+        return jnp.concatenate([self._network(layers, x[a:b], train) for a, b in zip(cuts, cuts[1:])])
 
+    def _network(self, layers: dict, x, train: bool):
+        depth = self.config.depth
         skips = []
-        for level in range(1, cfg.depth + 1):
-            x = block_class(cfg.channels(level - 1), **block, name=f"down{level}")(x, train)
+        for level in range(1, depth + 1):
+            x = layers[f"down{level}"](x, train)
             skips.append(x)
             x = max_pool_2x2(x)
-        x = block_class(cfg.channels(cfg.depth), **block, name="bottom")(x, train)
-
-        for step in range(1, cfg.depth + 1):
-            features = cfg.channels(cfg.depth - step)
-            x = self._upsample(x, features, name=f"upconv{step}")  # [N, 2H, 2W, features]
-            skip = center_crop(skips[cfg.depth - step], x.shape[1], x.shape[2])
+        x = layers["bottom"](x, train)
+        for step in range(1, depth + 1):
+            x = layers[f"upconv{step}"](x)  # [N, 2H, 2W, features]
+            skip = center_crop(skips[depth - step], x.shape[1], x.shape[2])
             x = jnp.concatenate([skip, x], axis=-1)  # the seed's order: skip first
-            x = block_class(features, **block, name=f"up{step}")(x, train)
+            x = layers[f"up{step}"](x, train)
+        return layers["head"](x).astype(at_least_float32(self.dtype))
 
-        logits = nn.Conv(
-            cfg.num_classes, (1, 1), kernel_init=he_normal, dtype=self.dtype, param_dtype=self.param_dtype, name="head"
-        )(x)
-        return logits.astype(at_least_float32(self.dtype))
-
-    def _upsample(self, x, features: int, name: str):
+    def _upsampler(self, features: int, name: str):
         if self.config.upsample == "transpose":
             # nn.ConvTranspose's function and parameters, as a matmul (layers.UpConv2x2). Flax
             # does not flip the kernel (PyTorch does); unet_jax.port flips it on import.
-            return UpConv2x2(
-                features, kernel_init=he_normal, dtype=self.dtype, param_dtype=self.param_dtype, name=name
-            )(x)
-        n, h, w, c = x.shape
-        # Half-pixel bilinear, which for 2x upsampling equals PyTorch's align_corners=False.
-        x = jax.image.resize(x, (n, 2 * h, 2 * w, c), method="bilinear")
-        return nn.Conv(
-            features, (1, 1), kernel_init=he_normal, dtype=self.dtype, param_dtype=self.param_dtype, name=name
-        )(x)
+            return UpConv2x2(features, kernel_init=he_normal, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+        conv = nn.Conv(features, (1, 1), kernel_init=he_normal, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+
+        def bilinear_then_conv(x):
+            n, h, w, c = x.shape
+            # Half-pixel bilinear, which for 2x upsampling equals PyTorch's align_corners=False.
+            return conv(jax.image.resize(x, (n, 2 * h, 2 * w, c), method="bilinear"))
+
+        return bilinear_then_conv
 
     def _check_input(self, x):
         # Shapes are static under jit, so these are Python errors at trace time, not XLA ones.
@@ -144,3 +167,16 @@ def conv_block_class(remat: str):
         policy = jax.checkpoint_policies.save_only_these_names(CONV_OUTPUT)
         return nn.remat(ConvBlock, static_argnums=(2,), policy=policy)
     raise ValueError(f"remat must be one of {REMAT_POLICIES}, got {remat!r}")
+
+
+def default_batch_groups(devices: int, norm, train: bool = True) -> int:
+    """The `UNet.batch_groups` the library uses: two groups per CPU core on a single CPU device,
+    else 1. Several devices already run side by side, a GPU gains nothing from smaller
+    convolutions, and BatchNorm trains on whole batches. Two per core rather than one: a core
+    that finishes its group's convolution takes up another's (demo step on 2 cores, NOTES 15:
+    1, 2, 4, 8 groups 121.0, 106.6, 101.5, 99.6 ms). Measured on a 2-core CPU only; on more
+    cores it is the same rule, unmeasured. Training's `--batch-groups N` overrides it (1: off)."""
+    if devices != 1 or jax.default_backend() != "cpu" or (train and norm == "batch"):
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return 2 * cores

@@ -31,7 +31,7 @@ from unet_jax.config import ConfigError, MissingFileError, UNetConfig
 from unet_jax.data import Normalization, image_pages, mirror_crop, read_image_pages
 from unet_jax.distributed import DataParallel
 from unet_jax.files import OutputError, check_destination, check_folder_destination, make_directory, write_atomically
-from unet_jax.model import UNet
+from unet_jax.model import UNet, default_batch_groups
 from unet_jax.run_dir import RunDir, read_normalization
 from unet_jax.tiling import DEFAULT_BATCH_SIZE, default_tile_size, tile_geometry, usable_tile_size
 from unet_jax.weights_io import ArchitectureRequest, load_variables
@@ -46,7 +46,8 @@ class Predictor:
 
     Tile batches are split over this process's devices (`devices`: the first N, default all),
     the variables replicated on each; a single device is a mesh of one. Each tile's answer is
-    the same whichever device computes it.
+    the same whichever device computes it. On a single CPU device the batch runs in groups side
+    by side (`model.default_batch_groups`), with the same answers.
 
     The forward pass (softmax included) is jit-compiled once per network and input shape, and
     the compiled code is shared by every Predictor of that network (evaluation after training,
@@ -63,8 +64,9 @@ class Predictor:
             )
         self.config = config
         self.normalization = normalization
-        self.model = UNet(config, dtype=dtype)  # the compute dtype; the variables keep theirs
         self.parallel = DataParallel.create(devices, local=True)
+        groups = default_batch_groups(self.parallel.device_count, config.norm, train=False)
+        self.model = UNet(config, dtype=dtype, batch_groups=groups)  # the compute dtype; the variables keep theirs
         self.variables = jax.device_put(variables, self.parallel.replicated)  # numpy from a file -> device arrays, once
 
     @classmethod

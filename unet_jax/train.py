@@ -34,7 +34,7 @@ from unet_jax.evaluate import evaluate_samples
 from unet_jax.init_weights import init_normalization, start_from_weights
 from unet_jax.losses import make_loss, needs_weights
 from unet_jax.metrics import add_counts, scores_from_counts
-from unet_jax.model import UNet
+from unet_jax.model import UNet, default_batch_groups
 from unet_jax.plots import plot_losses, plot_predictions, plot_weight_map
 from unet_jax.predict import Predictor
 from unet_jax.run_dir import FollowerRunDir, MetricsLog, RunDir, RunDirError, TrainingInterrupted
@@ -169,7 +169,10 @@ class _Session:
         self.weight_map_example = None  # what weight_map.png shows: the first training image's targets
         if self.train_weights is not None:
             self.weight_map_example = (train_samples.images[0], train_samples.masks[0], self.train_weights[0])
-        model = UNet(cfg.model, dtype=jnp.dtype(cfg.dtype), remat=cfg.remat)
+        groups = cfg.batch_groups or default_batch_groups(self.parallel.device_count, cfg.model.norm)
+        if groups > 1:
+            self.log(f"the network runs on {groups} groups of each batch side by side (--batch-groups; 1: off)")
+        model = UNet(cfg.model, dtype=jnp.dtype(cfg.dtype), remat=cfg.remat, batch_groups=groups)
         template = create_train_state(model, make_optax_optimizer(cfg.optimizer, cfg.learning_rate, cfg.momentum),
                                       cfg.seed, cfg.tile_size)
         template = self.parallel.place_state(template)  # restores take this layout, whatever the checkpoint's
