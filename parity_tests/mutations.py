@@ -56,8 +56,8 @@ _TORCH_CONCAT = Edit(
 # The skip crop one pixel up and left of centre (where there is room: valid padding).
 _FLAX_SKIP_CROP = Edit(
     FLAX_MODEL,
-    "skip = center_crop(skips[cfg.depth - step], x.shape[1], x.shape[2])",
-    "skip = skips[cfg.depth - step]\n"
+    "skip = center_crop(skips[depth - step], x.shape[1], x.shape[2])",
+    "skip = skips[depth - step]\n"
     "            skip = center_crop(skip, x.shape[1] + 2, x.shape[2] + 2)[:, :-2, :-2] if skip.shape[1] > x.shape[1] "
     "else skip",
 )
