@@ -19,6 +19,8 @@ Loader = Callable[[Sequence[int]], list[tuple[np.ndarray, np.ndarray, Optional[n
 
 @dataclasses.dataclass(frozen=True)
 class Source:
+    """A data set whose samples are listed and sized; `read` reads the pixels of the ones asked for."""
+
     names: tuple[str, ...]  # where each sample comes from, for error messages
     sizes: tuple[tuple[int, int], ...]  # (H, W) of each sample, known before its pixels are read
     channels: int  # C of every image
