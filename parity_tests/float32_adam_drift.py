@@ -53,26 +53,23 @@ def measure(recipe: training.Recipe) -> dict:
             "flax_float64": per_step(flax64.losses, ref.losses)}
 
 
-def to_markdown(env: dict, rows: list[dict]) -> str:
-    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
-    lines = [
-        "# 10 Adam steps: float32 against float64, per step",
-        "",
-        f"- Machine: {env['cpu']}, {env['cpu_count']} cores; Python {env['python']}; {versions}",
-        "- Command: `python -m parity_tests.float32_adam_drift`; start and batches as the parity tests "
-        "(`parity_tests.training`); error |loss - loss64| / |loss64| against torch in float64; float32 is strict.",
-        "",
-    ]
+TITLE = "10 Adam steps: float32 against float64, per step"
+METHOD = ["start and batches as the parity tests (`parity_tests.training`); error |loss - loss64| / |loss64| against "
+          "torch in float64; float32 is strict."]
+
+
+def markdown_body(rows: list[dict]) -> list[str]:
+    lines = []
     for r in rows:
         steps = range(1, len(r["reference_losses"]) + 1)
+        lines += [""] if lines else []  # a blank line between sections
         lines += [f"## {r['recipe']}, Adam lr {r['learning_rate']:g}", "",
                   "| step | " + " | ".join(str(i) for i in steps) + " |", "| --- |" + " ---: |" * len(steps),
                   "| float64 loss | " + " | ".join(f"{v:.4f}" for v in r["reference_losses"]) + " |"]
         for key, label in (("torch_float32", "torch float32"), ("flax_float32", "Flax float32"),
                            ("flax_float64", "Flax float64")):
             lines.append(f"| {label} | " + " | ".join(f"{v:.1e}" for v in r[key]) + " |")
-        lines.append("")
-    return "\n".join(lines)
+    return lines
 
 
 def main(argv=None) -> int:
@@ -84,7 +81,7 @@ def main(argv=None) -> int:
         rows.append(measure(recipe))
         print(f"{recipe.name} lr {recipe.learning_rate:g}: float32 worst torch {max(rows[-1]['torch_float32']):.1e}, "
               f"Flax {max(rows[-1]['flax_float32']):.1e}; float64 Flax {max(rows[-1]['flax_float64']):.1e}", flush=True)
-    print(f"written to {write_study(args.out, 'float32_adam_drift', rows, start, to_markdown)}")
+    print(f"written to {write_study(args.out, 'float32_adam_drift', rows, start, TITLE, METHOD, markdown_body(rows))}")
     return 0
 
 

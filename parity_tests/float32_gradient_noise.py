@@ -39,20 +39,16 @@ def measure(name: str, size: int, seed: int) -> dict:
             "flax": flax_error, "flax_worst": flax_worst}
 
 
-def to_markdown(env: dict, rows: list[dict]) -> str:
-    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
-    lines = [
-        "# float32 gradients against float64, over data draws",
-        "",
-        f"- Machine: {env['cpu']}, {env['cpu_count']} cores; Python {env['python']}; {versions}",
-        "- Command: `python -m parity_tests.float32_gradient_noise`; networks He-initialised as in the parity tests "
-        "(`harness.build_torch`), batch `harness.make_batch(config, size, batch, seed=data seed)`.",
-        "- Error: largest per-tensor max|g - g64| / max|g64| (tensors with exact gradient 0 against the network's "
-        "largest gradient); strict float32 in both frameworks.",
-        "",
-        "| network | size | data seed | torch | worst tensor | Flax | worst tensor |",
-        "| --- | ---: | ---: | ---: | --- | ---: | --- |",
-    ]
+TITLE = "float32 gradients against float64, over data draws"
+METHOD = ["networks He-initialised as in the parity tests (`harness.build_torch`), batch "
+          "`harness.make_batch(config, size, batch, seed=data seed)`.",
+          "Error: largest per-tensor max|g - g64| / max|g64| (tensors with exact gradient 0 against the network's "
+          "largest gradient); strict float32 in both frameworks."]
+
+
+def markdown_body(rows: list[dict]) -> list[str]:
+    lines = ["| network | size | data seed | torch | worst tensor | Flax | worst tensor |",
+             "| --- | ---: | ---: | ---: | --- | ---: | --- |"]
     for r in rows:
         lines.append(f"| {r['case']} | {r['size']} | {r['data_seed']} | {r['torch']:.2e} | {r['torch_worst']} | "
                      f"{r['flax']:.2e} | {r['flax_worst']} |")
@@ -61,7 +57,7 @@ def to_markdown(env: dict, rows: list[dict]) -> str:
         group = [r for r in rows if r["case"] == name and r["size"] == size]
         lines.append(f"- {name} at {size} px: torch {max(r['torch'] for r in group):.2e}, "
                      f"Flax {max(r['flax'] for r in group):.2e} over {len(group)} draws")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main(argv=None) -> int:
@@ -73,7 +69,7 @@ def main(argv=None) -> int:
         for seed in seeds:
             rows.append(measure(name, size, seed))
             print(f"{name} {size} px seed {seed}: torch {rows[-1]['torch']:.2e}, flax {rows[-1]['flax']:.2e}", flush=True)
-    print(f"written to {write_study(args.out, 'float32_gradient_noise', rows, start, to_markdown)}")
+    print(f"written to {write_study(args.out, 'float32_gradient_noise', rows, start, TITLE, METHOD, markdown_body(rows))}")
     return 0
 
 
