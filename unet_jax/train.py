@@ -204,7 +204,7 @@ class _Session:
         train, train_weights = separated_targets(train, needs_weights(cfg.loss))
         val, val_weights = separated_targets(val, needs_weights(cfg.loss))
         made = "targets with a one-pixel gap between touching objects" + (" and their weight maps" if train_weights else "")
-        self.log(f"{made}: {time.perf_counter() - started:.1f} s for {len(train.read) + len(val.read)} images")
+        self.log(f"{made}: {time.perf_counter() - started:.1f} s for {len(train.held) + len(val.held)} images")
         return train, train_weights, val, val_weights
 
     def _restore(self, checkpointer: Checkpointer, template: TrainState, changes: dict) -> TrainState:

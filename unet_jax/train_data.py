@@ -65,7 +65,7 @@ def read_share(cfg: TrainConfig, parallel: DataParallel) -> tuple[TrainConfig, S
             require_instances(val, why, cfg.val_data or cfg.data)
         moments = {s: PixelMoments.of([train.images[i] for i in shard_images([s], len(train), cfg.data_shards)]).to_dict()
                    for s in shards}
-        report = {"moments": moments, "read": len(train.read)}
+        report = {"moments": moments, "read": len(train.held)}
     except (UNetError, ValueError) as error:  # this process's share alone may hold the bad file: tell every process
         report = {"error": str(error)}
     return cfg, train, val, report

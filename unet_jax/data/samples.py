@@ -59,7 +59,7 @@ class Samples:
         return int(self.images[0].shape[-1])
 
     @property
-    def read(self) -> list[int]:
+    def held(self) -> list[int]:
         """The indices of the samples this process holds (all of them, unless it holds a share)."""
         return [i for i, image in enumerate(self.images) if not isinstance(image, NotRead)]
 

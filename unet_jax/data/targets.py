@@ -29,7 +29,7 @@ def require_instances(samples: Samples, why: str, where: Optional[str]) -> None:
     if missing:
         source = f" in {where}" if where else ""
         raise DataError(
-            f"{why} needs {INSTANCE_MASKS}, but {len(missing)} of {len(samples.read)} masks{source} hold class indices "
+            f"{why} needs {INSTANCE_MASKS}, but {len(missing)} of {len(samples.held)} masks{source} hold class indices "
             f"(first: the mask of {missing[0]}). Fix: give instance masks, or train with --loss ce and no --target-gap"
         )
 
