@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import jax
+
 from unet_jax.config import ConfigError, TrainConfig, UNetError
 from unet_jax.data import DataError, Samples, split_validation
 from unet_jax.data.cells import cells_source
@@ -89,8 +91,6 @@ def combine(train: Samples, val: Samples, reports: list[dict], shards: int) -> T
 
 def _settle_shards(cfg: TrainConfig, images: int) -> int:
     """The shard count the run keeps: as configured, or (0) one per process, at most one per image."""
-    import jax
-
     shards = cfg.data_shards or min(jax.process_count(), images)
     try:
         check_shards(shards, cfg.batch_size, images)
