@@ -9,6 +9,7 @@ mixes with step time. Usage: `python -m benchmarks.jax_step --variant jax-bf16 -
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 
 import jax
@@ -17,6 +18,7 @@ import numpy as np
 
 from benchmarks import devices, kernels, timing
 from benchmarks.variants import VARIANTS
+from unet_jax import xla_cpu
 from unet_jax.config import UNetConfig
 from unet_jax.losses import make_loss
 from unet_jax.model import UNet, default_batch_groups
@@ -157,6 +159,8 @@ def main() -> None:
     args = timing.child_parser(__doc__).parse_args()
     variant = VARIANTS[args.variant]
     assert variant.framework == "jax", variant
+    if variant.xla_cpu_flags:  # what `unet-jax` runs; before JAX starts its backend, which reads them
+        xla_cpu.apply()
     # Cold compiles on every run: a persistent cache would make compile time meaningless.
     if "jax_enable_compilation_cache" in jax.config.values:
         jax.config.update("jax_enable_compilation_cache", False)
@@ -175,6 +179,7 @@ def main() -> None:
             result = bench_predict(model, images, args.warmup, args.steps, args.profile)
     result.update(peak_memory(device))
     result["batch_groups"] = groups
+    result["xla_flags"] = os.environ.get("XLA_FLAGS", "")  # the job's own, with the library's and the variant's
     result["process_peak_rss_bytes"] = timing.process_peak_rss_bytes()
     result["runtime"] = runtime_info(device)
     if args.ceiling_n:

@@ -71,6 +71,7 @@ def markdown(doc: dict) -> str:
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v is not None),
         f"- XLA_FLAGS: `{env['xla']['XLA_FLAGS'] or '(empty)'}`; jax config: "
         + ", ".join(f"{k}={v}" for k, v in env.get("jax_config", {}).items()),
+        *_job_flags(doc["results"]),
         f"- Run: {doc['started_utc']}, {doc.get('wall_s', 0):.0f} s wall, budget "
         f"{_num(doc.get('budget_s'), '.0f', 'none')}{' s' if doc.get('budget_s') else ''}; "
         f"command `{doc['command']}`.",
@@ -94,6 +95,19 @@ def markdown(doc: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _job_flags(results) -> list:
+    """One line per XLA_FLAGS that JAX jobs ran under beyond the run's own: the library's
+    (`unet_jax.xla_cpu`, as `unet-jax` sets them) and the variants'."""
+    flags = {}
+    for r in results:
+        if r.get("framework") == "jax" and r.get("xla_flags") is not None:
+            flags.setdefault(r["xla_flags"], []).append(f"`{r['variant']}`")
+    if len(flags) == 1 and "" in flags:
+        return []
+    return [f"- JAX jobs' XLA_FLAGS: `{value or '(empty)'}` in {', '.join(dict.fromkeys(names))}"
+            for value, names in flags.items()]
 
 
 def _kernel_sections(results: list, shown: int = 6) -> list:

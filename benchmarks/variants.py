@@ -26,6 +26,7 @@ class Variant:
     remat: str = "none"  # jax: UNet(remat=...), a memory/compute trade that keeps the function
     xla_flags: str = ""  # jax: appended to XLA_FLAGS in the job's process (a flag set to compare)
     batch_groups: Optional[int] = None  # jax: UNet(batch_groups=...); None: the library's default_batch_groups
+    xla_cpu_flags: bool = True  # jax: unet_jax.xla_cpu.apply() in the job's process, as `unet-jax` does
 
 
 _TABLE = (
@@ -47,9 +48,13 @@ _TABLE = (
             description="torch.compile(whole step, max-autotune-no-cudagraphs), bf16 autocast, channels_last"),
     Variant("jax-fp32-ungrouped", "jax", "train", "fp32", "tf32", "NHWC", batch_groups=1,
             description="jax-fp32 with UNet(batch_groups=1): the whole batch in each conv (the CPU default groups it)"),
+    Variant("jax-fp32-jaxlib-flags", "jax", "train", "fp32", "tf32", "NHWC", xla_cpu_flags=False,
+            description="jax-fp32 under jaxlib's own XLA:CPU defaults (without unet_jax.xla_cpu's flags)"),
     Variant("predict-jax-fp32", "jax", "predict", "fp32", "tf32", "NHWC", description="jit(model.apply), train=False"),
     Variant("predict-jax-fp32-ungrouped", "jax", "predict", "fp32", "tf32", "NHWC", batch_groups=1,
             description="predict-jax-fp32 with UNet(batch_groups=1)"),
+    Variant("predict-jax-fp32-jaxlib-flags", "jax", "predict", "fp32", "tf32", "NHWC", xla_cpu_flags=False,
+            description="predict-jax-fp32 under jaxlib's own XLA:CPU defaults"),
     Variant("predict-jax-bf16", "jax", "predict", "bf16", "bf16", "NHWC", description="jit(model.apply), bf16 compute"),
     Variant("predict-torch-fp32", "torch", "predict", "fp32", "tf32", "NCHW", description="inference_mode, TF32"),
     Variant("predict-torch-bf16-cl", "torch", "predict", "bf16", "bf16", "channels_last",
@@ -114,11 +119,12 @@ SWEEP_PLAN = (
 # minutes of C++ builds on two cores. XLA:CPU ignores the GPU flags, which is what lets this run.
 SWEEP_QUICK_PLAN = ((("jax-fp32", "torch-fp32", "jax-fp32-remat-blocks"), (1,)),)
 
-# The CPU standing (README, benchmarks/results/cpu-amd-epyc-demo/): the JAX step with and without
-# its batch groups against PyTorch eager, in one run (`--plan cpu --features 16 --depth 3 --size 124`).
+# The CPU standing (README, benchmarks/results/cpu-amd-epyc-demo/): the JAX step against PyTorch
+# eager, and beside it without its batch groups and without its XLA:CPU flags, in one run
+# (`--plan cpu --features 16 --depth 3 --size 124`).
 CPU_PLAN = (
-    (("jax-fp32", "jax-fp32-ungrouped", "torch-fp32", "predict-jax-fp32", "predict-jax-fp32-ungrouped",
-      "predict-torch-fp32"), (8,)),
+    (("jax-fp32", "jax-fp32-ungrouped", "jax-fp32-jaxlib-flags", "torch-fp32", "predict-jax-fp32",
+      "predict-jax-fp32-ungrouped", "predict-jax-fp32-jaxlib-flags", "predict-torch-fp32"), (8,)),
 )
 
 PLANS = {"full": FULL_PLAN, "quick": QUICK_PLAN, "sweep": SWEEP_PLAN, "sweep-quick": SWEEP_QUICK_PLAN, "cpu": CPU_PLAN}

@@ -17,7 +17,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from unet_jax import __version__
+from unet_jax import __version__, xla_cpu
 from unet_jax.config import (
     CELLS_LAYOUTS,
     DTYPES,
@@ -257,6 +257,10 @@ def _tiling_options(parser) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        xla_cpu.apply()  # before JAX starts: XLA reads its flags once
+    except RuntimeError as started:  # main() called in a process that already runs JAX
+        print(f"unet-jax {args.command}: note: {started}", file=sys.stderr)
     try:
         return args.run(args)
     except TrainingInterrupted as stop:

@@ -1,0 +1,122 @@
+"""unet_jax.xla_cpu: which flags, when they are set, and that jaxlib's defaults still pass parity.
+
+The suite itself runs with the flags (conftest.py), as `unet-jax` does; the last test runs the
+float64-referenced forward and gradient parity tests in a fresh process under jaxlib's own
+defaults, the path a library user who never calls `apply()` takes.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jaxlib
+import pytest
+
+from unet_jax import xla_cpu
+
+REPO = Path(__file__).resolve().parents[1]
+FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+
+
+@pytest.mark.parametrize("version, expected", [
+    ("0.10.2", (FLAG,)),
+    ("0.10.2.dev20260101", (FLAG,)),
+    ("0.10.1", ()),  # never measured: its flag names are unknown, and XLA aborts on an unknown one
+    ("0.11.2", ()),  # its YNNPACK convolutions are as fast as XLA's own
+    ("0.4.30", ()),
+])
+def test_flags_are_set_only_for_the_measured_jaxlib_versions(version, expected):
+    assert xla_cpu.flags_for(version) == expected
+
+
+@pytest.fixture
+def jaxlib_0_10_2(monkeypatch):
+    monkeypatch.setattr(jaxlib, "__version__", "0.10.2")
+    monkeypatch.setattr(xla_cpu, "_backends_started", lambda: False)
+
+
+def test_apply_appends_to_the_users_flags_once(jaxlib_0_10_2):
+    environ = {"XLA_FLAGS": "--xla_dump_to=/tmp/dump"}
+    assert xla_cpu.apply(environ) == (FLAG,)
+    assert environ["XLA_FLAGS"] == f"--xla_dump_to=/tmp/dump {FLAG}"
+    assert xla_cpu.apply(environ) == ()  # a second call (the CLI's after conftest's) adds nothing
+    assert environ["XLA_FLAGS"] == f"--xla_dump_to=/tmp/dump {FLAG}"
+
+
+def test_the_users_own_value_of_the_flag_wins(jaxlib_0_10_2):
+    environ = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=+individual_convolution"}
+    assert xla_cpu.apply(environ) == ()
+    assert environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=+individual_convolution"
+
+
+@pytest.mark.parametrize("value", ["0", "off", "False"])
+def test_the_off_switch(jaxlib_0_10_2, value):
+    environ = {xla_cpu.OFF_SWITCH: value}
+    assert xla_cpu.apply(environ) == ()
+    assert "XLA_FLAGS" not in environ
+
+
+def test_too_late_is_an_error_that_says_so(jaxlib_0_10_2, monkeypatch):
+    monkeypatch.setattr(xla_cpu, "_backends_started", lambda: True)
+    environ = {}
+    with pytest.raises(RuntimeError, match=r"before creating any array.*UNET_JAX_XLA_CPU_FLAGS=0"):
+        xla_cpu.apply(environ)
+    assert "XLA_FLAGS" not in environ
+
+
+def _python(code: str, env: dict) -> str:
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def _without_library_flags() -> dict:
+    """This process's environment as it was before conftest.py called apply()."""
+    ours = set(xla_cpu.flags_for(jaxlib.__version__))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if f not in ours)
+    return env
+
+
+@pytest.mark.skipif(not xla_cpu.flags_for(jaxlib.__version__), reason=f"no flags for jaxlib {jaxlib.__version__}")
+def test_the_cli_sets_the_flags_before_jax_starts_and_xla_uses_them():
+    """`unet-jax convert` in a fresh process, its command replaced by a probe: the flags are in
+    XLA_FLAGS before any backend starts, and the process's 3x3 convolutions then compile to XLA's
+    own, not to YNNPACK fusions. Under the off switch they stay YNNPACK fusions."""
+    code = (
+        "import os, jax, jax.numpy as jnp\n"
+        "from unet_jax import cli, xla_cpu\n"
+        "cli.cmd_convert = lambda args: print('at the command:', os.environ.get('XLA_FLAGS', ''), "
+        "'| started:', xla_cpu._backends_started()) or 0\n"
+        "assert cli.main(['convert', 'in.pt', 'out.safetensors']) == 0\n"
+        "conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), 'VALID', "
+        "dimension_numbers=('NHWC', 'HWIO', 'NHWC')))\n"
+        "hlo = conv.lower(jnp.zeros((8, 58, 58, 32)), jnp.zeros((3, 3, 32, 32))).compile().as_text()\n"
+        "print('YNNPACK convolutions:', '__ynn_fusion' in hlo)\n"
+    )
+    with_flags = _python(code, _without_library_flags())
+    assert FLAG in with_flags and "| started: False" in with_flags and "YNNPACK convolutions: False" in with_flags
+    without = _python(code, {**_without_library_flags(), xla_cpu.OFF_SWITCH: "0"})
+    assert FLAG not in without and "YNNPACK convolutions: True" in without
+
+
+# Forward logits against the independent float64 numpy reference, and gradients against float64,
+# for the seed network (188 px) and a small one: the float32 parity that jaxlib's YNNPACK
+# convolutions must keep for users who never call apply(). ~15 s in a fresh pytest process.
+DEFAULTS_PARITY = (
+    "parity_tests/test_forward.py::test_forward_strict_float32[seed-eval]",
+    "parity_tests/test_forward.py::test_forward_strict_float32[features8-eval]",
+    "parity_tests/test_gradients.py::test_gradients_strict_float32[features8]",
+)
+
+
+@pytest.mark.skipif(not xla_cpu.flags_for(jaxlib.__version__), reason=f"no flags for jaxlib {jaxlib.__version__}")
+def test_parity_holds_under_jaxlibs_own_defaults():
+    env = {**_without_library_flags(), xla_cpu.OFF_SWITCH: "0"}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *DEFAULTS_PARITY],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert f"{len(DEFAULTS_PARITY)} passed" in done.stdout
