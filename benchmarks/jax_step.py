@@ -166,7 +166,7 @@ def main() -> None:
         jax.config.update("jax_enable_compilation_cache", False)
     device = jax.devices()[0]
     config = UNetConfig(features=args.features, depth=args.depth)
-    # The library's own grouping (one group per core on a single CPU device, 1 on a GPU): what `unet-jax train` runs.
+    # The library's own grouping (`default_batch_groups`, which follows the XLA:CPU flags above): what `unet-jax train` runs.
     groups = variant.batch_groups or default_batch_groups(1, config.norm, train=variant.task == "train")
     model = UNet(config, dtype=jnp.bfloat16 if variant.dtype == "bf16" else jnp.float32, remat=variant.remat,
                  batch_groups=groups)

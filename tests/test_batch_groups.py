@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from unet_jax import xla_cpu
 from unet_jax.config import UNetConfig
 from unet_jax.model import UNet, default_batch_groups
 
@@ -65,8 +66,10 @@ def test_batchnorm_training_refuses_groups_and_predicts_with_them():
     np.testing.assert_array_equal(jax.jit(UNet(cfg, batch_groups=2).apply)(variables, x), jax.jit(UNet(cfg).apply)(variables, x))
 
 
-def test_the_default_groups_only_a_single_cpu_device_two_per_core():
+@pytest.mark.parametrize("ynnpack", [True, False])
+def test_the_default_groups_only_a_single_cpu_device_under_ynnpack_convolutions_two_per_core(ynnpack, monkeypatch):
+    monkeypatch.setattr(xla_cpu, "ynnpack_convolutions", lambda: ynnpack)
     cores = default_batch_groups(1, None)
-    assert cores == (2 * len(os.sched_getaffinity(0)) if jax.default_backend() == "cpu" else 1)
+    assert cores == (2 * len(os.sched_getaffinity(0)) if jax.default_backend() == "cpu" and ynnpack else 1)
     assert default_batch_groups(8, None) == 1  # devices already run side by side
     assert default_batch_groups(1, "batch") == 1 and default_batch_groups(1, "batch", train=False) == cores

@@ -120,3 +120,12 @@ def test_parity_holds_under_jaxlibs_own_defaults():
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert f"{len(DEFAULTS_PARITY)} passed" in done.stdout
+
+
+def test_ynnpack_convolutions_are_those_of_jaxlib_0_10_without_the_flag(monkeypatch):
+    monkeypatch.setattr(jaxlib, "__version__", "0.10.2")
+    assert xla_cpu.ynnpack_convolutions({})
+    assert not xla_cpu.ynnpack_convolutions({"XLA_FLAGS": FLAG})
+    assert not xla_cpu.ynnpack_convolutions({"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=+dot"})  # the user's
+    monkeypatch.setattr(jaxlib, "__version__", "0.11.2")
+    assert not xla_cpu.ynnpack_convolutions({})  # YNNPACK's, but fast ones

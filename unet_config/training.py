@@ -63,7 +63,8 @@ class TrainConfig:
     )
     batch_groups: int = described(
         0, "run the network on this many groups of each batch side by side (the same function; XLA:CPU keeps its cores "
-        "busier that way). 0: two per CPU core on a single CPU device, else 1; 1: off. Not with --norm batch"
+        "busier that way under jaxlib 0.10's YNNPACK convolutions). 0: two per CPU core on a single CPU device that "
+        "runs those (UNET_JAX_XLA_CPU_FLAGS=0), else 1; 1: off. Not with --norm batch"
     )
     augment: bool = described(True, "random flips and 90-degree rotations, on the device")
     elastic: bool = described(False, "the paper's elastic deformation (3x3 grid of random displacements), on the device")

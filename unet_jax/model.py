@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from unet_jax import xla_cpu
 from unet_jax.config import REMAT_POLICIES, UNetConfig
 from unet_jax.layers import BatchNorm, UpConv2x2, at_least_float32, center_crop, max_pool_2x2, relu
 
@@ -78,8 +79,9 @@ class UNet(nn.Module):
     one), side by side in one program with the same weights, and concatenates the logits: the
     same function, per-image convolutions summed in another order. XLA:CPU then runs the groups
     concurrently on its cores instead of splitting each convolution across them, which keeps
-    the cores busier (benchmarks/NOTES.md, 15); `default_batch_groups` picks it. Not with
-    BatchNorm in training, whose statistics must cover the whole batch.
+    the cores busier under jaxlib 0.10's YNNPACK convolutions (benchmarks/NOTES.md, 15);
+    `default_batch_groups` picks it. Not with BatchNorm in training, whose statistics must cover
+    the whole batch.
     """
 
     config: UNetConfig = UNetConfig()
@@ -170,13 +172,16 @@ def conv_block_class(remat: str):
 
 
 def default_batch_groups(devices: int, norm, train: bool = True) -> int:
-    """The `UNet.batch_groups` the library uses: two groups per CPU core on a single CPU device,
-    else 1. Several devices already run side by side, a GPU gains nothing from smaller
-    convolutions, and BatchNorm trains on whole batches. Two per core rather than one: a core
-    that finishes its group's convolution takes up another's (demo step on 2 cores, NOTES 15:
-    1, 2, 4, 8 groups 121.0, 106.6, 101.5, 99.6 ms). Measured on a 2-core CPU only; on more
-    cores it is the same rule, unmeasured. Training's `--batch-groups N` overrides it (1: off)."""
-    if devices != 1 or jax.default_backend() != "cpu" or (train and norm == "batch"):
+    """The `UNet.batch_groups` the library uses: two groups per CPU core on a single CPU device
+    that runs jaxlib 0.10's YNNPACK convolutions (`unet_jax.xla_cpu` not applied), else 1.
+
+    Those convolutions split each one's work poorly across the cores, and groups give XLA:CPU
+    independent ones to run side by side: demo step on 2 cores, 1, 2, 4, 8 groups 121.0, 106.6,
+    101.5, 99.6 ms (benchmarks/NOTES.md, 15). XLA's own convolutions, which `unet-jax` switches
+    to on jaxlib 0.10, and jaxlib 0.11's YNNPACK ones use the cores by themselves: there 1, 2 and
+    4 groups are within 3% of each other (NOTES 16), so 1. Several devices already run side by
+    side, and BatchNorm trains on whole batches. Training's `--batch-groups N` overrides it."""
+    if devices != 1 or jax.default_backend() != "cpu" or (train and norm == "batch") or not xla_cpu.ynnpack_convolutions():
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return 2 * cores

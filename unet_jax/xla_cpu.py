@@ -56,6 +56,17 @@ def _backends_started() -> bool:
     return xla_bridge.backends_are_initialized()
 
 
+def ynnpack_convolutions(environ: Optional[MutableMapping[str, str]] = None) -> bool:
+    """Whether this process runs jaxlib 0.10's slow YNNPACK convolutions: a jaxlib this module has
+    flags for, and none of them (nor a value of the user's for the same flag) in XLA_FLAGS."""
+    import jaxlib
+
+    environ = os.environ if environ is None else environ
+    present = {_flag_name(flag) for flag in environ.get("XLA_FLAGS", "").split()}
+    flags = flags_for(jaxlib.__version__)
+    return bool(flags) and not any(_flag_name(flag) in present for flag in flags)
+
+
 def apply(environ: Optional[MutableMapping[str, str]] = None) -> tuple[str, ...]:
     """Add this jaxlib's flags to XLA_FLAGS, except those the user set or switched off.
 
