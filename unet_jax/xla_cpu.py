@@ -1,9 +1,9 @@
 """XLA:CPU flags that `unet-jax` sets when it starts, for jaxlib versions whose defaults are slow.
 
 jaxlib 0.10 hands the network's 3x3 convolutions to YNNPACK ("individual_convolution" library
-fusions). On the U-Net's shapes those run 1.3-3x slower than XLA's own (Eigen) convolutions on
-a 2-core AMD EPYC: the 32->32 convolution on 58 px maps, batch 8, 8.2 ms forward against 2.6 ms
-(benchmarks/NOTES.md, 16). Turning that one fusion type off leaves YNNPACK's matmuls and
+fusions). On most of the U-Net's layers those run 2-3x slower than XLA's own (Eigen)
+convolutions on a 2-core AMD EPYC, up to 10x at some shapes: the 32->32 convolution on 58 px
+maps, batch 8, 8.2 ms forward against 2.6 ms (benchmarks/NOTES.md, 16). Turning that one fusion type off leaves YNNPACK's matmuls and
 reductions as they are. jaxlib 0.11.2's YNNPACK convolutions run as fast as Eigen's, so nothing
 is set there, nor on versions that were never measured: XLA aborts the process on a flag it does
 not know, so a flag is only set where its name was seen to exist.
