@@ -28,13 +28,13 @@ def _memory(record: dict) -> str:
     return "–"
 
 
-def _row(r: dict) -> str:
+def _row(r: dict, rounds: int) -> str:
     ok = r["status"] == "ok"
     step = r.get("step_ms") or {}
     timing = f"{step['median']:.2f} ({step['p10']:.2f}–{step['p90']:.2f})" if ok else "–"
     status = "ok" if ok else f"{r['status']}: {r.get('status_detail', '')}"
     cells = [
-        r["task"], f"`{r['variant']}`", str(r["batch"]), status, timing,
+        r["task"], f"`{r['variant']}`" + (f" (round {r.get('round', 1)})" if rounds > 1 else ""), str(r["batch"]), status, timing,
         _num(r.get("img_per_s"), ".1f"), _num(r.get("achieved_tflops"), ".2f"),
         _num(r.get("mfu_datasheet"), ".1%"), _num(r.get("mfu_measured_bf16_ceiling"), ".1%"),
         _num(r.get("compile_s"), ".1f"), _num(r.get("warmup_s"), ".1f"), _memory(r) if ok else "–",
@@ -80,7 +80,8 @@ def markdown(doc: dict) -> str:
         "| MFU vs bf16 matmul | compile s | warm-up s | peak memory | step peak GiB | XLA temporaries GiB |",
         "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    lines += [_row(r) for r in doc["results"]]
+    lines += [_row(r, cfg.get("rounds", 1)) for r in doc["results"]]
+    lines += _standing(doc["results"], cfg.get("rounds", 1))
     lines += _kernel_sections(doc["results"])
     lines += [
         "",
@@ -108,6 +109,41 @@ def _job_flags(results) -> list:
         return []
     return [f"- JAX jobs' XLA_FLAGS: `{value or '(empty)'}` in {', '.join(dict.fromkeys(names))}"
             for value, names in flags.items()]
+
+
+def standing(results: list) -> dict:
+    """{(task, batch, jax variant): {round: speed against the fastest torch variant of that task,
+    batch and round}}, where speed = the torch step's median time / the JAX step's: above 1, JAX
+    is ahead. Rounds pair jobs that ran minutes apart rather than a whole run apart."""
+    ok = [r for r in results if r["status"] == "ok"]
+    fastest_torch = {}
+    for r in ok:
+        if r["framework"] == "torch":
+            key = (r["task"], r["batch"], r.get("round", 1))
+            fastest_torch[key] = min(fastest_torch.get(key, float("inf")), r["step_ms"]["median"])
+    ratios = {}
+    for r in ok:
+        key = (r["task"], r["batch"], r.get("round", 1))
+        if r["framework"] == "jax" and key in fastest_torch:
+            ratios.setdefault((r["task"], r["batch"], r["variant"]), {})[key[2]] = fastest_torch[key] / r["step_ms"]["median"]
+    return ratios
+
+
+def _standing(results: list, rounds: int) -> list:
+    ratios = standing(results)
+    if not ratios:
+        return []
+    header = " | ".join(f"round {i}" for i in range(1, rounds + 1))
+    lines = ["", "## JAX against the fastest PyTorch variant of the same task, batch and round",
+             "", "Speed: PyTorch's median step time / JAX's; above 1×, JAX is ahead.", "",
+             f"| task | batch | JAX variant | {header} | median |",
+             "| --- | ---: | --- | " + "---: | " * rounds + "---: |"]
+    for (task, batch, variant), by_round in ratios.items():
+        cells = [f"{by_round[i]:.2f}×" if i in by_round else "–" for i in range(1, rounds + 1)]
+        values = sorted(by_round.values())
+        middle = (values[(len(values) - 1) // 2] + values[len(values) // 2]) / 2
+        lines.append(f"| {task} | {batch} | `{variant}` | {' | '.join(cells)} | {middle:.2f}× |")
+    return lines
 
 
 def _kernel_sections(results: list, shown: int = 6) -> list:
@@ -154,7 +190,9 @@ def plot(doc: dict, path: str) -> None:
         handles, labels = ax.get_legend_handles_labels()
         if labels:
             ax.legend()
-    fig.suptitle(doc["device"]["name"] + (" (quick smoke run)" if doc["quick"] else ""))
+    rounds = doc["config"].get("rounds", 1)  # bars from the first record of each variant
+    fig.suptitle(doc["device"]["name"] + (" (quick smoke run)" if doc["quick"] else "")
+                 + (f" (round 1 of {rounds})" if rounds > 1 else ""))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

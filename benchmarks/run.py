@@ -48,6 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, help="timed steps per job (default 30; quick 8)")
     p.add_argument("--warmup", type=int, help="untimed calls after compilation (default 3; quick 2)")
     p.add_argument("--compile-timeout", type=float, default=150.0, help="bound on one job's compilation, s")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run the plan this many times, every second round in reverse order, so that a machine whose "
+                        "speed drifts weighs on every variant alike; the report gives each round's ratios (default 1)")
     p.add_argument("--budget-s", type=float, help="stop starting jobs past this wall time (default 420; quick 50; 0: none)")
     p.add_argument("--size", type=int, help="input tile side (default 572; quick 188)")
     p.add_argument("--features", type=int, help="UNetConfig.features (default 64; quick 8)")
@@ -74,6 +77,12 @@ def environment(host: dict) -> dict:
         "jax_config": devices.jax_config_values(),
         "jax_config_all": devices.jax_config_values(subset=False),
     }
+
+
+def schedule(todo: list, rounds: int) -> list[tuple[int, object, int]]:
+    """(round, variant, batch) for every job of every round; even rounds run the plan backwards,
+    so that on a machine that drifts during the run early and late jobs trade places."""
+    return [(r, v, b) for r in range(1, rounds + 1) for v, b in (todo if r % 2 else todo[::-1])]
 
 
 def child_command(variant, batch: int, args) -> list[str]:
@@ -107,9 +116,9 @@ def child_env(variant) -> tuple[dict, list[str]]:
     return env, scratch
 
 
-def job_record(variant, batch: int, outcome: dict, doc: dict) -> dict:
+def job_record(variant, batch: int, outcome: dict, doc: dict, round_: int = 1) -> dict:
     record = {
-        "variant": variant.name, "framework": variant.framework, "task": variant.task, "batch": batch,
+        "variant": variant.name, "framework": variant.framework, "task": variant.task, "batch": batch, "round": round_,
         "dtype": variant.dtype, "layout": variant.layout,
         "matmul_precision": (variant.precision or "default") if variant.framework == "jax" else None,
         "compile_mode": variant.compile_mode, "description": variant.description,
@@ -147,12 +156,14 @@ def main(argv=None) -> int:
         out_dir = os.path.join(args.out_root, "cpu-quick")
     flop_counts = {"forward_per_image": flops.forward_flops(config, args.size),
                    "train_per_image": flops.train_flops(config, args.size), "train_multiplier": flops.TRAIN_MULTIPLIER}
-    todo = jobs(PLANS[args.plan or ("quick" if args.quick else "full")], args.variants, args.batch)
+    if args.rounds < 1:
+        raise SystemExit(f"--rounds must be at least 1, got {args.rounds}")
+    todo = schedule(jobs(PLANS[args.plan or ("quick" if args.quick else "full")], args.variants, args.batch), args.rounds)
     budget = args.budget_s or None
     planner = plan.Planner(host["kind"] == "gpu" or args.assume_gpu,
                            {"train": flop_counts["train_per_image"], "predict": flop_counts["forward_per_image"]},
                            args.steps, args.warmup, args.compile_timeout)
-    estimates = [planner.estimate(v, b) for v, b in todo]
+    estimates = [planner.estimate(v, b) for _, v, b in todo]
     fits, planned_s = 0, 0.0
     for estimate in estimates:  # the runner skips a job that doesn't fit and tries the next
         if planned_s + estimate <= (budget or float("inf")):
@@ -161,8 +172,8 @@ def main(argv=None) -> int:
     print(f"plan: {len(todo)} jobs, estimated {sum(estimates):.0f} s in total; budget "
           f"{'none' if budget is None else f'{budget:.0f} s'}: about {fits} fit (~{planned_s:.0f} s), "
           "the rest are recorded as skipped")
-    for (v, b), est in zip(todo, estimates):
-        print(f"  {v.name:32s} batch {b:3d}  ~{est:5.0f} s")
+    for (r, v, b), est in zip(todo, estimates):
+        print(f"  {v.name:32s} batch {b:3d}" + (f"  round {r}" if args.rounds > 1 else "") + f"  ~{est:5.0f} s")
     if args.dry_run:
         return 0
 
@@ -173,7 +184,7 @@ def main(argv=None) -> int:
         "quick": args.quick, "plan_name": args.plan or ("quick" if args.quick else "full"), "budget_s": budget,
         "device": host, "environment": environment(host),
         "config": {**{k: getattr(args, k) for k in ("size", "features", "depth", "steps", "warmup", "ceiling_n",
-                                                    "compile_timeout")},
+                                                    "compile_timeout", "rounds")},
                    "model": {f: getattr(config, f) for f in ("in_channels", "num_classes", "features", "depth",
                                                                "padding", "upsample", "norm")}},
         "flops": flop_counts,
@@ -183,10 +194,11 @@ def main(argv=None) -> int:
     log_dir = args.log_dir or os.path.join(out_dir, "logs")
     os.makedirs(log_dir, exist_ok=True)
     try:
-        for index, (variant, batch) in enumerate(todo, 1):
+        for index, (round_, variant, batch) in enumerate(todo, 1):
             remaining = None if budget is None else budget - (time.monotonic() - started)
             decision = planner.decide(variant, batch, remaining)
-            label = f"[{index}/{len(todo)}] {variant.name} batch {batch}"
+            label = f"[{index}/{len(todo)}] {variant.name} batch {batch}" + (f" round {round_}" if args.rounds > 1 else "")
+            log_name = f"{variant.name}-b{batch}" + (f"-r{round_}" if args.rounds > 1 else "") + ".log"
             if not decision.run:
                 outcome = {"status": "skipped", "status_detail": decision.reason}
             else:
@@ -196,14 +208,14 @@ def main(argv=None) -> int:
                 try:
                     outcome = subproc.run_child(
                         child_command(variant, batch, args), env, REPO_ROOT, decision.compile_bound_s,
-                        decision.timeout_s, os.path.join(log_dir, f"{variant.name}-b{batch}.log"))
+                        decision.timeout_s, os.path.join(log_dir, log_name))
                 except BaseException:  # SIGTERM / Ctrl-C: record what was cut, then unwind
-                    doc["results"].append(job_record(variant, batch, {"status": "interrupted"}, doc))
+                    doc["results"].append(job_record(variant, batch, {"status": "interrupted"}, doc, round_))
                     raise
                 finally:
                     for path in scratch:
                         shutil.rmtree(path, ignore_errors=True)
-            record = job_record(variant, batch, outcome, doc)
+            record = job_record(variant, batch, outcome, doc, round_)
             doc["results"].append(record)
             if outcome["status"] == "ok":
                 planner.learn(variant, batch, outcome["wall_s"], record)

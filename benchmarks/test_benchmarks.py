@@ -16,9 +16,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks import devices, flops, jax_step, plan, timing
+from benchmarks import devices, flops, jax_step, plan, report, run, timing
 from benchmarks.derive import apply_run_ceiling, ceiling_summary, derived_figures
-from benchmarks.variants import FULL_PLAN, PLANS, QUICK_PLAN, VARIANTS, jobs
+from benchmarks.variants import CPU_PLAN, FULL_PLAN, PLANS, QUICK_PLAN, VARIANTS, jobs
 from unet_jax.config import UNetConfig
 from unet_jax.model import UNet
 from unet_torch.model import UNet as TorchUNet
@@ -146,6 +146,27 @@ def test_jobs_follow_the_plan_and_filters():
     assert quick == {"jax", "torch"}
     with pytest.raises(ValueError, match="unknown variants"):
         jobs(FULL_PLAN, ["nope"])
+
+
+def test_rounds_alternate_the_plans_order():
+    todo = jobs(CPU_PLAN)[:3]
+    assert run.schedule(todo, 1) == [(1, v, b) for v, b in todo]
+    assert [(r, v.name) for r, v, _ in run.schedule(todo, 3)] == [
+        (r, todo[i][0].name) for r, order in ((1, (0, 1, 2)), (2, (2, 1, 0)), (3, (0, 1, 2))) for i in order]
+
+
+def test_the_standing_pairs_jax_with_the_fastest_torch_variant_of_its_round():
+    def job(variant, framework, ms, round_, task="train", status="ok"):
+        return {"variant": variant, "framework": framework, "task": task, "batch": 8, "round": round_,
+                "status": status, "step_ms": {"median": ms}}
+
+    results = [job("jax-fp32", "jax", 100.0, 1), job("torch-fp32", "torch", 90.0, 1), job("torch-fp32-cl", "torch", 80.0, 1),
+               job("torch-fp32", "torch", 120.0, 2), job("jax-fp32", "jax", 100.0, 2),
+               job("predict-jax-fp32", "jax", 10.0, 1, "predict"),  # no torch row to compare: left out
+               job("jax-bf16", "jax", 50.0, 1, status="failed")]
+    assert report.standing(results) == {("train", 8, "jax-fp32"): {1: pytest.approx(0.8), 2: pytest.approx(1.2)}}
+    table = "\n".join(report._standing(results, 2))
+    assert "| train | 8 | `jax-fp32` | 0.80× | 1.20× | 1.00× |" in table
 
 
 def test_planner_skips_what_does_not_fit_and_shortens_compile_bounds():
