@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 
 from benchmarks.derive import apply_run_ceiling, ceiling_summary, run_ceiling
 
@@ -140,9 +141,7 @@ def _standing(results: list, rounds: int) -> list:
              "| --- | ---: | --- | " + "---: | " * rounds + "---: |"]
     for (task, batch, variant), by_round in ratios.items():
         cells = [f"{by_round[i]:.2f}×" if i in by_round else "–" for i in range(1, rounds + 1)]
-        values = sorted(by_round.values())
-        middle = (values[(len(values) - 1) // 2] + values[len(values) // 2]) / 2
-        lines.append(f"| {task} | {batch} | `{variant}` | {' | '.join(cells)} | {middle:.2f}× |")
+        lines.append(f"| {task} | {batch} | `{variant}` | {' | '.join(cells)} | {statistics.median(by_round.values()):.2f}× |")
     return lines
 
 

@@ -56,15 +56,21 @@ def _backends_started() -> bool:
     return xla_bridge.backends_are_initialized()
 
 
+def _not_yet_set(environ: MutableMapping[str, str]) -> tuple[str, ...]:
+    """This jaxlib's flags whose names XLA_FLAGS does not hold yet (with any value)."""
+    import jaxlib
+
+    present = {_flag_name(flag) for flag in environ.get("XLA_FLAGS", "").split()}
+    return tuple(flag for flag in flags_for(jaxlib.__version__) if _flag_name(flag) not in present)
+
+
 def ynnpack_convolutions(environ: Optional[MutableMapping[str, str]] = None) -> bool:
     """Whether this process runs jaxlib 0.10's slow YNNPACK convolutions: a jaxlib this module has
     flags for, and none of them (nor a value of the user's for the same flag) in XLA_FLAGS."""
     import jaxlib
 
-    environ = os.environ if environ is None else environ
-    present = {_flag_name(flag) for flag in environ.get("XLA_FLAGS", "").split()}
     flags = flags_for(jaxlib.__version__)
-    return bool(flags) and not any(_flag_name(flag) in present for flag in flags)
+    return bool(flags) and _not_yet_set(os.environ if environ is None else environ) == flags
 
 
 def apply(environ: Optional[MutableMapping[str, str]] = None) -> tuple[str, ...]:
@@ -75,10 +81,7 @@ def apply(environ: Optional[MutableMapping[str, str]] = None) -> tuple[str, ...]
     environ = os.environ if environ is None else environ
     if environ.get(OFF_SWITCH, "").strip().lower() in ("0", "false", "off", "no"):
         return ()
-    import jaxlib
-
-    present = {_flag_name(flag) for flag in environ.get("XLA_FLAGS", "").split()}
-    added = tuple(flag for flag in flags_for(jaxlib.__version__) if _flag_name(flag) not in present)
+    added = _not_yet_set(environ)
     if not added:
         return ()
     if _backends_started():
