@@ -26,7 +26,7 @@ COMMAND = ["train", "--preset", "demo", "--no-progress"]
 def run_cli(arguments: list, what: str) -> tuple[subprocess.CompletedProcess, float]:
     """`unet-jax ARGUMENTS` in a fresh process, as a user runs it: (its output, wall seconds).
     RuntimeError, with the end of its stderr, if it fails."""
-    command = [sys.executable, "-c", "import sys; from unet_jax.cli import main; sys.exit(main())", *arguments]
+    command = [sys.executable, "-m", "unet_jax", *arguments]
     start = time.perf_counter()
     completed = subprocess.run(command, check=False, capture_output=True, text=True)
     wall_s = time.perf_counter() - start

@@ -73,6 +73,7 @@ def markdown(doc: dict) -> str:
         f"- XLA_FLAGS: `{env['xla']['XLA_FLAGS'] or '(empty)'}`; jax config: "
         + ", ".join(f"{k}={v}" for k, v in env.get("jax_config", {}).items()),
         *_job_flags(doc["results"]),
+        *_job_tunables(doc["results"]),
         f"- Run: {doc['started_utc']}, {doc.get('wall_s', 0):.0f} s wall, budget "
         f"{_num(doc.get('budget_s'), '.0f', 'none')}{' s' if doc.get('budget_s') else ''}; "
         f"command `{doc['command']}`.",
@@ -110,6 +111,19 @@ def _job_flags(results) -> list:
         return []
     return [f"- JAX jobs' XLA_FLAGS: `{value or '(empty)'}` in {', '.join(dict.fromkeys(names))}"
             for value, names in flags.items()]
+
+
+def _job_tunables(results) -> list:
+    """One line per GLIBC_TUNABLES that jobs ran under (unet_jax/hugepages.py), where any did."""
+    tunables = {}
+    for r in results:
+        if "glibc_tunables" in r:  # results from before this field have none to show
+            tunables.setdefault(r["glibc_tunables"], []).append(f"`{r['variant']}`")
+    if set(tunables) <= {None}:
+        return []
+    return [f"- Jobs' GLIBC_TUNABLES: `{value}` in {', '.join(dict.fromkeys(names))}" if value else
+            f"- Jobs without GLIBC_TUNABLES: {', '.join(dict.fromkeys(names))}"
+            for value, names in tunables.items()]
 
 
 def standing(results: list) -> dict:

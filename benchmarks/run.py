@@ -25,6 +25,7 @@ import time
 from benchmarks import devices, flops, plan, report, subproc
 from benchmarks.derive import derived_figures
 from benchmarks.variants import PLANS, VARIANTS, jobs
+from unet_jax import hugepages
 from unet_jax.config import UNetConfig
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -107,6 +108,8 @@ def child_env(variant) -> tuple[dict, list[str]]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p)
     if variant.xla_flags:  # after the user's own flags, so that the variant's win
         env["XLA_FLAGS"] = " ".join(f for f in (env.get("XLA_FLAGS"), variant.xla_flags) if f)
+    if variant.with_hugepages:  # glibc reads it when the job's process starts
+        env = hugepages.with_hugepages(env)
     scratch = []
     if variant.compile_mode is not None:
         cache = tempfile.mkdtemp(prefix="unet-bench-inductor-")
@@ -123,6 +126,7 @@ def job_record(variant, batch: int, outcome: dict, doc: dict, round_: int = 1) -
         "matmul_precision": (variant.precision or "default") if variant.framework == "jax" else None,
         "compile_mode": variant.compile_mode, "description": variant.description,
         "remat": variant.remat if variant.framework == "jax" else None, "variant_xla_flags": variant.xla_flags or None,
+        "glibc_tunables": outcome.get("glibc_tunables"),
         "status": outcome["status"], "status_detail": outcome.get("status_detail", ""),
         "wall_s": outcome.get("wall_s"),
     }
@@ -209,6 +213,7 @@ def main(argv=None) -> int:
                     outcome = subproc.run_child(
                         child_command(variant, batch, args), env, REPO_ROOT, decision.compile_bound_s,
                         decision.timeout_s, os.path.join(log_dir, log_name))
+                    outcome["glibc_tunables"] = env.get("GLIBC_TUNABLES")
                 except BaseException:  # SIGTERM / Ctrl-C: record what was cut, then unwind
                     doc["results"].append(job_record(variant, batch, {"status": "interrupted"}, doc, round_))
                     raise

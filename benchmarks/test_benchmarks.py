@@ -19,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks import devices, flops, jax_step, plan, report, run, timing
 from benchmarks.derive import apply_run_ceiling, ceiling_summary, derived_figures
 from benchmarks.variants import CPU_PLAN, FULL_PLAN, PLANS, QUICK_PLAN, VARIANTS, jobs
+from unet_jax import hugepages
 from unet_jax.config import UNetConfig
 from unet_jax.model import UNet
 from unet_torch.model import UNet as TorchUNet
@@ -167,6 +168,21 @@ def test_the_standing_pairs_jax_with_the_fastest_torch_variant_of_its_round():
     assert report.standing(results) == {("train", 8, "jax-fp32"): {1: pytest.approx(0.8), 2: pytest.approx(1.2)}}
     table = "\n".join(report._standing(results, 2))
     assert "| train | 8 | `jax-fp32` | 0.80× | 1.20× | 1.00× |" in table
+
+
+def test_jax_jobs_and_the_hugepages_torch_variants_start_with_glibcs_huge_page_tunable(monkeypatch):
+    # As `unet-jax` runs (unet_jax/hugepages.py), where this machine acts on it; PyTorch's default
+    # variants as its users run it. The report says which jobs had it.
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    monkeypatch.setattr(hugepages, "this_machine", lambda: ("madvise", (2, 36)))
+    tunables = {name: run.child_env(VARIANTS[name])[0].get("GLIBC_TUNABLES")
+                for name in ("jax-fp32", "predict-jax-fp32", "torch-fp32", "torch-fp32-hugepages")}
+    assert tunables == {"jax-fp32": "glibc.malloc.hugetlb=1", "predict-jax-fp32": "glibc.malloc.hugetlb=1",
+                        "torch-fp32": None, "torch-fp32-hugepages": "glibc.malloc.hugetlb=1"}
+    rows = [{"variant": name, "glibc_tunables": value} for name, value in tunables.items()]
+    assert report._job_tunables(rows) == [
+        "- Jobs' GLIBC_TUNABLES: `glibc.malloc.hugetlb=1` in `jax-fp32`, `predict-jax-fp32`, `torch-fp32-hugepages`",
+        "- Jobs without GLIBC_TUNABLES: `torch-fp32`"]
 
 
 def test_planner_skips_what_does_not_fit_and_shortens_compile_bounds():

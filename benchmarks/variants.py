@@ -27,6 +27,13 @@ class Variant:
     xla_flags: str = ""  # jax: appended to XLA_FLAGS in the job's process (a flag set to compare)
     batch_groups: Optional[int] = None  # jax: UNet(batch_groups=...); None: the library's default_batch_groups
     xla_cpu_flags: bool = True  # jax: unet_jax.xla_cpu.apply() in the job's process, as `unet-jax` does
+    # glibc's huge-page tunable in the job's environment (unet_jax/hugepages.py). None: as each
+    # framework's users run it, on for JAX (`unet-jax` sets it) and off for PyTorch.
+    hugepages: Optional[bool] = None
+
+    @property
+    def with_hugepages(self) -> bool:
+        return self.framework == "jax" if self.hugepages is None else self.hugepages
 
 
 _TABLE = (
@@ -46,17 +53,17 @@ _TABLE = (
     Variant("torch-compile-autotune-bf16-cl", "torch", "train", "bf16", "bf16", "channels_last",
             compile_mode="max-autotune-no-cudagraphs",
             description="torch.compile(whole step, max-autotune-no-cudagraphs), bf16 autocast, channels_last"),
-    Variant("jax-fp32-grouped", "jax", "train", "fp32", "tf32", "NHWC", batch_groups=4,
-            description="jax-fp32 with UNet(batch_groups=4): two groups per core of a 2-core CPU"),
     Variant("jax-fp32-jaxlib-flags", "jax", "train", "fp32", "tf32", "NHWC", xla_cpu_flags=False,
             description="jax-fp32 under jaxlib's own XLA:CPU defaults (without unet_jax.xla_cpu's flags)"),
     Variant("predict-jax-fp32", "jax", "predict", "fp32", "tf32", "NHWC", description="jit(model.apply), train=False"),
-    Variant("predict-jax-fp32-grouped", "jax", "predict", "fp32", "tf32", "NHWC", batch_groups=4,
-            description="predict-jax-fp32 with UNet(batch_groups=4)"),
     Variant("predict-jax-fp32-jaxlib-flags", "jax", "predict", "fp32", "tf32", "NHWC", xla_cpu_flags=False,
             description="predict-jax-fp32 under jaxlib's own XLA:CPU defaults"),
     Variant("predict-jax-bf16", "jax", "predict", "bf16", "bf16", "NHWC", description="jit(model.apply), bf16 compute"),
     Variant("predict-torch-fp32", "torch", "predict", "fp32", "tf32", "NCHW", description="inference_mode, TF32"),
+    Variant("torch-fp32-hugepages", "torch", "train", "fp32", "tf32", "NCHW", hugepages=True,
+            description="torch-fp32 with glibc's huge-page tunable, as `unet-jax` runs"),
+    Variant("predict-torch-fp32-hugepages", "torch", "predict", "fp32", "tf32", "NCHW", hugepages=True,
+            description="predict-torch-fp32 with glibc's huge-page tunable"),
     Variant("predict-torch-bf16-cl", "torch", "predict", "bf16", "bf16", "channels_last",
             description="inference_mode, bf16 autocast, channels_last"),
 )
@@ -120,11 +127,12 @@ SWEEP_PLAN = (
 SWEEP_QUICK_PLAN = ((("jax-fp32", "torch-fp32", "jax-fp32-remat-blocks"), (1,)),)
 
 # The CPU standing (README, benchmarks/results/cpu-amd-epyc-demo/): the JAX step against PyTorch
-# eager, and beside it in batch groups and under jaxlib's own XLA:CPU flags (where the library
-# groups the batch), in one run (`--plan cpu --features 16 --depth 3 --size 124`).
+# eager as its users run it and with the same huge-page tunable as `unet-jax` (the standing takes
+# the faster), and JAX under jaxlib's own XLA:CPU flags, in one run
+# (`--plan cpu --features 16 --depth 3 --size 124`).
 CPU_PLAN = (
-    (("jax-fp32", "jax-fp32-grouped", "jax-fp32-jaxlib-flags", "torch-fp32", "predict-jax-fp32",
-      "predict-jax-fp32-grouped", "predict-jax-fp32-jaxlib-flags", "predict-torch-fp32"), (8,)),
+    (("jax-fp32", "jax-fp32-jaxlib-flags", "torch-fp32", "torch-fp32-hugepages", "predict-jax-fp32",
+      "predict-jax-fp32-jaxlib-flags", "predict-torch-fp32", "predict-torch-fp32-hugepages"), (8,)),
 )
 
 PLANS = {"full": FULL_PLAN, "quick": QUICK_PLAN, "sweep": SWEEP_PLAN, "sweep-quick": SWEEP_QUICK_PLAN, "cpu": CPU_PLAN}

@@ -3,7 +3,6 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from unet_jax.config import TrainConfig, UNetConfig, UNetError
-from unet_jax.model import UNet
 
 try:
     __version__ = version("unet-jax")
@@ -11,3 +10,13 @@ except PackageNotFoundError:  # run from a source tree that was never installed
     __version__ = "unknown"
 
 __all__ = ["TrainConfig", "UNet", "UNetConfig", "UNetError", "__version__"]
+
+
+def __getattr__(name: str):
+    # `unet_jax.UNet` imports JAX when first asked for, not at `import unet_jax`: the `unet-jax`
+    # command starts itself once more before JAX is imported (unet_jax/__main__.py).
+    if name == "UNet":
+        from unet_jax.model import UNet
+
+        return UNet
+    raise AttributeError(f"module 'unet_jax' has no attribute {name!r}")

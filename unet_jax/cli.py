@@ -17,7 +17,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from unet_jax import __version__, xla_cpu
+from unet_jax import __version__, hugepages, xla_cpu
 from unet_jax.config import (
     CELLS_LAYOUTS,
     DTYPES,
@@ -278,5 +278,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_ERROR
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # as `unet-jax` (unet_jax/__main__.py), after this module's imports
+    hugepages.reexec()
     sys.exit(main())
