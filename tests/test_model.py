@@ -174,11 +174,16 @@ def test_output_shapes(cfg, height, width, batch):
 # -------------------------------------------------------------------- dtypes
 def _conv_operand_dtypes(jaxpr):
     """dtypes of (input, kernel) of every convolution in a jaxpr, nested ones included: the
-    conv primitives, and the matmuls of the 2x2 up-convolutions (layers.UpConv2x2)."""
+    conv primitives, the matmuls of the 2x2 up-convolutions (layers.UpConv2x2), and the
+    convolutions of few input channels computed as multiply-adds (layers.few_channel_conv)."""
     found = []
     for eqn in jaxpr.eqns:
-        if eqn.primitive.name in ("conv_general_dilated", "dot_general"):
+        multiply_adds = eqn.primitive.name == "custom_vjp_call" and (
+            eqn.params["call_jaxpr"].jaxpr.debug_info.func_name == "_valid_multiply_adds")
+        if eqn.primitive.name in ("conv_general_dilated", "dot_general") or multiply_adds:
             found.append((eqn.invars[0].aval.dtype, eqn.invars[1].aval.dtype))
+        if multiply_adds:
+            continue  # its products are float32 on purpose: it accumulates as a convolution does
         for value in eqn.params.values():
             for sub in value if isinstance(value, (list, tuple)) else (value,):
                 sub = getattr(sub, "jaxpr", sub)  # ClosedJaxpr -> Jaxpr

@@ -21,7 +21,16 @@ from jax.ad_checkpoint import checkpoint_name
 
 from unet_jax import xla_cpu
 from unet_jax.config import REMAT_POLICIES, UNetConfig
-from unet_jax.layers import BatchNorm, UpConv2x2, at_least_float32, center_crop, max_pool_2x2, relu
+from unet_jax.layers import (
+    FEW_CHANNELS,
+    BatchNorm,
+    UpConv2x2,
+    at_least_float32,
+    center_crop,
+    few_channel_conv,
+    max_pool_2x2,
+    relu,
+)
 
 # The paper initialises from N(0, sqrt(2 / fan_in)) (He et al.); biases start at zero.
 he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
@@ -51,6 +60,8 @@ class ConvBlock(nn.Module):
                 kernel_init=he_normal,
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
+                # The first conv on grayscale or RGB tiles: faster as multiply-adds, same function.
+                conv_general_dilated=few_channel_conv if x.shape[-1] <= FEW_CHANNELS else None,
                 name=f"conv{i}",
             )(x)
             if self.remat == "conv-outputs":  # the policy keeps what carries this name
