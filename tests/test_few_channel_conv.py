@@ -1,6 +1,6 @@
 """The first convolution's forward pass as multiply-adds (`layers.few_channel_conv`): the same
-function as `lax.conv_general_dilated`, the same gradients, and used by the model where its input
-has few channels. The float64 comparisons show a wrong tap, offset or padding as an O(1) error."""
+function as `lax.conv_general_dilated`, the same gradients, and used by the model in inference
+where its input has few channels. The float64 comparisons show a wrong tap, offset or padding as an O(1) error."""
 
 import jax
 import jax.numpy as jnp
@@ -64,10 +64,11 @@ def test_strides_and_dilations_go_to_the_convolution():
             lax.conv_general_dilated(x, kernel, strides, "VALID", rhs_dilation=dilation, dimension_numbers=dims))
 
 
-@pytest.mark.parametrize("in_channels, multiply_adds", [(1, True), (4, True), (5, False)])
-def test_the_model_uses_it_for_its_first_convolution_up_to_four_channels(in_channels, multiply_adds):
+@pytest.mark.parametrize("in_channels, train, multiply_adds", [(1, False, True), (4, False, True), (5, False, False),
+                                                             (1, True, False)])
+def test_the_model_uses_it_for_its_first_convolution_in_inference_up_to_four_channels(in_channels, train, multiply_adds):
     model = UNet(UNetConfig(features=8, depth=1, in_channels=in_channels))  # every later conv has >= 8 inputs
     x = jnp.zeros((1, 20, 20, in_channels), jnp.float32)
     params = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
-    forward = str(jax.make_jaxpr(lambda p, x: model.apply(p, x))(params, x))
+    forward = str(jax.make_jaxpr(lambda p, x: model.apply(p, x, train=train))(params, x))
     assert ("name=_valid_multiply_adds" in forward) == multiply_adds

@@ -60,8 +60,9 @@ class ConvBlock(nn.Module):
                 kernel_init=he_normal,
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
-                # The first conv on grayscale or RGB tiles: faster as multiply-adds, same function.
-                conv_general_dilated=few_channel_conv if x.shape[-1] <= FEW_CHANNELS else None,
+                # Inference's first conv on grayscale or RGB tiles: faster as multiply-adds, same
+                # function (not in training: layers.few_channel_conv says why).
+                conv_general_dilated=few_channel_conv if not train and x.shape[-1] <= FEW_CHANNELS else None,
                 name=f"conv{i}",
             )(x)
             if self.remat == "conv-outputs":  # the policy keeps what carries this name
