@@ -5,8 +5,8 @@ and glibc serves an allocation that large with a new mmap, whose 4 KiB pages the
 faults in one by one on first touch: 16,400 page faults per demo step. glibc's
 `glibc.malloc.hugetlb=1` tunable makes malloc advise the kernel to back such mappings with 2 MiB
 pages (madvise), which brings that to about 100. On the 2-core CI machine the demo's train step
-took 94-117 ms without it and 82-99 ms with it, in seven
-pairs of runs (benchmarks/NOTES.md, 17). It changes where memory comes
+took 101-108 ms without it and 82-87 ms with it, in three
+alternating pairs of runs (benchmarks/NOTES.md, 17). It changes where memory comes
 from, not a single computed value. PyTorch gains as much from it, which the benchmark harness
 shows beside PyTorch as its users run it (`torch-fp32-hugepages`).
 
