@@ -20,6 +20,7 @@ from benchmarks import devices, flops, jax_step, plan, report, run, timing
 from benchmarks.derive import apply_run_ceiling, ceiling_summary, derived_figures
 from benchmarks.variants import CPU_PLAN, FULL_PLAN, PLANS, QUICK_PLAN, VARIANTS, jobs
 from unet_jax import hugepages
+from unet_jax import model as model_module
 from unet_jax.config import UNetConfig
 from unet_jax.model import UNet
 from unet_torch.model import UNet as TorchUNet
@@ -71,13 +72,16 @@ def test_tiny_configs_match_torch_flop_counter_exactly(fields, size):
 
 
 @pytest.mark.parametrize("fields,size", [c for c in TINY_CONFIGS if c[0].get("padding") != "same"])
-def test_tiny_configs_agree_with_xla_cost_analysis(fields, size):
+def test_tiny_configs_agree_with_xla_cost_analysis(fields, size, monkeypatch):
     # XLA counts a convolution as 2 FLOPs per multiply-add too (taps on "same" padding
     # excluded, hence valid padding only here), but adds ~1 FLOP per element for every
     # elementwise op -- bias add, ReLU, pooling compares, BatchNorm, resize -- which the analytic
     # count leaves out. So XLA must exceed it, by a few FLOPs per conv output element.
     # XLA:CPU's count wherever this runs (on a GPU machine too): the bound was set from it, and
     # XLA:GPU's cost analysis sees library calls (cuDNN) and fusions instead of plain HLO ops.
+    # Every conv as a convolution: XLA counts the multiply-adds that inference computes for
+    # convs of up to 4 input channels (layers.few_channel_conv) as separate element-wise ops.
+    monkeypatch.setattr(model_module, "FEW_CHANNELS", 0)
     config = UNetConfig(**fields)
     model = UNet(config)
     images = jax.device_put(np.zeros((1, size, size, config.in_channels), np.float32), jax.devices("cpu")[0])

@@ -5,10 +5,10 @@ and glibc serves an allocation that large with a new mmap, whose 4 KiB pages the
 faults in one by one on first touch: 16,400 page faults per demo step. glibc's
 `glibc.malloc.hugetlb=1` tunable makes malloc advise the kernel to back such mappings with 2 MiB
 pages (madvise), which brings that to about 100. On the 2-core CI machine the demo's train step
-took 101-108 ms without it and 82-87 ms with it, in three
-alternating pairs of runs (benchmarks/NOTES.md, 17). It changes where memory comes
-from, not a single computed value. PyTorch gains as much from it, which the benchmark harness
-shows beside PyTorch as its users run it (`torch-fp32-hugepages`).
+took 101-108 ms without it and 82-87 ms with it, in three alternating pairs of runs
+(benchmarks/NOTES.md, 17). It changes where memory comes from, not a single computed value.
+PyTorch gains as much from it, which the benchmark harness shows beside PyTorch as its users
+run it (`torch-fp32-hugepages`).
 
 glibc reads GLIBC_TUNABLES only when a process starts, so the command line runs itself once more
 with it set (`reexec`), first thing, before it imports JAX or reads a file; the benchmark harness
@@ -87,8 +87,8 @@ def reexec() -> None:
     """Run this process's command line again with the tunable set, where `useful`; else return.
 
     For a program's entry point only (it replaces the process, keeping its id, arguments and
-    environment): `unet-jax` calls it before anything else (unet_jax/__main__.py). Once the tunable is
-    set, `useful` is false, so the second start goes on."""
+    environment): `unet-jax` calls it before anything else (unet_jax/__main__.py). Once the
+    tunable is set, `useful` is false, so the second start goes on."""
     if not useful(os.environ):
         return
     sys.stdout.flush()
