@@ -97,6 +97,67 @@ def _max_pool_backward(x, dy):
 max_pool_2x2.defvjp(_max_pool_forward, _max_pool_backward)
 
 
+def conv_with_tap_gradients(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                            dimension_numbers=None, feature_group_count=1, precision=None):
+    """`lax.conv_general_dilated` whose input gradient, where the kernel outweighs the activations
+    (KERNEL_OVER_GRADIENT), is nine matmuls against the kernel as stored instead of a convolution.
+
+    XLA computes a convolution's input gradient as a convolution with the kernel flipped and its
+    channel axes swapped, which on XLA:CPU means copying the whole kernel transposed on every
+    step. Deep in the seed network at batch 1 the kernels are the big tensors (1024 -> 1024 on
+    6 px maps: 37.7 MB of kernel, 0.1 MB of gradient), and that input gradient took 44 ms,
+    against 10.6 ms as one `g_shifted @ kernel[i, j]^T` per tap (benchmarks/NOTES.md, 19). The
+    forward pass and the weight gradient are the convolution's own; only on the CPU backend.
+    For flax's `nn.Conv(conv_general_dilated=...)`, NHWC and HWIO; strides, dilations or groups
+    other than 1 go to `lax.conv_general_dilated` unchanged."""
+    plain = all(s == 1 for s in window_strides) and all(d == 1 for d in (lhs_dilation or ()) + (rhs_dilation or ()))
+    if not plain or feature_group_count != 1 or jax.default_backend() != "cpu":
+        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                        dimension_numbers, feature_group_count, precision=precision)
+    return _valid_conv_tap_gradients(_pad_spatially(lhs, rhs, padding), rhs)
+
+
+KERNEL_OVER_GRADIENT = 10  # kernel elements per element of the zero-padded output gradient, from which taps win
+
+
+def _pad_spatially(lhs, rhs, padding):
+    if isinstance(padding, str):
+        padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)
+    if any(p != (0, 0) for p in map(tuple, padding)):
+        lhs = jnp.pad(lhs, ((0, 0), *padding, (0, 0)))
+    return lhs
+
+
+@jax.custom_vjp
+def _valid_conv_tap_gradients(x, kernel):
+    return _valid_convolution(x, kernel)
+
+
+def _conv_forward(x, kernel):
+    return _valid_convolution(x, kernel), (x, kernel)
+
+
+def _conv_tap_backward(inputs, dy):
+    x, kernel = inputs
+    rows, cols, _, out_channels = kernel.shape
+    padded = dy.shape[0] * (dy.shape[1] + 2 * (rows - 1)) * (dy.shape[2] + 2 * (cols - 1)) * out_channels
+    if kernel.size < KERNEL_OVER_GRADIENT * padded:
+        return jax.vjp(_valid_convolution, x, kernel)[1](dy)
+    kernel_gradient = jax.vjp(lambda k: _valid_convolution(x, k), kernel)[1](dy)[0]
+    # dx[p] = sum over taps (i, j) of dy[p - (i, j)] @ kernel[i, j]^T, dy zero outside its map.
+    n, height, width, channels = x.shape
+    wide = at_least_float32(dy.dtype)
+    dy = jnp.pad(dy, ((0, 0), (rows - 1, rows - 1), (cols - 1, cols - 1), (0, 0)))
+    dx = sum(
+        lax.dot_general(dy[:, rows - 1 - i : rows - 1 - i + height, cols - 1 - j : cols - 1 - j + width, :],
+                        kernel[i, j], (((3,), (1,)), ((), ())), preferred_element_type=wide)
+        for i in range(rows) for j in range(cols))
+    return dx.astype(x.dtype), kernel_gradient
+
+
+_valid_conv_tap_gradients.defvjp(_conv_forward, _conv_tap_backward)
+
+
 FEW_CHANNELS = 4  # input channels up to which few_channel_conv computes the forward pass
 
 
@@ -117,11 +178,7 @@ def few_channel_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_d
     if not plain or feature_group_count != 1:
         return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                         dimension_numbers, feature_group_count, precision=precision)
-    if isinstance(padding, str):
-        padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
-    if any(p != (0, 0) for p in map(tuple, padding)):
-        lhs = jnp.pad(lhs, ((0, 0), *padding, (0, 0)))
-    return _valid_multiply_adds(lhs, rhs)
+    return _valid_multiply_adds(_pad_spatially(lhs, rhs, padding), rhs)
 
 
 @jax.custom_vjp

@@ -27,6 +27,7 @@ from unet_jax.layers import (
     UpConv2x2,
     at_least_float32,
     center_crop,
+    conv_with_tap_gradients,
     few_channel_conv,
     max_pool_2x2,
     relu,
@@ -62,7 +63,8 @@ class ConvBlock(nn.Module):
                 param_dtype=self.param_dtype,
                 # Inference's first conv on grayscale or RGB tiles: faster as multiply-adds, same
                 # function (not in training: layers.few_channel_conv says why).
-                conv_general_dilated=few_channel_conv if not train and x.shape[-1] <= FEW_CHANNELS else None,
+                conv_general_dilated=(few_channel_conv if not train and x.shape[-1] <= FEW_CHANNELS
+                                      else conv_with_tap_gradients),
                 name=f"conv{i}",
             )(x)
             if self.remat == "conv-outputs":  # the policy keeps what carries this name
