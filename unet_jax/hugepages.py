@@ -53,8 +53,9 @@ def glibc_version() -> Optional[tuple[int, ...]]:
     return tuple(int(part) for part in version.split(".")[:2])
 
 
-def switched_off(environ: Mapping[str, str]) -> bool:
-    return environ.get(OFF_SWITCH, "").strip().lower() in ("0", "false", "off", "no")
+def switched_off(environ: Mapping[str, str], switch: str = OFF_SWITCH) -> bool:
+    """Whether `switch` (this module's, or another setting's of the command line) says off."""
+    return environ.get(switch, "").strip().lower() in ("0", "false", "off", "no")
 
 
 def this_machine() -> tuple[Optional[str], Optional[tuple[int, ...]]]:

@@ -110,14 +110,19 @@ def conv_with_tap_gradients(lhs, rhs, window_strides, padding, lhs_dilation=None
     forward pass and the weight gradient are the convolution's own; only on the CPU backend.
     For flax's `nn.Conv(conv_general_dilated=...)`, NHWC and HWIO; strides, dilations or groups
     other than 1 go to `lax.conv_general_dilated` unchanged."""
-    plain = all(s == 1 for s in window_strides) and all(d == 1 for d in (lhs_dilation or ()) + (rhs_dilation or ()))
-    if not plain or feature_group_count != 1 or jax.default_backend() != "cpu":
+    if not _plain(window_strides, lhs_dilation, rhs_dilation, feature_group_count) or jax.default_backend() != "cpu":
         return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                         dimension_numbers, feature_group_count, precision=precision)
     return _valid_conv_tap_gradients(_pad_spatially(lhs, rhs, padding), rhs)
 
 
 KERNEL_OVER_GRADIENT = 10  # kernel elements per element of the zero-padded output gradient, from which taps win
+
+
+def _plain(window_strides, lhs_dilation, rhs_dilation, feature_group_count) -> bool:
+    """Stride 1, no dilation, no groups: the convolutions the two forms above rewrite."""
+    ones = (*window_strides, *(lhs_dilation or ()), *(rhs_dilation or ()), feature_group_count)
+    return all(value == 1 for value in ones)
 
 
 def _pad_spatially(lhs, rhs, padding):
@@ -142,10 +147,10 @@ def _conv_tap_backward(inputs, dy):
     rows, cols, _, out_channels = kernel.shape
     padded = dy.shape[0] * (dy.shape[1] + 2 * (rows - 1)) * (dy.shape[2] + 2 * (cols - 1)) * out_channels
     if kernel.size < KERNEL_OVER_GRADIENT * padded:
-        return jax.vjp(_valid_convolution, x, kernel)[1](dy)
+        return _convolution_gradients(inputs, dy)
     kernel_gradient = jax.vjp(lambda k: _valid_convolution(x, k), kernel)[1](dy)[0]
     # dx[p] = sum over taps (i, j) of dy[p - (i, j)] @ kernel[i, j]^T, dy zero outside its map.
-    n, height, width, channels = x.shape
+    height, width = x.shape[1:3]
     wide = at_least_float32(dy.dtype)
     dy = jnp.pad(dy, ((0, 0), (rows - 1, rows - 1), (cols - 1, cols - 1), (0, 0)))
     dx = sum(
@@ -174,8 +179,7 @@ def few_channel_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_d
     The backward pass stays the convolution's own (its multiply-add form's weight gradient was
     slower). For flax's `nn.Conv(conv_general_dilated=...)` with NHWC inputs and HWIO kernels;
     strides, dilations or groups other than 1 go to `lax.conv_general_dilated` unchanged."""
-    plain = all(s == 1 for s in window_strides) and all(d == 1 for d in (lhs_dilation or ()) + (rhs_dilation or ()))
-    if not plain or feature_group_count != 1:
+    if not _plain(window_strides, lhs_dilation, rhs_dilation, feature_group_count):
         return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                         dimension_numbers, feature_group_count, precision=precision)
     return _valid_multiply_adds(_pad_spatially(lhs, rhs, padding), rhs)
@@ -201,11 +205,11 @@ def _multiply_adds_forward(x, kernel):
     return _valid_multiply_adds(x, kernel), (x, kernel)
 
 
-def _multiply_adds_backward(inputs, dy):
+def _convolution_gradients(inputs, dy):
     return jax.vjp(_valid_convolution, *inputs)[1](dy)
 
 
-_valid_multiply_adds.defvjp(_multiply_adds_forward, _multiply_adds_backward)
+_valid_multiply_adds.defvjp(_multiply_adds_forward, _convolution_gradients)
 
 
 class UpConv2x2(nn.Module):

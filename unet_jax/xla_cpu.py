@@ -24,6 +24,8 @@ import os
 import re
 from typing import MutableMapping, Optional
 
+from unet_jax.hugepages import switched_off
+
 OFF_SWITCH = "UNET_JAX_XLA_CPU_FLAGS"
 
 # (first jaxlib version, first version after, flags): measured ranges only.
@@ -79,7 +81,7 @@ def apply(environ: Optional[MutableMapping[str, str]] = None) -> tuple[str, ...]
     Returns the flags added. Raises RuntimeError if there is something to add but JAX has
     already started its backends, since XLA would never read it."""
     environ = os.environ if environ is None else environ
-    if environ.get(OFF_SWITCH, "").strip().lower() in ("0", "false", "off", "no"):
+    if switched_off(environ, OFF_SWITCH):
         return ()
     added = _not_yet_set(environ)
     if not added:
