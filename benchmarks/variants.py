@@ -118,7 +118,9 @@ SWEEP_PLAN = (
     (("jax-bf16-remat-blocks",), (16,)),
     (("jax-fp32", "torch-compile-fp32"), (16,)),
     (("jax-bf16-no-command-buffers",), (1,)),
-    (("jax-bf16-no-autotune", "jax-bf16-no-triton-gemm", "jax-bf16-latency-hiding"), (16,)),
+    # jax-bf16-no-autotune stays in the table but not in the plan: on the H200 (2026-12-04) the seed
+    # step did not compile within 205 s without autotuning (benchmarks/NOTES.md, the 2026-12-04 sweep).
+    (("jax-bf16-no-triton-gemm", "jax-bf16-latency-hiding"), (16,)),
     (("jax-fp32-remat-blocks",), (16,)),
 )
 
