@@ -27,9 +27,9 @@ from benchmarks.devices import write_measurement
 from benchmarks.timing import summarize_ms, timed_calls
 from unet_jax import UNet, UNetConfig
 from unet_jax.data import make_cells, sample_tiles
-from unet_jax.distributed import DataParallel
-from unet_jax.losses import make_loss
-from unet_jax.train_step import create_train_state, make_optax_optimizer, make_train_step
+from unet_jax.runtime.mesh import DataParallel
+from unet_jax.training.losses import make_loss
+from unet_jax.training.step import create_train_state, make_optax_optimizer, make_train_step
 
 LINKS_GB_PER_S = {"NVLink 4 (H100 SXM, per direction)": 450.0, "100 Gb/s Ethernet": 12.5}
 DEVICE_COUNTS = (2, 4, 8)

@@ -33,8 +33,8 @@ from benchmarks.devices import write_measurement
 from benchmarks.timing import summarize_ms, timed_calls
 from unet_jax import TrainConfig, UNet, UNetConfig
 from unet_jax.data import augment, make_cells, sample_tiles
-from unet_jax.losses import make_loss
-from unet_jax.train_step import create_train_state, make_optax_optimizer, make_train_step
+from unet_jax.training.losses import make_loss
+from unet_jax.training.step import create_train_state, make_optax_optimizer, make_train_step
 
 
 def batch_sampler(config: UNetConfig, tile: int, batch: int, image_size: int, threads: int):

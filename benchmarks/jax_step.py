@@ -1,6 +1,6 @@
 """One JAX variant at one batch size, in this process: build, compile, warm up, time.
 
-Benchmarks the product's own step (`unet_jax.train_step.make_train_step`, which donates the
+Benchmarks the product's own step (`unet_jax.training.step.make_train_step`, which donates the
 state) rather than a hand-written one, so the numbers are what users get. Compilation is
 timed explicitly as `lower()` + `compile()` before the first call, so compile time never
 mixes with step time. Usage: `python -m benchmarks.jax_step --variant jax-bf16 --batch 16`.
@@ -18,11 +18,11 @@ import numpy as np
 
 from benchmarks import devices, kernels, timing
 from benchmarks.variants import VARIANTS
-from unet_jax import xla_cpu
 from unet_jax.config import UNetConfig
-from unet_jax.losses import make_loss
-from unet_jax.model import UNet, default_batch_groups
-from unet_jax.train_step import create_train_state, make_optax_optimizer, make_train_step
+from unet_jax.model.unet import UNet, default_batch_groups
+from unet_jax.runtime import xla_cpu
+from unet_jax.training.losses import make_loss
+from unet_jax.training.step import create_train_state, make_optax_optimizer, make_train_step
 
 
 def compile_timed(jitted, *args) -> tuple:

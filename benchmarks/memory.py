@@ -32,10 +32,10 @@ import jax.numpy as jnp
 
 from benchmarks.devices import write_measurement
 from unet_jax.config import REMAT_POLICIES, UNetConfig
-from unet_jax.layers import center_crop
-from unet_jax.losses import cross_entropy
-from unet_jax.model import UNet
-from unet_jax.train_step import create_train_state, make_optax_optimizer, make_train_step
+from unet_jax.model.layers import center_crop
+from unet_jax.model.unet import UNet
+from unet_jax.training.losses import cross_entropy
+from unet_jax.training.step import create_train_state, make_optax_optimizer, make_train_step
 
 GiB = 2**30
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}

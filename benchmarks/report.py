@@ -102,7 +102,7 @@ def markdown(doc: dict) -> str:
 
 def _job_flags(results) -> list:
     """One line per XLA_FLAGS that JAX jobs ran under beyond the run's own: the library's
-    (`unet_jax.xla_cpu`, as `unet-jax` sets them) and the variants'."""
+    (`unet_jax.runtime.xla_cpu`, as `unet-jax` sets them) and the variants'."""
     flags = {}
     for r in results:
         if r.get("framework") == "jax" and r.get("xla_flags") is not None:
@@ -114,7 +114,7 @@ def _job_flags(results) -> list:
 
 
 def _job_tunables(results) -> list:
-    """One line per GLIBC_TUNABLES that jobs ran under (unet_jax/hugepages.py), where any did."""
+    """One line per GLIBC_TUNABLES that jobs ran under (unet_jax/runtime/hugepages.py), where any did."""
     tunables = {}
     for r in results:
         if "glibc_tunables" in r:  # results from before this field have none to show

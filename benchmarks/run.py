@@ -25,8 +25,8 @@ import time
 from benchmarks import devices, flops, plan, report, subproc
 from benchmarks.derive import derived_figures
 from benchmarks.variants import PLANS, VARIANTS, jobs
-from unet_jax import hugepages
 from unet_jax.config import UNetConfig
+from unet_jax.runtime import hugepages
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FULL = {"steps": 30, "warmup": 3, "size": 572, "features": 64, "depth": 4, "budget_s": 420.0}

@@ -19,10 +19,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks import devices, flops, jax_step, plan, report, run, timing
 from benchmarks.derive import apply_run_ceiling, ceiling_summary, derived_figures
 from benchmarks.variants import CPU_PLAN, FULL_PLAN, PLANS, QUICK_PLAN, VARIANTS, jobs
-from unet_jax import hugepages
-from unet_jax import model as model_module
 from unet_jax.config import UNetConfig
-from unet_jax.model import UNet
+from unet_jax.model import unet as model_module
+from unet_jax.model.unet import UNet
+from unet_jax.runtime import hugepages
 from unet_torch.model import UNet as TorchUNet
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,7 +80,7 @@ def test_tiny_configs_agree_with_xla_cost_analysis(fields, size, monkeypatch):
     # XLA:CPU's count wherever this runs (on a GPU machine too): the bound was set from it, and
     # XLA:GPU's cost analysis sees library calls (cuDNN) and fusions instead of plain HLO ops.
     # Every conv as a convolution: XLA counts the multiply-adds that inference computes for
-    # convs of up to 4 input channels (layers.few_channel_conv) as separate element-wise ops.
+    # convs of up to 4 input channels (cpu_kernels.few_channel_conv) as separate element-wise ops.
     monkeypatch.setattr(model_module, "FEW_CHANNELS", 0)
     config = UNetConfig(**fields)
     model = UNet(config)
@@ -175,7 +175,7 @@ def test_the_standing_pairs_jax_with_the_fastest_torch_variant_of_its_round():
 
 
 def test_jax_jobs_and_the_hugepages_torch_variants_start_with_glibcs_huge_page_tunable(monkeypatch):
-    # As `unet-jax` runs (unet_jax/hugepages.py), where this machine acts on it; PyTorch's default
+    # As `unet-jax` runs (unet_jax/runtime/hugepages.py), where this machine acts on it; PyTorch's default
     # variants as its users run it. The report says which jobs had it.
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     monkeypatch.setattr(hugepages, "this_machine", lambda: ("madvise", (2, 36)))

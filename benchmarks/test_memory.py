@@ -6,7 +6,7 @@ import jax.numpy as jnp
 
 from benchmarks.memory import kept_for_backward_bytes, main, needed_activation_elements
 from unet_jax.config import UNetConfig
-from unet_jax.model import UNet
+from unet_jax.model.unet import UNet
 
 
 def test_needed_activations_counted_by_hand():

@@ -26,8 +26,8 @@ class Variant:
     remat: str = "none"  # jax: UNet(remat=...), a memory/compute trade that keeps the function
     xla_flags: str = ""  # jax: appended to XLA_FLAGS in the job's process (a flag set to compare)
     batch_groups: Optional[int] = None  # jax: UNet(batch_groups=...); None: the library's default_batch_groups
-    xla_cpu_flags: bool = True  # jax: unet_jax.xla_cpu.apply() in the job's process, as `unet-jax` does
-    # glibc's huge-page tunable in the job's environment (unet_jax/hugepages.py). None: as each
+    xla_cpu_flags: bool = True  # jax: unet_jax.runtime.xla_cpu.apply() in the job's process, as `unet-jax` does
+    # glibc's huge-page tunable in the job's environment (unet_jax/runtime/hugepages.py). None: as each
     # framework's users run it, on for JAX (`unet-jax` sets it) and off for PyTorch.
     hugepages: Optional[bool] = None
 
@@ -54,7 +54,7 @@ _TABLE = (
             compile_mode="max-autotune-no-cudagraphs",
             description="torch.compile(whole step, max-autotune-no-cudagraphs), bf16 autocast, channels_last"),
     Variant("jax-fp32-jaxlib-flags", "jax", "train", "fp32", "tf32", "NHWC", xla_cpu_flags=False,
-            description="jax-fp32 under jaxlib's own XLA:CPU defaults (without unet_jax.xla_cpu's flags)"),
+            description="jax-fp32 under jaxlib's own XLA:CPU defaults (without unet_jax.runtime.xla_cpu's flags)"),
     Variant("predict-jax-fp32", "jax", "predict", "fp32", "tf32", "NHWC", description="jit(model.apply), train=False"),
     Variant("predict-jax-fp32-jaxlib-flags", "jax", "predict", "fp32", "tf32", "NHWC", xla_cpu_flags=False,
             description="predict-jax-fp32 under jaxlib's own XLA:CPU defaults"),

@@ -124,13 +124,13 @@ def run_twice() -> dict:
     import torch
 
     from parity_tests import harness, training
-    from unet_jax.losses import make_loss
-    from unet_jax.port import flatten_variables
-    from unet_jax.train_step import (
+    from unet_jax.training.losses import make_loss
+    from unet_jax.training.step import (
         make_optax_optimizer,
         make_train_step,
         state_from_variables,
     )
+    from unet_jax.weights.port import flatten_variables
 
     recipe = determinism_recipe()
     data = training.batches(recipe)

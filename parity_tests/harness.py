@@ -32,8 +32,8 @@ from parity_tests.errors import (  # noqa: F401 (re-exported)
     zero_to_rounding,
 )
 from unet_config import UNetConfig
-from unet_jax.model import UNet as FlaxUNet
-from unet_jax.port import flatten_variables, torch_to_flax
+from unet_jax.model.unet import UNet as FlaxUNet
+from unet_jax.weights.port import flatten_variables, torch_to_flax
 
 # Where each framework runs: whatever accelerator it finds, else the CPU.
 TORCH_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -154,7 +154,7 @@ def flax_model(config: UNetConfig, dtype=jnp.float32) -> FlaxUNet:
 
 
 def port_to_flax(model: torch.nn.Module, config: UNetConfig) -> dict:
-    """Flax variables (device arrays) holding `model`'s weights, through unet_jax.port."""
+    """Flax variables (device arrays) holding `model`'s weights, through unet_jax.weights.port."""
     return port_state(torch_state(model), config)
 
 
@@ -243,9 +243,9 @@ def torch_loss_and_grads(model, config, images, masks, prec: Precision | None = 
 
 
 def flax_loss_and_grads(config: UNetConfig, variables, images, masks, dtype=jnp.float32):
-    """(loss, flat gradients) from `unet_jax.train_step.loss_and_logits` under jax.grad."""
-    from unet_jax.losses import cross_entropy
-    from unet_jax.train_step import loss_and_logits
+    """(loss, flat gradients) from `unet_jax.training.step.loss_and_logits` under jax.grad."""
+    from unet_jax.training.losses import cross_entropy
+    from unet_jax.training.step import loss_and_logits
 
     model = flax_model(config, dtype)
 

@@ -30,8 +30,9 @@ class Mutation:
     tests: tuple[str, ...]  # pytest node ids or files, run in this order, first failure wins
 
 
-FLAX_MODEL, TORCH_MODEL = "unet_jax/model.py", "unet_torch/model.py"
-FLAX_LAYERS, PORT = "unet_jax/layers.py", "unet_jax/port.py"
+FLAX_MODEL, TORCH_MODEL = "unet_jax/model/unet.py", "unet_torch/model.py"
+FLAX_LAYERS, PORT = "unet_jax/model/layers.py", "unet_jax/weights/port.py"
+FLAX_KERNELS = "unet_jax/model/cpu_kernels.py"  # the ReLU, max-pool and convolutions as XLA:CPU computes them
 
 # The tests a wiring bug should trip, cheapest first (the slow float64 golden run of the
 # numpy reference is not among them: it checks the reference, not the models).
@@ -70,7 +71,7 @@ _TORCH_SKIP_CROP = Edit(
     "            x = torch.cat([skip, x], dim=1)",
 )
 _FLAX_LABEL_CROP = Edit(
-    "unet_jax/train_step.py",
+    "unet_jax/training/step.py",
     "labels = center_crop(masks, logits.shape[1], logits.shape[2])",
     "labels = center_crop(masks, logits.shape[1] + 2, logits.shape[2] + 2)[:, :-2, :-2] "
     "if masks.shape[1] > logits.shape[1] else masks",
@@ -91,7 +92,7 @@ _TORCH_NO_RELU = Edit(
     "x = self.bottom.norm2(self.bottom.conv2(F.relu(self.bottom.norm1(self.bottom.conv1(x)))))",
 )
 _FLAX_AVG_POOL = Edit(
-    FLAX_LAYERS,
+    FLAX_KERNELS,
     "return jnp.maximum(jnp.maximum(top_left, top_right), jnp.maximum(bottom_left, bottom_right))",
     "return (top_left + top_right + bottom_left + bottom_right) / 4",
 )
@@ -136,11 +137,11 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("label-crop-off-by-one-flax", "labels cropped one pixel off centre in the JAX train step only",
              (_FLAX_LABEL_CROP,), TRAIN_TESTS),
     Mutation("cross-entropy-summed", "the cross-entropy summed over pixels instead of averaged",
-             (Edit("unet_jax/losses.py", "return pixel_cross_entropy(logits, labels).mean()",
+             (Edit("unet_jax/training/losses.py", "return pixel_cross_entropy(logits, labels).mean()",
                    "return pixel_cross_entropy(logits, labels).sum()"),), TRAIN_TESTS),
     Mutation("soft-dice-counts-background", "the soft Dice loss averaged over the background class too",
-             (Edit("unet_jax/losses.py", "probs = jax.nn.softmax(logits, axis=-1)[..., 1:]",
+             (Edit("unet_jax/training/losses.py", "probs = jax.nn.softmax(logits, axis=-1)[..., 1:]",
                    "probs = jax.nn.softmax(logits, axis=-1)"),
-              Edit("unet_jax/losses.py", "truth = jax.nn.one_hot(labels, num_classes, dtype=probs.dtype)[..., 1:]",
+              Edit("unet_jax/training/losses.py", "truth = jax.nn.one_hot(labels, num_classes, dtype=probs.dtype)[..., 1:]",
                    "truth = jax.nn.one_hot(labels, num_classes, dtype=probs.dtype)")), TRAIN_TESTS),
 )

@@ -16,7 +16,7 @@ The recipe draws from `np.random.RandomState`, whose streams NumPy keeps fixed a
 releases, so the weights and the image are the same on every machine. The weights are
 float32 values (drawn in float64, rounded once) so that float32 models hold exactly the
 weights the float64 golden run used. Nothing here imports the project's models: a test that
-ports these weights through `unet_jax.port` and reproduces the figures checks the port, the
+ports these weights through `unet_jax.weights.port` and reproduces the figures checks the port, the
 wiring (crop offsets, concat order, up-conv kernel orientation) and the layers at once
 against code that shares nothing with them.
 """
@@ -37,7 +37,7 @@ GOLDEN_SAMPLES = 300  # logits read at fixed random positions, besides the row a
 INPUT_SIZE, OUTPUT_SIZE, CLASSES = 572, 388, 2
 
 # (key prefix, weight shape) in the seed's definition order; every layer also has a bias.
-# Written out by hand from the seed's class, not generated from `unet_jax.port`.
+# Written out by hand from the seed's class, not generated from `unet_jax.weights.port`.
 SEED_LAYERS = [
     ("conv1_1", (64, 1, 3, 3)), ("conv1_2", (64, 64, 3, 3)),
     ("conv2_1", (128, 64, 3, 3)), ("conv2_2", (128, 128, 3, 3)),
@@ -134,7 +134,7 @@ def load_golden(path: Path = GOLDEN_PATH) -> tuple[dict[str, np.ndarray], dict]:
 def seed_to_unet_torch(key: str) -> str:
     """conv{L}_{i}: L 1-4 encoder, 5 bottleneck, 6-9 decoder; up_conv_{j}; conv_10 the head.
 
-    Spelled out as plain rules here, not taken from `unet_jax.port`, so that the port's own
+    Spelled out as plain rules here, not taken from `unet_jax.weights.port`, so that the port's own
     seed table is checked independently."""
     if match := re.fullmatch(r"conv(\d+)_(\d)\.(weight|bias)", key):
         level, i, tensor = int(match[1]), match[2], match[3]

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from parity_tests import harness
-from unet_jax.port import PARAMS
+from unet_jax.weights.port import PARAMS
 
 IN_CHANNELS, OUT_CHANNELS = 3, 2
 WEIGHT = np.arange(IN_CHANNELS * OUT_CHANNELS * 4, dtype=np.float32).reshape(IN_CHANNELS, OUT_CHANNELS, 2, 2)

@@ -16,7 +16,7 @@ import pytest
 from parity_tests import harness, numpy_reference
 from parity_tests.seed_network import golden_figures, load_golden, seed_input_image, seed_state_dict, seed_to_unet_torch
 from unet_config import UNetConfig
-from unet_jax.port import flax_to_torch
+from unet_jax.weights.port import flax_to_torch
 
 # The bound for strict float32. Measured on this CPU (AMD EPYC, 2 cores; jax/jaxlib
 # 0.10.2, torch 2.13.0+cpu): at most 3.2e-6 here (the seed net at 188 px, torch vs flax);

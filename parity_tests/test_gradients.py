@@ -1,5 +1,5 @@
 """Gradient parity: the same cross-entropy (labels centre-cropped to the logits), differentiated
-by jax.grad through `unet_jax.train_step.loss_and_logits` and by torch's backward.
+by jax.grad through `unet_jax.training.step.loss_and_logits` and by torch's backward.
 
 Torch gradients are mapped into Flax layout by the port table (a permutation of entries, so
 gradients map exactly like weights). Error per tensor = max|g - g_ref| / max|g_ref|, then the
@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 from parity_tests import harness
-from unet_jax.port import torch_to_flax
+from unet_jax.weights.port import torch_to_flax
 
 # Both frameworks in float64. Measured here (AMD EPYC, jax 0.10.2, torch 2.13.0+cpu): at most
 # 1.3e-13 (BatchNorm nets, whose reductions are longest). Any real mismatch is O(1e-2..1).

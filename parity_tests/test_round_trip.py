@@ -1,5 +1,5 @@
 """Weights survive torch -> Flax -> torch and Flax -> torch -> Flax bit for bit, in memory and
-through files (.pt, PyTorch .safetensors, Flax .safetensors via `unet_jax.convert.convert`).
+through files (.pt, PyTorch .safetensors, Flax .safetensors via `unet_jax.weights.convert.convert`).
 
 A port is a permutation of entries (transposes and flips), so nothing short of exact equality
 of values, dtypes and shapes, BatchNorm's integer `num_batches_tracked` included, is right.
@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from parity_tests import harness
-from unet_jax.convert import convert
-from unet_jax.port import flatten_variables, flax_to_torch, torch_to_flax
-from unet_jax.weights_io import load_variables, read_weights, save_torch_state_dict
+from unet_jax.weights.convert import convert
+from unet_jax.weights.io import load_variables, read_weights, save_torch_state_dict
+from unet_jax.weights.port import flatten_variables, flax_to_torch, torch_to_flax
 
 CONFIG_NAMES = list(harness.CASES)
 

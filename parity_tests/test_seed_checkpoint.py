@@ -4,7 +4,7 @@
 input, and the golden figures (row and column sums of the 388 x 388 x 2 logits, plus 300
 single logits) that the original class produced in float64 with them; its docstring says how.
 Here the same weights, under the seed's own key names, are loaded into `unet_torch` (by a
-renaming written out in `seed_network`) and ported into `unet_jax` (by `unet_jax.port`, which
+renaming written out in `seed_network`) and ported into `unet_jax` (by `unet_jax.weights.port`, which
 detects the seed's naming), and both must reproduce the golden figures. That checks crop
 offsets, concat order, up-conv kernel orientation, layer order and the port against code
 that shares nothing with either model: a bug made the same way in both is caught here.
@@ -25,7 +25,7 @@ from parity_tests.seed_network import (
     seed_to_unet_torch,
 )
 from unet_config import UNetConfig
-from unet_jax.port import flax_to_torch, torch_to_flax
+from unet_jax.weights.port import flax_to_torch, torch_to_flax
 
 # Strict float32 against the float64 golden figures, and between the frameworks. Measured
 # here at 572 x 572 (AMD EPYC, 2 cores; jax 0.10.2, torch 2.13.0+cpu): single logits 1.7e-6

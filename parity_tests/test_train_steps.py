@@ -1,4 +1,4 @@
-"""Training-step parity: 10 optimizer steps of `unet_jax.train_step.make_train_step` and of
+"""Training-step parity: 10 optimizer steps of `unet_jax.training.step.make_train_step` and of
 the reference `unet_torch.train_step`, from the same ported weights on the same batches,
 each against a float64 torch run and against each other (strict float32).
 

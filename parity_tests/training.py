@@ -25,9 +25,9 @@ import torch
 import unet_torch
 from parity_tests import harness
 from unet_config import UNetConfig
-from unet_jax.losses import make_loss
-from unet_jax.port import flax_to_torch
-from unet_jax.train_step import make_optax_optimizer, make_train_step, state_from_variables
+from unet_jax.training.losses import make_loss
+from unet_jax.training.step import make_optax_optimizer, make_train_step, state_from_variables
+from unet_jax.weights.port import flax_to_torch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +72,7 @@ def train_torch(model: torch.nn.Module, recipe: Recipe, data, prec: harness.Prec
 
 
 def train_flax(config: UNetConfig, variables, recipe: Recipe, data, dtype=jnp.float32) -> Run:
-    """`unet_jax.train_step.make_train_step(make_loss("ce"))` (jitted, state donated) per batch."""
+    """`unet_jax.training.step.make_train_step(make_loss("ce"))` (jitted, state donated) per batch."""
     model = harness.flax_model(config, dtype)
     tx = make_optax_optimizer(recipe.optimizer, recipe.learning_rate, recipe.momentum)
     state = state_from_variables(model, tx, jax.tree.map(jnp.array, variables), jax.random.key(0))

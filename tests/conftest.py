@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from unet_jax.port import PARAMS, layer_table
+from unet_jax.weights.port import PARAMS, layer_table
 
 
 def random_state_dict(cfg, seed=0):

@@ -15,15 +15,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from unet_jax.checkpoints import Checkpointer
 from unet_jax.cli import main
 from unet_jax.config import UNetConfig
 from unet_jax.data import augment, make_cells, sample_tiles
-from unet_jax.distributed import DataParallel, fetch
-from unet_jax.losses import make_loss
-from unet_jax.model import UNet
-from unet_jax.predict import Predictor, predict_probabilities
-from unet_jax.train_step import create_train_state, make_optax_optimizer, make_train_step
+from unet_jax.inference.predictor import Predictor, predict_probabilities
+from unet_jax.model.unet import UNet
+from unet_jax.runtime.mesh import DataParallel, fetch
+from unet_jax.training.checkpoints import Checkpointer
+from unet_jax.training.losses import make_loss
+from unet_jax.training.step import create_train_state, make_optax_optimizer, make_train_step
 
 # A depth-2, 4-feature U-Net on 60x60 tiles (20x20 labels): milliseconds per step.
 TILE, LABEL, BATCH, STEPS = 60, 20, 8, 4

@@ -13,9 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from unet_jax import xla_cpu
 from unet_jax.config import UNetConfig
-from unet_jax.model import UNet, default_batch_groups
+from unet_jax.model.unet import UNet, default_batch_groups
+from unet_jax.runtime import xla_cpu
 
 CFG = UNetConfig(features=4, depth=1)
 GRADIENT_TOLERANCE = 5e-6

@@ -6,11 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from unet_jax.checkpoints import Checkpointer
 from unet_jax.config import UNetConfig
-from unet_jax.manifest import MANIFEST
-from unet_jax.model import UNet
-from unet_jax.train_step import create_train_state, make_optax_optimizer
+from unet_jax.model.unet import UNet
+from unet_jax.training.checkpoints import Checkpointer
+from unet_jax.training.manifest import MANIFEST
+from unet_jax.training.step import create_train_state, make_optax_optimizer
 
 CONFIG = UNetConfig(features=2, depth=1)
 

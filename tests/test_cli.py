@@ -15,7 +15,7 @@ import unet_torch
 from unet_jax.cli import build_parser, main
 from unet_jax.config import CELLS_LAYOUTS, DTYPES, LOSSES, OPTIMIZERS, PADDINGS, UPSAMPLES
 from unet_jax.data import make_cells
-from unet_jax.presets import PRESETS
+from unet_jax.training.presets import PRESETS
 
 TINY = ["--features", "4", "--depth", "2", "--tile-size", "60", "--batch-size", "2", "--eval-every", "2",
         "--log-every", "1", "--checkpoint-every", "2", "--no-progress"]
@@ -168,9 +168,9 @@ def test_tile_size_far_beyond_the_image_is_capped(run_dir, folder, tmp_path):
 
 
 def test_a_tile_size_over_the_memory_budget_is_refused_with_the_number(run_dir, tmp_path, monkeypatch, capsys):
-    import unet_jax.tiling
+    import unet_jax.inference.tile_plan
 
-    monkeypatch.setattr(unet_jax.tiling, "CPU_MEMORY_BUDGET", 2**20)  # a machine with 1 MiB to spare
+    monkeypatch.setattr(unet_jax.inference.tile_plan, "CPU_MEMORY_BUDGET", 2**20)  # a machine with 1 MiB to spare
     Image.fromarray(np.zeros((300, 300), np.uint8)).save(tmp_path / "big.png")
     assert main(["predict", "--weights", str(run_dir), str(tmp_path / "big.png"), "--output", str(tmp_path / "out"),
                  "--tile-size", "240"]) == 2
@@ -216,23 +216,23 @@ def test_a_plain_pickle_is_refused_in_one_line_without_unsafe_advice(folder, tmp
 
 
 def test_ctrl_c_stops_a_command_cleanly(run_dir, folder, tmp_path, monkeypatch, capsys):
-    import unet_jax.predict
+    import unet_jax.inference.predictor
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(unet_jax.predict, "predict_files", interrupted)
+    monkeypatch.setattr(unet_jax.inference.predictor, "predict_files", interrupted)
     assert main(["predict", "--weights", str(run_dir), str(folder / "images" / "cell0.png"), "--output", str(tmp_path)]) == 130
     assert capsys.readouterr().err == "unet-jax predict: interrupted; every file written so far is complete\n"
 
 
 def test_unexpected_errors_keep_their_traceback(run_dir, folder, monkeypatch):
-    import unet_jax.evaluate
+    import unet_jax.inference.evaluate
 
     def bug(*args, **kwargs):
         return 1 / 0
 
-    monkeypatch.setattr(unet_jax.evaluate, "evaluate", bug)
+    monkeypatch.setattr(unet_jax.inference.evaluate, "evaluate", bug)
     with pytest.raises(ZeroDivisionError):
         main(["evaluate", "--weights", str(run_dir), "--data", str(folder)])
 

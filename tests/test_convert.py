@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from unet_jax.config import UNetConfig
-from unet_jax.convert import convert
-from unet_jax.files import OutputError
-from unet_jax.namings import seed_layer_names
-from unet_jax.weights_io import WeightsFileError, load_variables, read_weights
+from unet_jax.runtime.safe_files import OutputError
+from unet_jax.weights.convert import convert
+from unet_jax.weights.io import WeightsFileError, load_variables, read_weights
+from unet_jax.weights.namings import seed_layer_names
 
 torch = pytest.importorskip("torch")
 
@@ -86,7 +86,7 @@ def test_convert_does_not_overwrite_unless_asked(tmp_path, torch_file):
 
 
 def test_wrong_config_for_a_torch_file_is_a_port_error(tmp_path, torch_file):
-    from unet_jax.port import PortError
+    from unet_jax.weights.port import PortError
 
     with pytest.raises(PortError, match="wrong shape: down1.conv1.weight"):
         convert(torch_file[0], tmp_path / "out.safetensors", config=UNetConfig(features=4, depth=2, norm="batch"))

@@ -90,7 +90,7 @@ def test_64_images_of_256_are_fast():
 
 
 def test_the_touching_layout_packs_cells_against_each_other():
-    from unet_jax.instance_metrics import touching_pairs
+    from unet_jax.inference.instance_metrics import touching_pairs
 
     mixed, touching = make_cells(3, size=128, seed=1), make_cells(3, size=128, seed=1, layout="touching")
     pairs_per_cell = [sum(len(touching_pairs(i)) for i in s.instances) / sum(int(i.max()) for i in s.instances)

@@ -9,13 +9,12 @@ import tifffile
 from PIL import Image
 
 from unet_jax.config import ConfigError, TrainConfig, UNetConfig
-from unet_jax.data import DataError, Normalization, sample_tiles
-from unet_jax.data import folder as folder_module
+from unet_jax.data import DataError, Normalization, decoding, sample_tiles
 from unet_jax.data.cells import cells_source, make_cells
-from unet_jax.data.folder import index_folder, load_folder
+from unet_jax.data.pairing import index_folder, load_folder
 from unet_jax.data.samples import NotRead, PixelMoments
 from unet_jax.data.tiles import rows_shards, shard_images
-from unet_jax.train_data import combine, load_data, read_share
+from unet_jax.training.sampling import combine, load_data, read_share
 
 N_IMAGES, BATCH, INPUT, OUTPUT = 7, 8, 60, 20
 
@@ -89,13 +88,13 @@ def _folder(root, n=5):
 
 def _recording_reads(monkeypatch):
     opened = []
-    read = folder_module._read
+    read = decoding.read
 
     def recorded(path, palette_to_rgb):
         opened.append(path.name)
         return read(path, palette_to_rgb)
 
-    monkeypatch.setattr(folder_module, "_read", recorded)
+    monkeypatch.setattr(decoding, "read", recorded)
     return opened
 
 

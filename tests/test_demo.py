@@ -6,8 +6,8 @@ wall-clock time is measured in the README, not asserted here.
 
 import pytest
 
-from unet_jax.presets import PRESETS
-from unet_jax.train import train
+from unet_jax.training.loop import train
+from unet_jax.training.presets import PRESETS
 
 
 @pytest.mark.slow

@@ -22,10 +22,11 @@ from PIL import Image
 
 from unet_jax.cli import main
 from unet_jax.data import make_cells, sample_tiles, split_validation
-from unet_jax.data.folder import index_folder
-from unet_jax.distributed import DistributedError, _wait_for_coordinator, check_batch_size, initialize, select_devices
-from unet_jax.port import flatten_variables
-from unet_jax.weights_io import load_variables
+from unet_jax.data.pairing import index_folder
+from unet_jax.runtime.mesh import check_batch_size, select_devices
+from unet_jax.runtime.processes import DistributedError, _wait_for_coordinator, initialize
+from unet_jax.weights.io import load_variables
+from unet_jax.weights.port import flatten_variables
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent

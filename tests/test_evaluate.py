@@ -11,10 +11,10 @@ from PIL import Image
 from random_weights import random_variables  # tests/random_weights.py
 from unet_jax.config import UNetConfig
 from unet_jax.data import load_folder
-from unet_jax.evaluate import evaluate
-from unet_jax.port import PortError
-from unet_jax.predict import Predictor, predict_probabilities
-from unet_jax.weights_io import save_flax_weights
+from unet_jax.inference.evaluate import evaluate
+from unet_jax.inference.predictor import Predictor, predict_probabilities
+from unet_jax.weights.io import save_flax_weights
+from unet_jax.weights.port import PortError
 
 CONFIG = UNetConfig(features=4, depth=2)  # valid sizes 4k >= 44, output = input - 40
 TILE = 60  # output 20: several tiles per test image

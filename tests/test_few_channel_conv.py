@@ -1,4 +1,4 @@
-"""The first convolution's forward pass as multiply-adds (`layers.few_channel_conv`): the same
+"""The first convolution's forward pass as multiply-adds (`cpu_kernels.few_channel_conv`): the same
 function as `lax.conv_general_dilated`, the same gradients, and used by the model in inference
 where its input has few channels. The float64 comparisons show a wrong tap, offset or padding as an O(1) error."""
 
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from jax import lax
 
-from unet_jax import UNet, UNetConfig, layers
+from unet_jax import UNet, UNetConfig
+from unet_jax.model import cpu_kernels
 
 
 def _conv_inputs(channels, dtype, seed=0):
@@ -24,7 +25,7 @@ def test_values_are_the_convolutions(channels, padding):
     with jax.enable_x64(True):
         x, kernel, dims = _conv_inputs(channels, jnp.float64)
         expected = lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=dims)
-        got = layers.few_channel_conv(x, kernel, (1, 1), padding, (1, 1), (1, 1), dims)
+        got = cpu_kernels.few_channel_conv(x, kernel, (1, 1), padding, (1, 1), (1, 1), dims)
         assert got.dtype == jnp.float64 and got.shape == expected.shape
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
 
@@ -33,12 +34,12 @@ def test_float32_and_bfloat16_accumulate_in_float32():
     x, kernel, dims = _conv_inputs(3, jnp.float32)
     expected = lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=dims,
                                         precision=lax.Precision.HIGHEST)
-    np.testing.assert_allclose(layers.few_channel_conv(x, kernel, (1, 1), "VALID", dimension_numbers=dims), expected,
+    np.testing.assert_allclose(cpu_kernels.few_channel_conv(x, kernel, (1, 1), "VALID", dimension_numbers=dims), expected,
                                rtol=0, atol=1e-5)  # measured 1.9e-6 on values up to 19 (jax 0.10.2, this CPU)
     x16, kernel16 = x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16)
     exact = lax.conv_general_dilated(x16.astype(jnp.float32), kernel16.astype(jnp.float32), (1, 1), "VALID",
                                      dimension_numbers=dims, precision=lax.Precision.HIGHEST)
-    got = layers.few_channel_conv(x16, kernel16, (1, 1), "VALID", dimension_numbers=dims)
+    got = cpu_kernels.few_channel_conv(x16, kernel16, (1, 1), "VALID", dimension_numbers=dims)
     assert got.dtype == jnp.bfloat16
     # One rounding to bfloat16 at the end, at most 2^-8 relative (measured 3.8e-3), not one per addition.
     np.testing.assert_allclose(np.asarray(got, np.float32), exact, rtol=2.0**-8, atol=1e-6)
@@ -51,7 +52,7 @@ def test_gradients_are_the_convolutions_bit_for_bit():
         return lambda x, kernel: jnp.sum(jnp.sin(conv(x, kernel, (1, 1), "VALID", dimension_numbers=dims)))
 
     expected = jax.grad(loss(lax.conv_general_dilated), argnums=(0, 1))(x, kernel)
-    got = jax.jit(jax.grad(loss(layers.few_channel_conv), argnums=(0, 1)))(x, kernel)
+    got = jax.jit(jax.grad(loss(cpu_kernels.few_channel_conv), argnums=(0, 1)))(x, kernel)
     for g, e in zip(got, expected):
         np.testing.assert_allclose(g, e, rtol=1e-6, atol=1e-6)
 
@@ -60,7 +61,7 @@ def test_strides_and_dilations_go_to_the_convolution():
     x, kernel, dims = _conv_inputs(2, jnp.float32)
     for strides, dilation in (((2, 1), (1, 1)), ((1, 1), (2, 2))):
         np.testing.assert_array_equal(
-            layers.few_channel_conv(x, kernel, strides, "VALID", rhs_dilation=dilation, dimension_numbers=dims),
+            cpu_kernels.few_channel_conv(x, kernel, strides, "VALID", rhs_dilation=dilation, dimension_numbers=dims),
             lax.conv_general_dilated(x, kernel, strides, "VALID", rhs_dilation=dilation, dimension_numbers=dims))
 
 

@@ -1,4 +1,4 @@
-"""glibc's huge-page tunable, which `unet-jax` sets by starting itself once more (unet_jax/hugepages.py)."""
+"""glibc's huge-page tunable, which `unet-jax` sets by starting itself once more (unet_jax/runtime/hugepages.py)."""
 
 import os
 import subprocess
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import unet_jax.__main__ as command
-from unet_jax import hugepages
+from unet_jax.runtime import hugepages
 
 REPO = Path(__file__).resolve().parents[1]
 ON_THIS_MACHINE = hugepages.useful({})
@@ -78,7 +78,7 @@ def test_a_restarted_process_runs_on_huge_pages():
     # The whole path on this machine: reexec() restarts once (one line printed, by the second
     # start), with the tunable set, and glibc acts on it (a typo in its name would be ignored
     # silently): far fewer page faults for the same fresh 64 MiB than with it switched off.
-    code = "import os\nfrom unet_jax import hugepages\nhugepages.reexec()\nprint(os.environ.get('GLIBC_TUNABLES'))\n" + FAULTS
+    code = "import os\nfrom unet_jax.runtime import hugepages\nhugepages.reexec()\nprint(os.environ.get('GLIBC_TUNABLES'))\n" + FAULTS
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", hugepages.OFF_SWITCH)}
 
     def run(extra):

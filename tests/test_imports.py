@@ -34,7 +34,7 @@ def test_no_unet_jax_module_imports_torch():
     _run(
         "import sys, importlib, pkgutil, unet_jax\n"
         "names = [m.name for m in pkgutil.walk_packages(unet_jax.__path__, 'unet_jax.')]\n"
-        "assert 'unet_jax.cli' in names and 'unet_jax.data.folder' in names, names\n"
+        "assert 'unet_jax.cli' in names and 'unet_jax.data.pairing' in names, names\n"
         "for name in names:\n"
         "    importlib.import_module(name)\n"
         "assert unet_jax.UNet.__name__ == 'UNet'\n"

@@ -8,14 +8,14 @@ import pytest
 
 from unet_jax.config import ConfigError, TrainConfig, UNetConfig
 from unet_jax.data import Normalization
-from unet_jax.init_weights import init_normalization, start_from_weights, with_init_architecture
-from unet_jax.model import UNet
-from unet_jax.port import PortError, flatten_variables, torch_to_flax
-from unet_jax.presets import resolve
-from unet_jax.run_dir import RunDir
-from unet_jax.train import resume
-from unet_jax.train_step import create_train_state, make_optax_optimizer
-from unet_jax.weights_io import load_variables, save_flax_weights
+from unet_jax.model.unet import UNet
+from unet_jax.training.loop import resume
+from unet_jax.training.presets import resolve
+from unet_jax.training.run_dir import RunDir
+from unet_jax.training.step import create_train_state, make_optax_optimizer
+from unet_jax.weights.io import load_variables, save_flax_weights
+from unet_jax.weights.port import PortError, flatten_variables, torch_to_flax
+from unet_jax.weights.start_from import init_normalization, start_from_weights, with_init_architecture
 
 torch = pytest.importorskip("torch")
 

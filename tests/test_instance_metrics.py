@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from unet_jax.instance_metrics import add_instance_counts, instance_scores, match_instances, touching_pairs
+from unet_jax.inference.instance_metrics import add_instance_counts, instance_scores, match_instances, touching_pairs
 
 
 def _two_touching_squares():

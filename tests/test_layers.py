@@ -11,12 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from unet_jax import UNet, UNetConfig, layers
+from unet_jax import UNet, UNetConfig
+from unet_jax.model import cpu_kernels, layers
 
 
 def test_pool_equals_flax_max_pool():
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 8, 6, 3)), jnp.float32)  # [N, H, W, C]
-    np.testing.assert_array_equal(layers.max_pool_2x2(x), nn.max_pool(x, (2, 2), strides=(2, 2)))
+    np.testing.assert_array_equal(cpu_kernels.max_pool_2x2(x), nn.max_pool(x, (2, 2), strides=(2, 2)))
 
 
 def _saved_for_backward(function, x):
@@ -33,7 +34,7 @@ def test_pool_gradient_is_torch_max_pool2d_gradient_with_ties(seed):
     rng = np.random.default_rng(seed)
     x = rng.integers(-1, 2, (2, 6, 8, 3)).astype(np.float32)  # [N, H, W, C]
     upstream = rng.standard_normal((2, 3, 4, 3)).astype(np.float32)
-    ours = jax.jit(jax.grad(lambda x: (layers.max_pool_2x2(x) * upstream).sum()))(jnp.asarray(x))
+    ours = jax.jit(jax.grad(lambda x: (cpu_kernels.max_pool_2x2(x) * upstream).sum()))(jnp.asarray(x))
     x_torch = torch.from_numpy(x).permute(0, 3, 1, 2).requires_grad_()  # [N, C, H, W]
     (torch.nn.functional.max_pool2d(x_torch, 2) * torch.from_numpy(upstream).permute(0, 3, 1, 2)).sum().backward()
     np.testing.assert_array_equal(np.asarray(ours), x_torch.grad.permute(0, 2, 3, 1).numpy())
@@ -41,17 +42,17 @@ def test_pool_gradient_is_torch_max_pool2d_gradient_with_ties(seed):
 
 def test_relu_values_and_gradient_are_nn_relu():
     x = jnp.asarray([[-2.0, -0.0, 0.0, 1e-30, 3.0]], jnp.float32)
-    np.testing.assert_array_equal(layers.relu(x), nn.relu(x))
-    np.testing.assert_array_equal(jax.grad(lambda x: layers.relu(x).sum())(x), jax.grad(lambda x: nn.relu(x).sum())(x))
-    np.testing.assert_array_equal(jax.grad(lambda x: layers.relu(x).sum())(x), [[0, 0, 0, 1, 1]])
+    np.testing.assert_array_equal(cpu_kernels.relu(x), nn.relu(x))
+    np.testing.assert_array_equal(jax.grad(lambda x: cpu_kernels.relu(x).sum())(x), jax.grad(lambda x: nn.relu(x).sum())(x))
+    np.testing.assert_array_equal(jax.grad(lambda x: cpu_kernels.relu(x).sum())(x), [[0, 0, 0, 1, 1]])
 
 
 def test_relu_and_pool_keep_one_tensor_for_the_backward_pass():
     # The ReLU keeps its output (the next conv keeps it too); the pool keeps its input (the
     # block's output, which the skip connection keeps). nn.relu keeps a mask beside another tensor.
     x = jnp.zeros((2, 8, 6, 3), jnp.float32)
-    assert _saved_for_backward(layers.relu, x) == [((2, 8, 6, 3), "float32")]
-    assert _saved_for_backward(layers.max_pool_2x2, x) == [((2, 8, 6, 3), "float32")]
+    assert _saved_for_backward(cpu_kernels.relu, x) == [((2, 8, 6, 3), "float32")]
+    assert _saved_for_backward(cpu_kernels.max_pool_2x2, x) == [((2, 8, 6, 3), "float32")]
     assert len(_saved_for_backward(nn.relu, x)) == 2
 
 

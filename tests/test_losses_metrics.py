@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from unet_jax.losses import cross_entropy, make_loss, soft_dice_loss
-from unet_jax.metrics import add_counts, class_counts, scores_from_counts, segmentation_counts
+from unet_jax.inference.metrics import add_counts, class_counts, scores_from_counts, segmentation_counts
+from unet_jax.training.losses import cross_entropy, make_loss, soft_dice_loss
 
 # Jitted once per shape: eager JAX compiles every small op on its own, which is slower here.
 cross_entropy_jit = jax.jit(cross_entropy)
@@ -163,7 +163,7 @@ def test_numpy_counts_equal_the_training_metric():
 
 
 def test_weighted_cross_entropy_is_the_weighted_mean_of_pixel_losses():
-    from unet_jax.losses import needs_weights, weighted_cross_entropy
+    from unet_jax.training.losses import needs_weights, weighted_cross_entropy
 
     logits, labels = _random_batch(7, c=2)
     weights = np.random.default_rng(7).uniform(0.5, 10, labels.shape).astype(np.float32)

@@ -18,11 +18,11 @@ from milesial_layout import MilesialLayoutUNet, randomize_batch_norm
 from unet_jax import UNet
 from unet_jax.cli import main
 from unet_jax.config import ConfigError, UNetConfig
-from unet_jax.convert import convert
-from unet_jax.namings import UnsupportedCheckpointError, milesial_layer_names
-from unet_jax.port import flax_to_torch, torch_to_flax
-from unet_jax.predict import Predictor, predict_probabilities
-from unet_jax.weights_io import load_variables, read_weights_file
+from unet_jax.inference.predictor import Predictor, predict_probabilities
+from unet_jax.weights.convert import convert
+from unet_jax.weights.io import load_variables, read_weights_file
+from unet_jax.weights.namings import UnsupportedCheckpointError, milesial_layer_names
+from unet_jax.weights.port import flax_to_torch, torch_to_flax
 
 torch = pytest.importorskip("torch")
 

@@ -10,8 +10,8 @@ from PIL import Image
 
 from milesial_layout import MilesialLayoutUNet, randomize_batch_norm
 from unet_jax.cli import main
-from unet_jax.port import flatten_variables
-from unet_jax.weights_io import load_variables
+from unet_jax.weights.io import load_variables
+from unet_jax.weights.port import flatten_variables
 
 torch = pytest.importorskip("torch")
 unet_torch = pytest.importorskip("unet_torch")

@@ -1,5 +1,5 @@
 """The Flax U-Net: parameter count, shapes, dtypes, input checks, layer names, BatchNorm,
-and agreement of both models with the torch<->flax table in `unet_jax.port`."""
+and agreement of both models with the torch<->flax table in `unet_jax.weights.port`."""
 
 import functools
 import math
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from unet_jax.config import UNetConfig
-from unet_jax.model import UNet
-from unet_jax.port import PARAMS, flatten_variables, layer_table
+from unet_jax.model.unet import UNet
+from unet_jax.weights.port import PARAMS, flatten_variables, layer_table
 
 SEED_PARAMETERS = 31_030_658
 # The seed's count, layer by layer (3x3 conv: 9*cin*cout + cout; 2x2 up-conv: 4*cin*cout + cout;
@@ -175,7 +175,7 @@ def test_output_shapes(cfg, height, width, batch):
 def _conv_operand_dtypes(jaxpr):
     """dtypes of (input, kernel) of every convolution in a jaxpr, nested ones included: the
     conv primitives, the matmuls of the 2x2 up-convolutions (layers.UpConv2x2), and the
-    convolutions of few input channels computed as multiply-adds (layers.few_channel_conv)."""
+    convolutions of few input channels computed as multiply-adds (cpu_kernels.few_channel_conv)."""
     found = []
     for eqn in jaxpr.eqns:
         multiply_adds = eqn.primitive.name == "custom_vjp_call" and (

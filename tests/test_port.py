@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from unet_jax.config import UNetConfig
-from unet_jax.namings import detect_naming, seed_layer_names
-from unet_jax.port import (
+from unet_jax.weights.namings import detect_naming, seed_layer_names
+from unet_jax.weights.port import (
     PARAMS,
     PortError,
     flax_to_torch,
@@ -214,7 +214,7 @@ def test_unknown_naming_is_refused(make_state_dict):
 
 
 def test_ported_variables_run_in_the_flax_model(make_state_dict):
-    from unet_jax.model import UNet
+    from unet_jax.model.unet import UNet
 
     cfg = UNetConfig(features=4, depth=1, norm="batch")
     variables = jax.tree_util.tree_map(jnp.asarray, torch_to_flax(make_state_dict(cfg), cfg))

@@ -14,10 +14,11 @@ from PIL import Image
 from random_weights import random_variables  # tests/random_weights.py
 from unet_jax.config import ConfigError, UNetConfig
 from unet_jax.data import DataError, Normalization, mirror_crop, mirror_pad
-from unet_jax.files import OutputError
-from unet_jax.predict import Predictor, predict_files, predict_probabilities
-from unet_jax.tiling import activation_bytes, default_margin, default_tile_size, tile_geometry, usable_tile_size
-from unet_jax.weights_io import load_variables, save_flax_weights
+from unet_jax.inference.output_files import predict_files
+from unet_jax.inference.predictor import Predictor, predict_probabilities
+from unet_jax.inference.tile_plan import activation_bytes, default_margin, default_tile_size, tile_geometry, usable_tile_size
+from unet_jax.runtime.safe_files import OutputError
+from unet_jax.weights.io import load_variables, save_flax_weights
 
 CONFIG = UNetConfig(features=4, depth=2)  # valid sizes 4k >= 44, output = input - 40
 MARGIN = 20
@@ -104,7 +105,7 @@ BILINEAR_CASES = [(2, 60, (76, 100)), (3, 140, (61, 83))]  # depth, tile size, i
 
 @pytest.mark.parametrize("depth, tile_size, shape", BILINEAR_CASES)
 def test_bilinear_tiles_equal_the_whole_image_pass_for_any_weights(depth, tile_size, shape):
-    """With the margin of 2**depth - 1 pixels derived in unet_jax.tiling, for several draws of
+    """With the margin of 2**depth - 1 pixels derived in unet_jax.inference.tile_plan, for several draws of
     weights and image. One pixel less is not enough, which shows the margin is the smallest."""
     config = UNetConfig(features=4, depth=depth, upsample="bilinear")
     margin = default_margin(config)
@@ -139,8 +140,8 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp, numpy as np
 import test_predict as t
 from unet_jax.config import UNetConfig
-from unet_jax.predict import Predictor, predict_probabilities
-from unet_jax.tiling import tile_geometry
+from unet_jax.inference.predictor import Predictor, predict_probabilities
+from unet_jax.inference.tile_plan import tile_geometry
 errors = []
 for depth, tile_size, shape in t.BILINEAR_CASES:
     config = UNetConfig(features=4, depth=depth, upsample="bilinear")

@@ -55,7 +55,7 @@ def test_the_instances_preset_is_the_demo_with_the_weight_map():
     """The README's `weighted` run is this preset: the demo's network and schedule, weighted-ce, touching cells."""
     import dataclasses
 
-    from unet_jax.presets import PRESETS, resolve
+    from unet_jax.training.presets import PRESETS, resolve
 
     demo_with_recipe = resolve("demo", {"loss": "weighted-ce", "cells_layout": "touching"})
     assert dataclasses.replace(PRESETS["instances"], preset="demo") == demo_with_recipe
@@ -67,9 +67,9 @@ def test_the_train_step_scores_the_centre_of_input_sized_weights_and_masks():
     import jax.numpy as jnp
 
     from unet_jax.config import UNetConfig
-    from unet_jax.losses import make_loss
-    from unet_jax.model import UNet
-    from unet_jax.train_step import create_train_state, make_eval_step, make_optax_optimizer
+    from unet_jax.model.unet import UNet
+    from unet_jax.training.losses import make_loss
+    from unet_jax.training.step import create_train_state, make_eval_step, make_optax_optimizer
 
     config = UNetConfig(features=4, depth=2)
     size, out = 60, config.output_size(60)

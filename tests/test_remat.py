@@ -14,9 +14,9 @@ import pytest
 
 from benchmarks.memory import kept_for_backward_bytes
 from unet_jax.config import REMAT_POLICIES, ConfigError, TrainConfig, UNetConfig
-from unet_jax.layers import center_crop
-from unet_jax.losses import cross_entropy
-from unet_jax.model import UNet
+from unet_jax.model.layers import center_crop
+from unet_jax.model.unet import UNet
+from unet_jax.training.losses import cross_entropy
 
 SIZE, BATCH = 44, 2
 

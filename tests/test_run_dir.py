@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from unet_jax.cli import main
-from unet_jax.run_dir import RunDir, RunDirError
+from unet_jax.training.run_dir import RunDir, RunDirError
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--features", "4", "--depth", "2", "--tile-size", "60", "--batch-size", "2", "--cells-train-images", "4",
@@ -68,7 +68,7 @@ def test_a_second_run_is_refused_while_one_runs_and_ctrl_c_says_where_to_resume(
 
 
 def test_a_holder_that_dies_never_blocks_the_directory(tmp_path):
-    holder = start(["-c", "import sys, time\nfrom unet_jax.run_dir import RunDir\n"
+    holder = start(["-c", "import sys, time\nfrom unet_jax.training.run_dir import RunDir\n"
                           f"with RunDir({str(tmp_path)!r}).lock():\n    print('locked', flush=True)\n    time.sleep(300)"],
                    tmp_path)
     try:

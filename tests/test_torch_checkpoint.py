@@ -8,11 +8,11 @@ import pytest
 
 from unet_jax.cli import main
 from unet_jax.config import UNetConfig
-from unet_jax.convert import convert
-from unet_jax.files import OutputError
-from unet_jax.port import PortError, flatten_variables
-from unet_jax.torch_checkpoint import clean_checkpoint, strip_prefixes
-from unet_jax.weights_io import WeightsFileError, load_variables, read_weights_file
+from unet_jax.runtime.safe_files import OutputError
+from unet_jax.weights.convert import convert
+from unet_jax.weights.io import WeightsFileError, load_variables, read_weights_file
+from unet_jax.weights.port import PortError, flatten_variables
+from unet_jax.weights.torch_checkpoint import clean_checkpoint, strip_prefixes
 
 torch = pytest.importorskip("torch")
 unet_torch = pytest.importorskip("unet_torch")

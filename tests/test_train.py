@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-import unet_jax.train as train_module
+import unet_jax.training.loop as train_module
 import unet_torch
 from unet_jax.cli import main
-from unet_jax.port import flatten_variables
-from unet_jax.presets import PRESETS, resolve
-from unet_jax.run_dir import RunDir
-from unet_jax.train import NonFiniteLossError, train
-from unet_jax.weights_io import load_variables
+from unet_jax.training.loop import NonFiniteLossError, train
+from unet_jax.training.presets import PRESETS, resolve
+from unet_jax.training.run_dir import RunDir
+from unet_jax.weights.io import load_variables
+from unet_jax.weights.port import flatten_variables
 
 # A depth-2, 4-feature U-Net on 60x60 tiles (20x20 labels) trains a step in milliseconds.
 TINY = dict(features=4, depth=2, tile_size=60, batch_size=2, cells_train_images=4, cells_val_images=2,

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from unet_config import DTYPES, LOSSES, OPTIMIZERS, ConfigError, TrainConfig, UNetConfig, UNetError
-from unet_jax.presets import PRESETS
+from unet_jax.training.presets import PRESETS
 
 SMALL = dict(model=UNetConfig(features=4, depth=2), tile_size=60)
 

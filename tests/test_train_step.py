@@ -14,9 +14,9 @@ import optax
 import pytest
 
 from unet_jax.config import UNetConfig
-from unet_jax.losses import cross_entropy
-from unet_jax.model import UNet
-from unet_jax.train_step import (
+from unet_jax.model.unet import UNet
+from unet_jax.training.losses import cross_entropy
+from unet_jax.training.step import (
     create_train_state,
     make_eval_step,
     make_optax_optimizer,

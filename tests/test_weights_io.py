@@ -6,17 +6,17 @@ import types
 import numpy as np
 import pytest
 
-from unet_jax import files
 from unet_jax.config import ConfigError, UNetConfig
-from unet_jax.files import OutputError
-from unet_jax.port import PortError, flatten_variables, torch_to_flax
-from unet_jax.weights_io import (
+from unet_jax.runtime import safe_files as files
+from unet_jax.runtime.safe_files import OutputError
+from unet_jax.weights.io import (
     WeightsFileError,
     load_variables,
     read_weights,
     save_flax_weights,
     save_torch_state_dict,
 )
+from unet_jax.weights.port import PortError, flatten_variables, torch_to_flax
 
 CFG = UNetConfig(features=4, depth=2, norm="batch")
 

@@ -1,4 +1,4 @@
-"""unet_jax.xla_cpu: which flags, when they are set, and that jaxlib's defaults still pass parity.
+"""unet_jax.runtime.xla_cpu: which flags, when they are set, and that jaxlib's defaults still pass parity.
 
 The suite itself runs with the flags (conftest.py), as `unet-jax` does; the last test runs the
 float64-referenced forward and gradient parity tests in a fresh process under jaxlib's own
@@ -15,7 +15,7 @@ from pathlib import Path
 import jaxlib
 import pytest
 
-from unet_jax import xla_cpu
+from unet_jax.runtime import xla_cpu
 
 REPO = Path(__file__).resolve().parents[1]
 FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
@@ -88,7 +88,7 @@ def test_the_cli_sets_the_flags_before_jax_starts_and_xla_uses_them():
     own, not to YNNPACK fusions. Under the off switch they stay YNNPACK fusions."""
     code = (
         "import os, jax, jax.numpy as jnp\n"
-        "from unet_jax import cli, xla_cpu\n"
+        "from unet_jax import cli\nfrom unet_jax.runtime import xla_cpu\n"
         "cli.cmd_convert = lambda args: print('at the command:', os.environ.get('XLA_FLAGS', ''), "
         "'| started:', xla_cpu._backends_started()) or 0\n"
         "assert cli.main(['convert', 'in.pt', 'out.safetensors']) == 0\n"

@@ -19,7 +19,7 @@ LOSSES = ("ce", "dice", "ce+dice", "weighted-ce")
 WEIGHT_MAP_LOSSES = ("weighted-ce",)  # losses that take the separation weight map, so need instance masks
 CELLS_LAYOUTS = ("mixed", "touching")  # the built-in synthetic cells: see unet_jax.data.cells
 DTYPES = ("float32", "bfloat16")
-# What the backward pass recomputes instead of keeping (`unet_jax.model.UNet.remat`).
+# What the backward pass recomputes instead of keeping (`unet_jax.model.unet.UNet.remat`).
 REMAT_POLICIES = ("none", "blocks", "conv-outputs")
 
 # What a resumed run may change. Bookkeeping never changes the trained weights; a new

@@ -2,7 +2,10 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from unet_jax import _moved
 from unet_jax.config import TrainConfig, UNetConfig, UNetError
+
+_moved.install()  # unet_jax.port, unet_jax.xla_cpu, ...: the paths the README documented before the packages
 
 try:
     __version__ = version("unet-jax")
@@ -16,7 +19,7 @@ def __getattr__(name: str):
     # `unet_jax.UNet` imports JAX when first asked for, not at `import unet_jax`: the `unet-jax`
     # command starts itself once more before JAX is imported (unet_jax/__main__.py).
     if name == "UNet":
-        from unet_jax.model import UNet
+        from unet_jax.model.unet import UNet
 
         return UNet
     raise AttributeError(f"module 'unet_jax' has no attribute {name!r}")

@@ -1,10 +1,10 @@
 """`unet-jax` and `python -m unet_jax`: the command line, in a process that first asked glibc for
-huge pages (unet_jax/hugepages.py). That means starting the process once more, so it happens
+huge pages (unet_jax/runtime/hugepages.py). That means starting the process once more, so it happens
 here, before JAX and the rest of the command line are imported (about a second)."""
 
 import sys
 
-from unet_jax import hugepages
+from unet_jax.runtime import hugepages
 
 
 def main() -> None:

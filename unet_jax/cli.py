@@ -17,7 +17,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from unet_jax import __version__, hugepages, xla_cpu
+from unet_jax import __version__
 from unet_jax.config import (
     CELLS_LAYOUTS,
     DTYPES,
@@ -32,12 +32,13 @@ from unet_jax.config import (
     UNetConfig,
     UNetError,
 )
-from unet_jax.convert import DIRECTIONS
-from unet_jax.namings import NAMINGS
-from unet_jax.predict import MASK_FORMATS
-from unet_jax.presets import PRESETS, resolve
-from unet_jax.run_dir import TrainingInterrupted
-from unet_jax.tiling import DEFAULT_BATCH_SIZE
+from unet_jax.inference.output_files import MASK_FORMATS
+from unet_jax.inference.tile_plan import DEFAULT_BATCH_SIZE
+from unet_jax.runtime import hugepages, xla_cpu
+from unet_jax.training.presets import PRESETS, resolve
+from unet_jax.training.run_dir import TrainingInterrupted
+from unet_jax.weights.convert import DIRECTIONS
+from unet_jax.weights.namings import NAMINGS
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
@@ -60,8 +61,8 @@ CHOICES = {
 
 # ------------------------------------------------------------------- commands
 def cmd_train(args) -> int:
-    from unet_jax.init_weights import with_init_architecture
-    from unet_jax.train import default_run_dir, resume, train
+    from unet_jax.training.loop import default_run_dir, resume, train
+    from unet_jax.weights.start_from import with_init_architecture
 
     options = _given(args, [*ARCHITECTURE_FIELDS, *TRAINING_FIELDS])
     if args.resume:
@@ -76,7 +77,8 @@ def cmd_train(args) -> int:
 
 def _data_parallel(args):
     """Join the other processes when asked to (flags, JAX_* variables, --distributed), then the devices to use."""
-    from unet_jax.distributed import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID, DataParallel, initialize
+    from unet_jax.runtime.mesh import DataParallel
+    from unet_jax.runtime.processes import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID, initialize
 
     given = (args.coordinator_address, args.num_processes, args.process_id)
     if args.distributed or any(v is not None for v in given) or {ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID} & set(os.environ):
@@ -85,7 +87,7 @@ def _data_parallel(args):
 
 
 def cmd_convert(args) -> int:
-    from unet_jax.convert import convert
+    from unet_jax.weights.convert import convert
 
     direction, config = convert(args.src, args.dst, direction=args.direction, config=_given(args, ARCHITECTURE_FIELDS),
                                 naming=args.naming, overwrite=args.overwrite, report=print)
@@ -95,8 +97,8 @@ def cmd_convert(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from unet_jax.data import data_sources
-    from unet_jax.evaluate import evaluate
-    from unet_jax.files import check_destination, write_atomically
+    from unet_jax.inference.evaluate import evaluate
+    from unet_jax.runtime.safe_files import check_destination, write_atomically
 
     if args.output:  # checked before the work, written after it
         check_destination(args.output, args.overwrite, sources=[args.weights, *data_sources(args.data)])
@@ -110,7 +112,8 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from unet_jax.predict import Predictor, predict_files
+    from unet_jax.inference.output_files import predict_files
+    from unet_jax.inference.predictor import Predictor
 
     def report(record: dict) -> None:
         print(json.dumps(_jsonable(record)) if args.json else _describe(record), flush=True)
@@ -272,7 +275,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UNetError as error:
         print(f"unet-jax {args.command}: error: {error}", file=sys.stderr, flush=True)
         if args.command == "train":
-            from unet_jax.distributed import leave_if_joined
+            from unet_jax.runtime.processes import leave_if_joined
 
             leave_if_joined(EXIT_ERROR, error)
         return EXIT_ERROR

@@ -1,7 +1,7 @@
 """The PyTorch reference U-Net, NCHW: the seed's network, generalised by `UNetConfig`.
 
 Module names match the Flax model (`down1.conv1`, `upconv1`, `up1.conv2`, `head`, ...), so
-the torch<->flax table in `unet_jax.port` is a renaming plus layout changes. With default
+the torch<->flax table in `unet_jax.weights.port` is a renaming plus layout changes. With default
 fields this is the seed's `Unet` layer for layer (31,030,658 parameters).
 """
 

@@ -5,7 +5,9 @@ Everything but `augment` is plain numpy on the host; `augment` is JAX, for the j
 
 from unet_jax.data.augment import augment
 from unet_jax.data.cells import make_cells
-from unet_jax.data.folder import DataError, data_sources, image_pages, index_folder, load_folder, read_image, read_image_pages
+from unet_jax.data.decoding import image_pages, read_image, read_image_pages
+from unet_jax.data.errors import DataError
+from unet_jax.data.pairing import data_sources, index_folder, load_folder
 from unet_jax.data.samples import Normalization, NotRead, PixelMoments, Samples, split_validation
 from unet_jax.data.source import Source
 from unet_jax.data.tiles import mirror_crop, mirror_pad, sample_tiles

@@ -13,7 +13,7 @@ from typing import Optional
 
 import numpy as np
 
-from unet_jax.data.folder import DataError
+from unet_jax.data.errors import DataError
 from unet_jax.data.samples import NotRead, Samples
 from unet_jax.data.weight_map import separate_touching, separation_weights
 

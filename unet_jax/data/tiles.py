@@ -101,7 +101,7 @@ def sample_tiles(
     `shards`: the images are dealt into this many shards (image i into shard i % shards) and the
     rows into as many blocks (row b into block b * shards // batch_size); each row draws from its
     block's shard only. A process whose rows lie in one block then needs that shard's pixels
-    alone (`unet_jax.train_data`); images of other shards may be `NotRead` (their sizes suffice
+    alone (`unet_jax.training.sampling`); images of other shards may be `NotRead` (their sizes suffice
     for the draws). With 1 shard every row draws from all images.
 
     `threads`: cut the tiles on this many threads (numpy's gathers release the GIL), for tiles

@@ -1,6 +1,6 @@
 """The training run: data, the jitted step, validation, logging, checkpoints, resume.
 
-`train` starts a run in a run directory and `resume` continues one; `unet_jax.run_dir` says
+`train` starts a run in a run directory and `resume` continues one; `unet_jax.training.run_dir` says
 what the directory holds and when each is allowed. Nothing is written before the config,
 the data and the directory have been checked, and the directory is locked for the run's life.
 """
@@ -23,24 +23,25 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from unet_jax.checkpoints import Checkpointer
 from unet_jax.config import TRAJECTORY_FIELDS, ConfigError, TrainConfig, UNetError
 from unet_jax.data import Normalization, Samples, augment, sample_tiles
 from unet_jax.data.augment import chain
 from unet_jax.data.elastic import elastic_deform
 from unet_jax.data.targets import separated_targets
-from unet_jax.distributed import DataParallel, check_batch_size, fetch, is_primary
-from unet_jax.evaluate import evaluate_samples
-from unet_jax.init_weights import init_normalization, start_from_weights
-from unet_jax.losses import make_loss, needs_weights
-from unet_jax.metrics import add_counts, scores_from_counts
-from unet_jax.model import UNet, default_batch_groups
-from unet_jax.plots import plot_losses, plot_predictions, plot_weight_map
-from unet_jax.predict import Predictor
-from unet_jax.run_dir import FollowerRunDir, MetricsLog, RunDir, RunDirError, TrainingInterrupted
-from unet_jax.train_data import VAL_SEED_OFFSET, TrainingData, load_data
-from unet_jax.train_step import TrainState, create_train_state, make_eval_step, make_optax_optimizer, make_train_step
-from unet_jax.weights_io import save_flax_weights
+from unet_jax.inference.evaluate import evaluate_samples
+from unet_jax.inference.metrics import add_counts, scores_from_counts
+from unet_jax.inference.predictor import Predictor
+from unet_jax.model.unet import UNet, default_batch_groups
+from unet_jax.runtime.mesh import DataParallel, check_batch_size, fetch
+from unet_jax.runtime.processes import is_primary
+from unet_jax.training.checkpoints import Checkpointer
+from unet_jax.training.losses import make_loss, needs_weights
+from unet_jax.training.plots import plot_losses, plot_predictions, plot_weight_map
+from unet_jax.training.run_dir import FollowerRunDir, MetricsLog, RunDir, RunDirError, TrainingInterrupted
+from unet_jax.training.sampling import VAL_SEED_OFFSET, TrainingData, load_data
+from unet_jax.training.step import TrainState, create_train_state, make_eval_step, make_optax_optimizer, make_train_step
+from unet_jax.weights.io import save_flax_weights
+from unet_jax.weights.start_from import init_normalization, start_from_weights
 
 
 class NonFiniteLossError(UNetError):

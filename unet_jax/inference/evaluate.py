@@ -1,10 +1,10 @@
 """Scores of a trained U-Net on a folder of images and masks, each image predicted whole.
 
 Training validates on tiles; users judge a model on their images. So every image is
-predicted at full size with the overlap-tile strategy (`unet_jax.predict`), and Dice, IoU
+predicted at full size with the overlap-tile strategy (`unet_jax.inference.predictor`), and Dice, IoU
 and pixel accuracy are computed from per-class counts summed over all pixels of all images
-(`unet_jax.metrics`), not averaged per image: large images weigh by their pixels. Where the
-masks carry instance labels, the objects are scored too (`unet_jax.instance_metrics`).
+(`unet_jax.inference.metrics`), not averaged per image: large images weigh by their pixels. Where the
+masks carry instance labels, the objects are scored too (`unet_jax.inference.instance_metrics`).
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from __future__ import annotations
 from typing import Optional
 
 from unet_jax.data import Samples, load_folder
-from unet_jax.instance_metrics import add_instance_counts, instance_scores, match_instances
-from unet_jax.metrics import add_counts, class_counts, scores_from_counts
-from unet_jax.predict import Predictor, predict_probabilities
-from unet_jax.tiling import DEFAULT_BATCH_SIZE
-from unet_jax.weights_io import ArchitectureRequest
+from unet_jax.inference.instance_metrics import add_instance_counts, instance_scores, match_instances
+from unet_jax.inference.metrics import add_counts, class_counts, scores_from_counts
+from unet_jax.inference.predictor import Predictor, predict_probabilities
+from unet_jax.inference.tile_plan import DEFAULT_BATCH_SIZE
+from unet_jax.weights.io import ArchitectureRequest
 
 
 def evaluate(

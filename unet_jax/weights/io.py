@@ -3,7 +3,7 @@
 Flax weights are a flat safetensors file keyed `params/down1/conv1/kernel`, with the
 architecture in the metadata (`unet_config`), so a file says what network it holds.
 PyTorch `.safetensors` keep it in their metadata too, and `.pt`/`.pth` in a sidecar
-(`unet_jax.torch_files`); a milesial/Pytorch-UNet state_dict says it through its shapes.
+(`unet_jax.weights.torch_files`); a milesial/Pytorch-UNet state_dict says it through its shapes.
 Non-tensor entries of a source checkpoint (milesial's `mask_values`) travel along as `extras`.
 """
 
@@ -17,12 +17,12 @@ from typing import Any, Mapping, Optional, Union
 import numpy as np
 
 from unet_jax.config import ConfigError, MissingFileError, UNetConfig
-from unet_jax.files import write_atomically
-from unet_jax.infer import config_from_shapes
-from unet_jax.namings import check_supported, detect_naming
-from unet_jax.port import flatten_variables, flax_to_torch, torch_to_flax, unflatten_variables
-from unet_jax.torch_checkpoint import WeightsFileError
-from unet_jax.torch_files import read_sidecar, read_torch_file, save_torch_file, sidecar_path
+from unet_jax.runtime.safe_files import write_atomically
+from unet_jax.weights.namings import check_supported, detect_naming
+from unet_jax.weights.port import flatten_variables, flax_to_torch, torch_to_flax, unflatten_variables
+from unet_jax.weights.shapes import config_from_shapes
+from unet_jax.weights.torch_checkpoint import WeightsFileError
+from unet_jax.weights.torch_files import read_sidecar, read_torch_file, save_torch_file, sidecar_path
 
 # A full config, the fields a caller sets (e.g. the command line's flags), or nothing.
 ArchitectureRequest = Union[UNetConfig, Mapping[str, Any], None]

@@ -34,7 +34,9 @@ from typing import Iterator, Optional
 
 from unet_jax.config import ConfigError, MissingFileError, TrainConfig, UNetError
 from unet_jax.data import Normalization
-from unet_jax.files import check_folder_destination, make_directory, output_errors, write_atomically
+from unet_jax.runtime.safe_files import check_folder_destination, make_directory, output_errors, write_atomically
+from unet_jax.weights import run_outputs
+from unet_jax.weights.run_outputs import read_normalization
 
 
 class RunDirError(UNetError):
@@ -45,22 +47,14 @@ class TrainingInterrupted(UNetError):
     """Ctrl-C: the run stopped cleanly; the message says where it can be continued from."""
 
 
-def read_normalization(path) -> Normalization:
-    """A `normalization.json` (of a run directory, or beside a weights file)."""
-    try:
-        return Normalization.from_dict(json.loads(Path(path).read_text()))
-    except (OSError, ValueError) as error:  # json.JSONDecodeError is a ValueError
-        raise ConfigError(f"{path}: not a readable normalisation ({error}). Fix: restore the file from the run") from None
-
-
 class RunDir:
     CONFIG = "config.json"
-    NORMALIZATION = "normalization.json"
+    NORMALIZATION = run_outputs.NORMALIZATION
     METRICS = "metrics.jsonl"
     RESUMES = "resumes.jsonl"
     CHECKPOINTS = "checkpoints"
     UNUSABLE_CHECKPOINTS = "unusable-checkpoints"
-    WEIGHTS = "weights.safetensors"
+    WEIGHTS = run_outputs.WEIGHTS
     SUMMARY = "summary.json"
     LOSS_PLOT = "loss.png"
     PREDICTIONS_PLOT = "predictions.png"

@@ -23,8 +23,8 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from unet_jax.files import check_destination, write_atomically
-from unet_jax.torch_checkpoint import CleanCheckpoint, WeightsFileError, clean_checkpoint
+from unet_jax.runtime.safe_files import check_destination, write_atomically
+from unet_jax.weights.torch_checkpoint import CleanCheckpoint, WeightsFileError, clean_checkpoint
 
 SIDECAR_SUFFIX = ".json"  # appended: model.pt -> model.pt.json
 

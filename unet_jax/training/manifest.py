@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from unet_jax.files import write_atomically
+from unet_jax.runtime.safe_files import write_atomically
 
 MANIFEST = "unet_jax_manifest.json"
 _CHUNK = 1 << 20

@@ -5,10 +5,8 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 from unet_jax.config import ConfigError, UNetConfig
-from unet_jax.files import check_destination
-from unet_jax.port import flax_to_torch, torch_to_flax, unflatten_variables
-from unet_jax.torch_files import sidecar_path
-from unet_jax.weights_io import (
+from unet_jax.runtime.safe_files import check_destination
+from unet_jax.weights.io import (
     TORCH_SUFFIXES,
     ArchitectureRequest,
     WeightsFileError,
@@ -17,6 +15,8 @@ from unet_jax.weights_io import (
     save_flax_weights,
     save_torch_state_dict,
 )
+from unet_jax.weights.port import flax_to_torch, torch_to_flax, unflatten_variables
+from unet_jax.weights.torch_files import sidecar_path
 
 DIRECTIONS = ("torch-to-flax", "flax-to-torch")
 

@@ -5,14 +5,14 @@ key is the path joined with dots, the Flax location is the path under a collecti
 kind, and its channels. `PARAMS[kind]` says, for each tensor of a layer of that kind, its
 torch name, its Flax collection and leaf, its torch shape and the layout change each way.
 `torch_to_flax` and `flax_to_torch` both walk this same table. Other PyTorch U-Nets (the
-seed's, milesial/Pytorch-UNet's) name the same layers differently: `unet_jax.namings` maps each
+seed's, milesial/Pytorch-UNet's) name the same layers differently: `unet_jax.weights.namings` maps each
 layer's path to their names, so every naming goes through this one table.
 
 Layouts: Conv2d OIHW <-> Flax HWIO. ConvTranspose2d stores (in, out, kH, kW) and, being the
 gradient of a convolution, applies the kernel spatially flipped relative to Flax's
 `ConvTranspose` (which does not flip), so the kernel is flipped in H and W on the way.
 
-Numpy arrays in and out; no torch import here (file reading lives in `unet_jax.weights_io`).
+Numpy arrays in and out; no torch import here (file reading lives in `unet_jax.weights.io`).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from unet_jax.config import UNetConfig, UNetError
-from unet_jax.infer import flags_hint
-from unet_jax.namings import check_supported, detect_naming, layer_names
-from unet_jax.torch_checkpoint import strip_prefixes
+from unet_jax.weights.namings import check_supported, detect_naming, layer_names
+from unet_jax.weights.shapes import flags_hint
+from unet_jax.weights.torch_checkpoint import strip_prefixes
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,7 +3,7 @@
 A U-Net sees a fixed tile. To predict a whole image, the image is cut into a grid of output
 tiles that cover it; each input tile is its output tile grown by the context margin on every
 side, read from the image mirrored at its borders (Ronneberger et al. 2015, Fig. 2); the
-output tiles are pasted side by side, with no blending. `unet_jax.tiling` sets the geometry:
+output tiles are pasted side by side, with no blending. `unet_jax.inference.tile_plan` sets the geometry:
 tiles start on the 2x2-pool grid, and bilinear networks drop a few edge pixels per tile.
 
 What is exact: for valid-padding networks, transposed or bilinear up-sampling, with or without
@@ -17,26 +17,19 @@ small, and `margin=0` gives plain, abutting tiles, each equal to a forward pass 
 from __future__ import annotations
 
 import functools
-import io
-from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tifffile
-from PIL import Image
 
-from unet_jax.config import ConfigError, MissingFileError, UNetConfig
-from unet_jax.data import Normalization, image_pages, mirror_crop, read_image_pages
-from unet_jax.distributed import DataParallel
-from unet_jax.files import OutputError, check_destination, check_folder_destination, make_directory, write_atomically
-from unet_jax.model import UNet, default_batch_groups
-from unet_jax.run_dir import RunDir, read_normalization
-from unet_jax.tiling import DEFAULT_BATCH_SIZE, default_tile_size, tile_geometry, usable_tile_size
-from unet_jax.weights_io import ArchitectureRequest, load_variables
-
-MASK_FORMATS = {"png": ".png", "tiff": ".tif"}
+from unet_jax.config import ConfigError, UNetConfig
+from unet_jax.data import Normalization, mirror_crop
+from unet_jax.inference.tile_plan import DEFAULT_BATCH_SIZE, default_tile_size, tile_geometry, usable_tile_size
+from unet_jax.model.unet import UNet, default_batch_groups
+from unet_jax.runtime.mesh import DataParallel
+from unet_jax.weights.io import ArchitectureRequest, load_variables
+from unet_jax.weights.run_outputs import normalization_beside, weights_path
 
 
 # ------------------------------------------------------------------ the model
@@ -84,17 +77,10 @@ class Predictor:
         `config` (a UNetConfig, or just the fields to set) describes a file that stores no config,
         and may not contradict one that does (`weights_io.resolve_config`).
         """
-        path = Path(path)
-        if path.is_dir():
-            weights = RunDir(path).file(RunDir.WEIGHTS)
-            if not weights.is_file():
-                raise MissingFileError(f"{path} is a directory without {RunDir.WEIGHTS}: not a finished training run")
-        else:
-            weights = path
+        weights = weights_path(path)
         variables, config = load_variables(weights, config)
-        beside = weights.parent / RunDir.NORMALIZATION
-        if normalization is None and beside.is_file():
-            normalization = read_normalization(beside)
+        if normalization is None:
+            normalization = normalization_beside(weights)
         return cls(config, variables, normalization, devices=devices)
 
     def normalize(self, image: np.ndarray) -> np.ndarray:
@@ -173,110 +159,3 @@ def predict_probabilities(
     return canvas[:height, :width]
 
 
-# ------------------------------------------------------------------ files
-def predict_files(
-    predictor: Predictor,
-    image_paths: Sequence,
-    output_dir,
-    save_probabilities: bool = False,
-    tile_size: Optional[int] = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    mask_format: str = "png",
-    overwrite: bool = False,
-    on_written: Optional[Callable[[dict], None]] = None,
-) -> list[dict]:
-    """Predict each image and write `OUTPUT/<stem>_mask.png` (or `.tif`), plus `<stem>_probs.npy`
-    (float32 [H, W, num_classes]) when `save_probabilities`. Returns, per image, a record
-    {"image", "mask", ["probabilities"], "pages", "height", "width"}, also passed to
-    `on_written` as soon as the image is done.
-
-    Masks hold class indices (0 .. num_classes-1; uint8, uint16 past 256 classes), the format
-    the training reader takes back, so predictions can be corrected and trained on. A binary
-    mask therefore looks black in an image viewer; scale it for viewing, not for storage.
-    A multi-page TIFF is predicted page by page into a multi-page `<stem>_mask.tif` (whatever
-    `mask_format`) and `<stem>_probs.npy` of shape [pages, H, W, num_classes].
-
-    Everything is checked before the first image is predicted: every input exists, no two
-    inputs share an output, no output lands on an input, and no output exists unless
-    `overwrite`. Each file is written whole or not at all.
-    """
-    if mask_format not in MASK_FORMATS:
-        raise ConfigError(f"mask_format must be one of {sorted(MASK_FORMATS)}, got {mask_format!r}")
-    image_paths = [Path(p) for p in image_paths]
-    output_dir = check_folder_destination(output_dir)
-    planned = _plan_outputs(image_paths, output_dir, MASK_FORMATS[mask_format], save_probabilities, overwrite)
-    if tile_size is not None:
-        tile_geometry(predictor.config, tile_size)  # a bad tile size fails before the first image is read
-    make_directory(output_dir)
-    written = []
-    for image_path, outputs in zip(image_paths, planned):
-        pages = read_image_pages(image_path, predictor.config.in_channels)  # [H, W, C] each
-        probs = np.stack([_predict_page(predictor, page, tile_size, batch_size, image_path) for page in pages])
-        labels = probs.argmax(axis=-1).astype(np.uint8 if predictor.config.num_classes <= 256 else np.uint16)
-        stack = len(pages) > 1
-        write_atomically(outputs["mask"], _encode_mask(labels if stack else labels[0], outputs["mask"].suffix), overwrite)
-        if save_probabilities:
-            write_atomically(outputs["probabilities"], _encode_npy(probs if stack else probs[0]), overwrite)
-        record = {"image": image_path, **outputs, "pages": len(pages), "height": labels.shape[1], "width": labels.shape[2]}
-        written.append(record)
-        if on_written is not None:
-            on_written(record)
-    return written
-
-
-def _predict_page(predictor: Predictor, image: np.ndarray, tile_size, batch_size, path: Path) -> np.ndarray:
-    try:
-        return predict_probabilities(predictor, predictor.normalize(image), tile_size, batch_size)  # [H, W, K]
-    except ConfigError as error:
-        raise ConfigError(f"{path}: {error}") from error
-
-
-def _plan_outputs(
-    image_paths: list[Path], output_dir: Path, mask_suffix: str, save_probabilities: bool, overwrite: bool
-) -> list[dict]:
-    """Output paths per input, after checking every input at once: all exist, no two share an
-    output, no output would land on an input, and none exists unless `overwrite`."""
-    missing = [str(p) for p in image_paths if not p.is_file()]
-    if missing:
-        raise MissingFileError(f"{len(missing)} image(s) not found: {', '.join(missing)}")
-    inputs = {p.resolve(): p for p in image_paths}
-    planned, owner, existing = [], {}, []
-    for path in image_paths:
-        suffix = ".tif" if image_pages(path) > 1 else mask_suffix  # PNG holds one image; TIFF holds stacks
-        outputs = {"mask": output_dir / f"{path.stem}_mask{suffix}"}
-        if save_probabilities:
-            outputs["probabilities"] = output_dir / f"{path.stem}_probs.npy"
-        for out in outputs.values():
-            check_destination(out, overwrite=True)  # not a folder, and its folder can be made
-            key = out.resolve()
-            if key in inputs:
-                raise OutputError(f"{out} is the input {inputs[key]}; it is never replaced. Fix: choose another output folder")
-            if key in owner:
-                raise ConfigError(f"{owner[key]} and {path} would both write {out}: their names share the stem '{path.stem}'")
-            owner[key] = path
-            if out.exists():
-                existing.append(str(out))
-        planned.append(outputs)
-    if existing and not overwrite:
-        shown = ", ".join(existing[:5]) + (f" and {len(existing) - 5} more" if len(existing) > 5 else "")
-        raise OutputError(
-            f"predicting would replace {len(existing)} existing file(s): {shown}. "
-            "Fix: choose another output folder, or pass --overwrite (overwrite=True) to replace them"
-        )
-    return planned
-
-
-def _encode_mask(labels: np.ndarray, suffix: str) -> bytes:
-    """A class map [H, W] (or a stack [N, H, W], TIFF only) as the bytes of a PNG or TIFF file."""
-    buffer = io.BytesIO()
-    if suffix == ".png":
-        Image.fromarray(labels).save(buffer, format="PNG")
-    else:
-        tifffile.imwrite(buffer, labels, photometric="minisblack")  # never read 3 pages as RGB
-    return buffer.getvalue()
-
-
-def _encode_npy(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()

@@ -20,13 +20,14 @@ import jax
 from unet_jax.config import ConfigError, TrainConfig, UNetError
 from unet_jax.data import DataError, Samples, split_validation
 from unet_jax.data.cells import cells_source
-from unet_jax.data.folder import index_folder
+from unet_jax.data.pairing import index_folder
 from unet_jax.data.samples import PixelMoments
 from unet_jax.data.source import Source
 from unet_jax.data.targets import require_instances
 from unet_jax.data.tiles import check_shards, rows_shards, shard_images
-from unet_jax.distributed import DataParallel, EveryProcessError, gather_text
-from unet_jax.losses import needs_weights
+from unet_jax.runtime.mesh import DataParallel
+from unet_jax.runtime.processes import EveryProcessError, gather_text
+from unet_jax.training.losses import needs_weights
 
 VAL_SEED_OFFSET = 1_000_003  # the held-out cells come from a different stream than the training ones
 

@@ -24,7 +24,7 @@ import os
 import re
 from typing import MutableMapping, Optional
 
-from unet_jax.hugepages import switched_off
+from unet_jax.runtime.hugepages import switched_off
 
 OFF_SWITCH = "UNET_JAX_XLA_CPU_FLAGS"
 
@@ -88,7 +88,7 @@ def apply(environ: Optional[MutableMapping[str, str]] = None) -> tuple[str, ...]
         return ()
     if _backends_started():
         raise RuntimeError(
-            f"unet_jax.xla_cpu.apply() was called after JAX started its backends, so XLA would ignore "
+            f"unet_jax.runtime.xla_cpu.apply() was called after JAX started its backends, so XLA would ignore "
             f"{' '.join(added)}: call it before creating any array, or set {OFF_SWITCH}=0 to go without it")
     environ["XLA_FLAGS"] = " ".join(part for part in (environ.get("XLA_FLAGS", "").strip(), *added) if part)
     return added

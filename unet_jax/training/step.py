@@ -12,8 +12,8 @@ import optax
 from flax.training import train_state
 
 from unet_jax.config import OPTIMIZERS
-from unet_jax.layers import center_crop
-from unet_jax.metrics import segmentation_counts
+from unet_jax.inference.metrics import segmentation_counts
+from unet_jax.model.layers import center_crop
 
 
 class TrainState(train_state.TrainState):
@@ -79,7 +79,7 @@ def make_train_step(loss_fn: Callable, augment: Optional[Callable] = None, jit: 
     `augment(key, images, masks[, weights])` runs inside the compiled step, on the device.
     `weights` (per-pixel loss weights) go to a `loss_fn(logits, labels, weights)`. The state
     is donated: the caller must use the returned state, never the one passed in.
-    `shardings` (`unet_jax.distributed.StepShardings`) lays the step out on a device mesh: the
+    `shardings` (`unet_jax.runtime.mesh.StepShardings`) lays the step out on a device mesh: the
     batch split, the state as given, the metrics replicated; XLA adds the collectives.
     """
 

@@ -1,7 +1,7 @@
 """The U-Net of Ronneberger et al. (2015) as a Flax Linen module, NHWC.
 
 Layer names are explicit and stable, because checkpoints and the torch<->flax table
-(`unet_jax.port`) address them:
+(`unet_jax.weights.port`) address them:
 
     down{l}/conv{1,2}, down{l}/norm{1,2}   encoder level l = 1 .. depth
     bottom/conv{1,2},  bottom/norm{1,2}    bottleneck
@@ -19,19 +19,10 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from unet_jax import xla_cpu
 from unet_jax.config import REMAT_POLICIES, UNetConfig
-from unet_jax.layers import (
-    FEW_CHANNELS,
-    BatchNorm,
-    UpConv2x2,
-    at_least_float32,
-    center_crop,
-    conv_with_tap_gradients,
-    few_channel_conv,
-    max_pool_2x2,
-    relu,
-)
+from unet_jax.model.cpu_kernels import FEW_CHANNELS, conv_with_tap_gradients, few_channel_conv, max_pool_2x2, relu
+from unet_jax.model.layers import BatchNorm, UpConv2x2, at_least_float32, center_crop
+from unet_jax.runtime import xla_cpu
 
 # The paper initialises from N(0, sqrt(2 / fan_in)) (He et al.); biases start at zero.
 he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
@@ -62,7 +53,7 @@ class ConvBlock(nn.Module):
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
                 # Inference's first conv on grayscale or RGB tiles: faster as multiply-adds, same
-                # function (not in training: layers.few_channel_conv says why).
+                # function (not in training: cpu_kernels.few_channel_conv says why).
                 conv_general_dilated=(few_channel_conv if not train and x.shape[-1] <= FEW_CHANNELS
                                       else conv_with_tap_gradients),
                 name=f"conv{i}",
@@ -148,7 +139,7 @@ class UNet(nn.Module):
     def _upsampler(self, features: int, name: str):
         if self.config.upsample == "transpose":
             # nn.ConvTranspose's function and parameters, as a matmul (layers.UpConv2x2). Flax
-            # does not flip the kernel (PyTorch does); unet_jax.port flips it on import.
+            # does not flip the kernel (PyTorch does); unet_jax.weights.port flips it on import.
             return UpConv2x2(features, kernel_init=he_normal, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
         conv = nn.Conv(features, (1, 1), kernel_init=he_normal, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
 
@@ -187,7 +178,7 @@ def conv_block_class(remat: str):
 
 def default_batch_groups(devices: int, norm, train: bool = True) -> int:
     """The `UNet.batch_groups` the library uses: two groups per CPU core on a single CPU device
-    that runs jaxlib 0.10's YNNPACK convolutions (`unet_jax.xla_cpu` not applied), else 1.
+    that runs jaxlib 0.10's YNNPACK convolutions (`unet_jax.runtime.xla_cpu` not applied), else 1.
 
     Those convolutions split each one's work poorly across the cores, and groups give XLA:CPU
     independent ones to run side by side: demo step on 2 cores, 1, 2, 4, 8 groups 121.0, 106.6,

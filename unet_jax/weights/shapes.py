@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional, Sequence
 
 from unet_jax.config import UNetConfig
-from unet_jax.namings import MILESIAL_ARCHITECTURE, layer_names
+from unet_jax.weights.namings import MILESIAL_ARCHITECTURE, layer_names
 
 MAX_DEPTH = 16  # far deeper than any U-Net; bounds the search for up-convs
 

@@ -2,7 +2,7 @@
 
 Orbax writes each step into a temporary directory and renames it when complete, so a kill
 mid-write leaves the previous checkpoint as the latest one; `latest_step` never sees a torn
-write. Once a checkpoint is complete, a manifest of its files (`unet_jax.manifest`) is added,
+write. Once a checkpoint is complete, a manifest of its files (`unet_jax.training.manifest`) is added,
 so that damage done later (a disk error, a truncated copy) is found, and named, before
 anything is restored; `restore_newest_intact` then falls back to the newest checkpoint that
 is whole and restores with finite parameters. Checkpoints are sharded: every process writes
@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from unet_jax.config import MissingFileError
-from unet_jax.manifest import check_manifest, has_manifest, write_manifest
-from unet_jax.train_step import TrainState
+from unet_jax.training.manifest import check_manifest, has_manifest, write_manifest
+from unet_jax.training.step import TrainState
 
 
 def _savable(state: TrainState) -> dict:

@@ -1,6 +1,6 @@
 """The PyTorch key names ("namings") a U-Net state_dict may use, each a renaming of unet_torch's layers.
 
-The port's table (`unet_jax.port.layer_table`) names every layer by its unet_torch path
+The port's table (`unet_jax.weights.port.layer_table`) names every layer by its unet_torch path
 ("down1.conv1", "upconv2", "head"). Other PyTorch U-Nets hold the same layers under other
 names; a naming here maps each unet_torch layer name to that model's, so the one table
 serves every naming, in both directions. Tensor names within a layer (weight, bias,

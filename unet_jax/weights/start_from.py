@@ -1,7 +1,7 @@
 """`unet-jax train --init-weights W`: a new run (fresh optimizer, step 0) that starts from given weights.
 
 W is any weights file `weights_io` reads: a Flax `.safetensors`, a PyTorch `.pt`/`.pth`/
-`.safetensors` in any naming (`unet_jax.namings`), a training checkpoint that wraps one. Where W
+`.safetensors` in any naming (`unet_jax.weights.namings`), a training checkpoint that wraps one. Where W
 says its architecture (stored, in a sidecar, or by milesial's shapes) the run takes it, and
 architecture options that contradict it are an error; a plain state_dict is checked against the
 preset's architecture and the options given, and a mismatch names the options to pass.
@@ -22,8 +22,8 @@ import jax.numpy as jnp
 
 from unet_jax.config import TrainConfig, UNetConfig
 from unet_jax.data import Normalization
-from unet_jax.run_dir import RunDir, read_normalization
-from unet_jax.weights_io import load_variables, read_weights_file, resolve_config
+from unet_jax.weights.io import load_variables, read_weights_file, resolve_config
+from unet_jax.weights.run_outputs import normalization_beside
 
 _ARCHITECTURE_FIELDS = {f.name for f in dataclasses.fields(UNetConfig)}
 
@@ -65,8 +65,8 @@ def init_normalization(cfg: TrainConfig) -> Optional[Normalization]:
     are trained on, and what `Predictor` feeds a weights file without one). None without init weights."""
     if cfg.init_weights is None:
         return None
-    beside = Path(cfg.init_weights).parent / RunDir.NORMALIZATION
-    if beside.is_file():
-        return read_normalization(beside)
+    beside = normalization_beside(cfg.init_weights)
+    if beside is not None:
+        return beside
     channels = cfg.model.in_channels
     return Normalization(mean=(0.0,) * channels, std=(1.0,) * channels)
