@@ -32,7 +32,8 @@ import numpy as np
 from benchmarks.devices import write_measurement
 from benchmarks.timing import summarize_ms, timed_calls
 from unet_jax import TrainConfig, UNet, UNetConfig
-from unet_jax.data import augment, make_cells, sample_tiles
+from unet_jax.data import make_cells, sample_tiles
+from unet_jax.data.augment import augment
 from unet_jax.training.losses import make_loss
 from unet_jax.training.step import create_train_state, make_optax_optimizer, make_train_step
 

@@ -17,7 +17,8 @@ import numpy as np
 
 from unet_jax.cli import main
 from unet_jax.config import UNetConfig
-from unet_jax.data import augment, make_cells, sample_tiles
+from unet_jax.data import make_cells, sample_tiles
+from unet_jax.data.augment import augment
 from unet_jax.inference.predictor import Predictor, predict_probabilities
 from unet_jax.model.unet import UNet
 from unet_jax.runtime.mesh import DataParallel, fetch

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from unet_jax.data import augment
+from unet_jax.data.augment import augment
 
 SIZE_IN, SIZE_OUT = 20, 12
 MARGIN = (SIZE_IN - SIZE_OUT) // 2

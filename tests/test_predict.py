@@ -14,8 +14,7 @@ from PIL import Image
 from random_weights import random_variables  # tests/random_weights.py
 from unet_jax.config import ConfigError, UNetConfig
 from unet_jax.data import DataError, Normalization, mirror_crop, mirror_pad
-from unet_jax.inference.output_files import predict_files
-from unet_jax.inference.predictor import Predictor, predict_probabilities
+from unet_jax.inference.predictor import Predictor, predict_files, predict_probabilities
 from unet_jax.inference.tile_plan import activation_bytes, default_margin, default_tile_size, tile_geometry, usable_tile_size
 from unet_jax.runtime.safe_files import OutputError
 from unet_jax.weights.io import load_variables, save_flax_weights

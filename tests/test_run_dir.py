@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from unet_jax.cli import main
-from unet_jax.training.run_dir import RunDir, RunDirError
+from unet_jax.training.errors import RunDirError
+from unet_jax.training.run_dir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--features", "4", "--depth", "2", "--tile-size", "60", "--batch-size", "2", "--cells-train-images", "4",

@@ -13,11 +13,9 @@ import dataclasses
 import json
 import os
 import sys
-from importlib.metadata import version
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from unet_jax import __version__
 from unet_jax.config import (
     CELLS_LAYOUTS,
     DTYPES,
@@ -32,13 +30,12 @@ from unet_jax.config import (
     UNetConfig,
     UNetError,
 )
-from unet_jax.inference.output_files import MASK_FORMATS
+from unet_jax.inference.formats import MASK_FORMATS
 from unet_jax.inference.tile_plan import DEFAULT_BATCH_SIZE
 from unet_jax.runtime import hugepages, xla_cpu
+from unet_jax.training.errors import TrainingInterrupted
 from unet_jax.training.presets import PRESETS, resolve
-from unet_jax.training.run_dir import TrainingInterrupted
-from unet_jax.weights.convert import DIRECTIONS
-from unet_jax.weights.namings import NAMINGS
+from unet_jax.weights.namings import DIRECTIONS, NAMINGS
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
@@ -112,8 +109,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from unet_jax.inference.output_files import predict_files
-    from unet_jax.inference.predictor import Predictor
+    from unet_jax.inference.predictor import Predictor, predict_files
 
     def report(record: dict) -> None:
         print(json.dumps(_jsonable(record)) if args.json else _describe(record), flush=True)
@@ -176,10 +172,24 @@ def _add_field_options(group, fields, default: Callable[[dataclasses.Field], str
         group.add_argument(flag, type=kind, choices=CHOICES.get(field.name), default=None, help=help_text)
 
 
+class _Version(argparse.Action):
+    """`--version`, its versions looked up only when asked for (importlib.metadata is slow to import)."""
+
+    def __init__(self, option_strings, dest, help=None):
+        super().__init__(option_strings, dest, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from importlib.metadata import version
+
+        import unet_jax
+
+        print(f"unet-jax {unet_jax.__version__} (jax {version('jax')}, flax {version('flax')})")  # stdout, as argparse's own
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unet-jax", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--version", action="version",
-                        version=f"unet-jax {__version__} (jax {version('jax')}, flax {version('flax')})")
+    parser.add_argument("--version", action=_Version, help="show the versions of unet-jax, jax and flax and exit")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a U-Net (default: the CPU demo on built-in synthetic cells)")

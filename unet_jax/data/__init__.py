@@ -1,9 +1,10 @@
 """Data for training a U-Net: synthetic cells, a user's folder, tiling, and on-device augmentation.
 
-Everything but `augment` is plain numpy on the host; `augment` is JAX, for the jitted train step.
+Everything here is plain numpy on the host, so that what reads files (the run directory, the
+command line's checks) does not start JAX; the on-device augmentation is JAX, for the jitted
+train step: `from unet_jax.data.augment import augment`.
 """
 
-from unet_jax.data.augment import augment
 from unet_jax.data.cells import make_cells
 from unet_jax.data.decoding import image_pages, read_image, read_image_pages
 from unet_jax.data.errors import DataError
@@ -19,7 +20,6 @@ __all__ = [
     "PixelMoments",
     "Samples",
     "Source",
-    "augment",
     "data_sources",
     "image_pages",
     "index_folder",
@@ -32,3 +32,4 @@ __all__ = [
     "sample_tiles",
     "split_validation",
 ]
+

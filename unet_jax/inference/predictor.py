@@ -17,17 +17,21 @@ small, and `margin=0` gives plain, abutting tiles, each equal to a forward pass 
 from __future__ import annotations
 
 import functools
-from typing import Optional
+from pathlib import Path
+from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from unet_jax.config import ConfigError, UNetConfig
-from unet_jax.data import Normalization, mirror_crop
+from unet_jax.data import Normalization, mirror_crop, read_image_pages
+from unet_jax.inference.formats import MASK_FORMATS
+from unet_jax.inference.output_files import encode_mask, encode_npy, plan_outputs
 from unet_jax.inference.tile_plan import DEFAULT_BATCH_SIZE, default_tile_size, tile_geometry, usable_tile_size
 from unet_jax.model.unet import UNet, default_batch_groups
 from unet_jax.runtime.mesh import DataParallel
+from unet_jax.runtime.safe_files import check_folder_destination, make_directory, write_atomically
 from unet_jax.weights.io import ArchitectureRequest, load_variables
 from unet_jax.weights.run_outputs import normalization_beside, weights_path
 
@@ -159,3 +163,59 @@ def predict_probabilities(
     return canvas[:height, :width]
 
 
+# ------------------------------------------------------------------ files
+def predict_files(
+    predictor: Predictor,
+    image_paths: Sequence,
+    output_dir,
+    save_probabilities: bool = False,
+    tile_size: Optional[int] = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    mask_format: str = "png",
+    overwrite: bool = False,
+    on_written: Optional[Callable[[dict], None]] = None,
+) -> list[dict]:
+    """Predict each image and write `OUTPUT/<stem>_mask.png` (or `.tif`), plus `<stem>_probs.npy`
+    (float32 [H, W, num_classes]) when `save_probabilities`. Returns, per image, a record
+    {"image", "mask", ["probabilities"], "pages", "height", "width"}, also passed to
+    `on_written` as soon as the image is done.
+
+    Masks hold class indices (0 .. num_classes-1; uint8, uint16 past 256 classes), the format
+    the training reader takes back, so predictions can be corrected and trained on. A binary
+    mask therefore looks black in an image viewer; scale it for viewing, not for storage.
+    A multi-page TIFF is predicted page by page into a multi-page `<stem>_mask.tif` (whatever
+    `mask_format`) and `<stem>_probs.npy` of shape [pages, H, W, num_classes].
+
+    Everything is checked before the first image is predicted: every input exists, no two
+    inputs share an output, no output lands on an input, and no output exists unless
+    `overwrite`. Each file is written whole or not at all.
+    """
+    if mask_format not in MASK_FORMATS:
+        raise ConfigError(f"mask_format must be one of {sorted(MASK_FORMATS)}, got {mask_format!r}")
+    image_paths = [Path(p) for p in image_paths]
+    output_dir = check_folder_destination(output_dir)
+    planned = plan_outputs(image_paths, output_dir, MASK_FORMATS[mask_format], save_probabilities, overwrite)
+    if tile_size is not None:
+        tile_geometry(predictor.config, tile_size)  # a bad tile size fails before the first image is read
+    make_directory(output_dir)
+    written = []
+    for image_path, outputs in zip(image_paths, planned):
+        pages = read_image_pages(image_path, predictor.config.in_channels)  # [H, W, C] each
+        probs = np.stack([_predict_page(predictor, page, tile_size, batch_size, image_path) for page in pages])
+        labels = probs.argmax(axis=-1).astype(np.uint8 if predictor.config.num_classes <= 256 else np.uint16)
+        stack = len(pages) > 1
+        write_atomically(outputs["mask"], encode_mask(labels if stack else labels[0], outputs["mask"].suffix), overwrite)
+        if save_probabilities:
+            write_atomically(outputs["probabilities"], encode_npy(probs if stack else probs[0]), overwrite)
+        record = {"image": image_path, **outputs, "pages": len(pages), "height": labels.shape[1], "width": labels.shape[2]}
+        written.append(record)
+        if on_written is not None:
+            on_written(record)
+    return written
+
+
+def _predict_page(predictor: Predictor, image: np.ndarray, tile_size, batch_size, path: Path) -> np.ndarray:
+    try:
+        return predict_probabilities(predictor, predictor.normalize(image), tile_size, batch_size)  # [H, W, K]
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from error

@@ -31,8 +31,6 @@ import dataclasses
 import math
 from typing import Iterator, Optional
 
-import jax
-
 from unet_jax.config import ConfigError, UNetConfig
 
 DEFAULT_BATCH_SIZE = 4
@@ -123,6 +121,8 @@ def activation_bytes(config: UNetConfig, tile_size: int, bytes_per_value: int = 
 
 def memory_budget_bytes(device=None) -> int:
     """`MEMORY_FRACTION` of the device's free memory, or `CPU_MEMORY_BUDGET` where it reports none."""
+    import jax  # here, not at the top: the command line reads DEFAULT_BATCH_SIZE without starting JAX
+
     device = device or jax.devices()[0]
     try:
         stats = device.memory_stats()

@@ -24,8 +24,8 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from unet_jax.config import TRAJECTORY_FIELDS, ConfigError, TrainConfig, UNetError
-from unet_jax.data import Normalization, Samples, augment, sample_tiles
-from unet_jax.data.augment import chain
+from unet_jax.data import Normalization, Samples, sample_tiles
+from unet_jax.data.augment import augment, chain
 from unet_jax.data.elastic import elastic_deform
 from unet_jax.data.targets import separated_targets
 from unet_jax.inference.evaluate import evaluate_samples
@@ -35,9 +35,10 @@ from unet_jax.model.unet import UNet, default_batch_groups
 from unet_jax.runtime.mesh import DataParallel, check_batch_size, fetch
 from unet_jax.runtime.processes import is_primary
 from unet_jax.training.checkpoints import Checkpointer
+from unet_jax.training.errors import RunDirError, TrainingInterrupted
 from unet_jax.training.losses import make_loss, needs_weights
 from unet_jax.training.plots import plot_losses, plot_predictions, plot_weight_map
-from unet_jax.training.run_dir import FollowerRunDir, MetricsLog, RunDir, RunDirError, TrainingInterrupted
+from unet_jax.training.run_dir import FollowerRunDir, MetricsLog, RunDir
 from unet_jax.training.sampling import VAL_SEED_OFFSET, TrainingData, load_data
 from unet_jax.training.step import TrainState, create_train_state, make_eval_step, make_optax_optimizer, make_train_step
 from unet_jax.weights.io import save_flax_weights

@@ -32,19 +32,12 @@ import sys
 from pathlib import Path
 from typing import Iterator, Optional
 
-from unet_jax.config import ConfigError, MissingFileError, TrainConfig, UNetError
+from unet_jax.config import ConfigError, MissingFileError, TrainConfig
 from unet_jax.data import Normalization
 from unet_jax.runtime.safe_files import check_folder_destination, make_directory, output_errors, write_atomically
+from unet_jax.training.errors import RunDirError
 from unet_jax.weights import run_outputs
 from unet_jax.weights.run_outputs import read_normalization
-
-
-class RunDirError(UNetError):
-    """A run directory that can't be used for what was asked; the message says why and what to do."""
-
-
-class TrainingInterrupted(UNetError):
-    """Ctrl-C: the run stopped cleanly; the message says where it can be continued from."""
 
 
 class RunDir:

@@ -15,10 +15,9 @@ from unet_jax.weights.io import (
     save_flax_weights,
     save_torch_state_dict,
 )
+from unet_jax.weights.namings import DIRECTIONS
 from unet_jax.weights.port import flax_to_torch, torch_to_flax, unflatten_variables
 from unet_jax.weights.torch_files import sidecar_path
-
-DIRECTIONS = ("torch-to-flax", "flax-to-torch")
 
 
 def convert(

@@ -19,6 +19,9 @@ from typing import Collection
 from unet_jax.config import ConfigError, UNetConfig, UNetError
 
 NAMINGS = ("unet_torch", "seed", "milesial")
+# The two ways `unet-jax convert` goes: a naming is detected reading torch keys, chosen writing them.
+# Here, with the namings, rather than in convert.py, so that the command line lists them without JAX.
+DIRECTIONS = ("torch-to-flax", "flax-to-torch")
 
 # milesial's DoubleConv is Sequential(conv, BN, ReLU, conv, BN, ReLU): the ReLUs (2, 5) hold no weights.
 MILESIAL_DOUBLE_CONV = {"conv1": 0, "norm1": 1, "conv2": 3, "norm2": 4}

@@ -1,0 +1,11 @@
+"""The errors of a training run that the command line reports, importable without JAX or numpy."""
+
+from unet_jax.config import UNetError
+
+
+class RunDirError(UNetError):
+    """A run directory that can't be used for what was asked; the message says why and what to do."""
+
+
+class TrainingInterrupted(UNetError):
+    """Ctrl-C: the run stopped cleanly; the message says where it can be continued from."""
