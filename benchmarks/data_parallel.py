@@ -27,6 +27,7 @@ from benchmarks.devices import write_measurement
 from benchmarks.timing import summarize_ms, timed_calls
 from unet_jax import UNet, UNetConfig
 from unet_jax.data import make_cells, sample_tiles
+from unet_jax.data.tiles import TileRequest
 from unet_jax.runtime.mesh import DataParallel
 from unet_jax.training.losses import make_loss
 from unet_jax.training.step import create_train_state, make_optax_optimizer, make_train_step
@@ -52,7 +53,7 @@ def step_times(config: UNetConfig, tile: int, batch: int, steps: int) -> dict:
     """Median train-step ms at one global batch on 1, 2, 4, ... of the visible devices."""
     label = config.output_size(tile)
     cells = make_cells(8, max(tile, 128), seed=0)
-    images, masks = sample_tiles(cells.images, cells.masks, np.random.default_rng(0), batch, tile, label)
+    images, masks = sample_tiles(cells.images, cells.masks, np.random.default_rng(0), TileRequest(batch, tile, label))
     counts = [n for n in (1, *DEVICE_COUNTS) if n <= len(jax.devices()) and batch % n == 0]
     return {"config": str(config), "tile": tile, "global_batch": batch, "steps": steps, "visible_devices": len(jax.devices()),
             "platform": jax.devices()[0].platform, "step_ms": {n: _time_on(n, config, tile, images, masks, steps) for n in counts}}

@@ -34,6 +34,7 @@ from benchmarks.timing import summarize_ms, timed_calls
 from unet_jax import TrainConfig, UNet, UNetConfig
 from unet_jax.data import make_cells, sample_tiles
 from unet_jax.data.augment import augment
+from unet_jax.data.tiles import TileRequest
 from unet_jax.training.losses import make_loss
 from unet_jax.training.step import create_train_state, make_optax_optimizer, make_train_step
 
@@ -43,7 +44,7 @@ def batch_sampler(config: UNetConfig, tile: int, batch: int, image_size: int, th
     label = config.output_size(tile)
     samples = make_cells(8, image_size, seed=0)
     rngs = iter(np.random.default_rng([0, i]) for i in range(10**6))
-    return lambda: sample_tiles(samples.images, samples.masks, next(rngs), batch, tile, label, threads=threads)
+    return lambda: sample_tiles(samples.images, samples.masks, next(rngs), TileRequest(batch, tile, label, threads=threads))
 
 
 def measure_host(config: UNetConfig, tile: int, batch: int, steps: int, image_size: int, threads: int) -> dict:

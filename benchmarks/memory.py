@@ -31,7 +31,8 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks.devices import write_measurement
-from unet_jax.config import REMAT_POLICIES, UNetConfig
+from unet_jax.config import UNetConfig
+from unet_jax.model.compute import REMAT_POLICIES
 from unet_jax.model.layers import center_crop
 from unet_jax.model.unet import UNet
 from unet_jax.training.losses import cross_entropy

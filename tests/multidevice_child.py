@@ -19,6 +19,7 @@ from unet_jax.cli import main
 from unet_jax.config import UNetConfig
 from unet_jax.data import make_cells, sample_tiles
 from unet_jax.data.augment import augment
+from unet_jax.data.tiles import TileRequest
 from unet_jax.inference.predictor import Predictor, predict_probabilities
 from unet_jax.model.unet import UNet
 from unet_jax.runtime.mesh import DataParallel, fetch
@@ -32,7 +33,8 @@ CELLS = make_cells(4, 64, seed=0)
 
 
 def batches(count, seed=0):
-    return [sample_tiles(CELLS.images, CELLS.masks, np.random.default_rng([seed, s]), BATCH, TILE, LABEL) for s in range(count)]
+    request = TileRequest(BATCH, TILE, LABEL)
+    return [sample_tiles(CELLS.images, CELLS.masks, np.random.default_rng([seed, s]), request) for s in range(count)]
 
 
 MODELS = {norm: UNet(UNetConfig(features=4, depth=2, norm=norm)) for norm in (None, "batch")}

@@ -13,8 +13,8 @@ from unet_jax.data import DataError, Normalization, decoding, sample_tiles
 from unet_jax.data.cells import cells_source, make_cells
 from unet_jax.data.pairing import index_folder, load_folder
 from unet_jax.data.samples import NotRead, PixelMoments
-from unet_jax.data.tiles import rows_shards, shard_images
-from unet_jax.training.sampling import combine, load_data, read_share
+from unet_jax.data.tiles import TileRequest, rows_shards, shard_images
+from unet_jax.training.sampling import combine, load_data, read_share, settle_shards, sources_of
 
 N_IMAGES, BATCH, INPUT, OUTPUT = 7, 8, 60, 20
 
@@ -30,7 +30,7 @@ def test_each_row_draws_only_from_its_blocks_shard(shards):
     images, masks = _numbered_images()
     drawn = {b: set() for b in range(BATCH)}
     for step in range(40):
-        x, _ = sample_tiles(images, masks, np.random.default_rng([0, step]), BATCH, INPUT, OUTPUT, shards=shards)
+        x, _ = sample_tiles(images, masks, np.random.default_rng([0, step]), TileRequest(BATCH, INPUT, OUTPUT, shards=shards))
         for b in range(BATCH):
             drawn[b].add(int(x[b, 0, 0, 0]))
     for b, seen in drawn.items():
@@ -42,12 +42,13 @@ def test_each_row_draws_only_from_its_blocks_shard(shards):
 @pytest.mark.parametrize("shards", [1, 2, 4])
 def test_a_process_with_only_its_share_cuts_the_whole_batchs_rows(shards):
     images, masks = _numbered_images()
-    whole = sample_tiles(images, masks, np.random.default_rng(3), BATCH, INPUT, OUTPUT, shards=shards)
+    whole = sample_tiles(images, masks, np.random.default_rng(3), TileRequest(BATCH, INPUT, OUTPUT, shards=shards))
     for rows in (range(0, 4), range(4, 8), range(2, 4)):
         mine = set(shard_images(rows_shards(rows, BATCH, shards), N_IMAGES, shards))
         share_images = [image if i in mine else NotRead(image.shape) for i, image in enumerate(images)]
         share_masks = [mask if i in mine else NotRead(mask.shape) for i, mask in enumerate(masks)]
-        part = sample_tiles(share_images, share_masks, np.random.default_rng(3), BATCH, INPUT, OUTPUT, rows=rows, shards=shards)
+        request = TileRequest(BATCH, INPUT, OUTPUT, rows=rows, shards=shards)
+        part = sample_tiles(share_images, share_masks, np.random.default_rng(3), request)
         for got, want in zip(part, whole):
             np.testing.assert_array_equal(got, want[rows.start : rows.stop])
 
@@ -57,14 +58,14 @@ def test_cutting_a_tile_from_an_image_not_read_is_an_error_not_zeros():
     images[0], masks[0] = NotRead(images[0].shape), NotRead(masks[0].shape)
     with pytest.raises(ValueError, match="was not read here"):
         for seed in range(20):  # some batch draws image 0
-            sample_tiles(images, masks, np.random.default_rng(seed), BATCH, INPUT, OUTPUT)
+            sample_tiles(images, masks, np.random.default_rng(seed), TileRequest(BATCH, INPUT, OUTPUT))
 
 
 @pytest.mark.parametrize("shards", [0, 8])
 def test_a_shard_count_without_an_image_or_a_row_for_each_shard_is_refused(shards):
     images, masks = _numbered_images()
     with pytest.raises(ValueError, match="shards"):
-        sample_tiles(images, masks, np.random.default_rng(0), BATCH, INPUT, OUTPUT, shards=shards)
+        sample_tiles(images, masks, np.random.default_rng(0), TileRequest(BATCH, INPUT, OUTPUT, shards=shards))
 
 
 def test_statistics_added_over_shards_equal_those_of_all_images():
@@ -146,14 +147,16 @@ def _cfg(data, **overrides):
 def test_each_process_of_a_two_shard_run_reads_only_its_shards_files(tmp_path, monkeypatch):
     data = _folder(tmp_path, n=10)
     opened = _recording_reads(monkeypatch)
-    cfg, train, val, second = read_share(_cfg(data, data_shards=2), _process(range(2, 4)))  # rows 2-3: shard 1
-    assert cfg.data_shards == 2 and len(train) == 8 and train.held == [1, 3, 5, 7]
+    cfg = _cfg(data, data_shards=2)
+    sources = sources_of(cfg)
+    train, val, second = read_share(cfg, _process(range(2, 4)), sources)  # rows 2-3: shard 1
+    assert len(train) == 8 and train.held == [1, 3, 5, 7]
     names = {train.names[i].split("/")[-1] for i in train.held}
     assert set(opened) == names | {name.split("/")[-1] for name in val.names}  # its share, and the validation images
-    first = read_share(_cfg(data, data_shards=2), _process(range(0, 2)))[3]
+    first = read_share(cfg, _process(range(0, 2)), sources)[2]
     together = combine(train, val, [first, second], shards=2)
     assert together.read_per_process == (4, 4)
-    everything = load_data(_cfg(data, data_shards=2), _process(range(4)))[1]  # one process: both shards
+    everything = load_data(cfg, _process(range(4)), sources)  # one process: both shards
     assert everything.train.held == list(range(8)) and everything.moments == together.moments
     fitted, direct = Normalization.from_moments(together.moments), Normalization.from_images(everything.train.images)
     np.testing.assert_allclose(fitted.mean + fitted.std, direct.mean + direct.std, rtol=1e-12)
@@ -163,18 +166,20 @@ def test_a_bad_file_in_one_process_share_stops_every_process_naming_it(tmp_path)
     data = _folder(tmp_path, n=10)
     (data / "images" / "3.png").write_bytes((data / "images" / "3.png").read_bytes()[:-30])  # the header survives
     cfg = _cfg(data, data_shards=2)
-    first, second = (read_share(cfg, _process(rows)) for rows in (range(0, 2), range(2, 4)))
-    assert "error" not in first[3] and "3.png" in second[3]["error"]
+    first, second = (read_share(cfg, _process(rows), sources_of(cfg)) for rows in (range(0, 2), range(2, 4)))
+    assert "error" not in first[2] and "3.png" in second[2]["error"]
     with pytest.raises(DataError, match=r"process 1 of 2: .*3\.png: cannot be read"):
-        combine(first[1], first[2], [first[3], second[3]], shards=2)
+        combine(first[0], first[1], [first[2], second[2]], shards=2)
 
 
 def test_zero_shards_means_one_per_process_and_too_many_shards_are_refused(tmp_path):
     data = _folder(tmp_path, n=5)
-    cfg, loaded = load_data(_cfg(data), _process(range(4)))
-    assert cfg.data_shards == 1 and loaded.train.held == [0, 1, 2, 3] and len(loaded.moments) == 1
+    sources = sources_of(_cfg(data))
+    assert settle_shards(_cfg(data), len(sources[0])) == 1  # one process
+    loaded = load_data(_cfg(data, data_shards=1), _process(range(4)), sources)
+    assert loaded.train.held == [0, 1, 2, 3] and len(loaded.moments) == 1
     with pytest.raises(ConfigError, match="--data-shards 5: .* Fix: --data-shards between 1 and 4"):
-        load_data(_cfg(data, data_shards=5), _process(range(4)))
+        settle_shards(_cfg(data, data_shards=5), len(sources[0]))
 
 
 def test_configs_saved_before_shards_existed_resume_drawing_from_all_images():

@@ -7,6 +7,7 @@ import pytest
 
 from unet_jax.config import UNetConfig
 from unet_jax.data import mirror_crop, mirror_pad, sample_tiles, tiles
+from unet_jax.data.tiles import TileRequest
 
 CONFIG = UNetConfig(features=8, depth=2)
 INPUT = CONFIG.nearest_valid_input_sizes(60)[1]
@@ -43,7 +44,7 @@ def test_labels_are_the_mask_window_and_inputs_its_mirrored_context():
     h, w = 70, 90
     image, mask = _coordinate_image(h, w)
     padded = np.pad(image, [(MARGIN, MARGIN), (MARGIN, MARGIN), (0, 0)], mode="reflect")
-    x, y = sample_tiles([image], [mask], np.random.default_rng(0), 200, INPUT, OUTPUT)
+    x, y = sample_tiles([image], [mask], np.random.default_rng(0), TileRequest(200, INPUT, OUTPUT))
     assert x.shape == (200, INPUT, INPUT, 2) and x.dtype == np.float32
     assert y.shape == (200, OUTPUT, OUTPUT) and y.dtype == np.int32
     tops = []
@@ -59,7 +60,7 @@ def test_labels_are_the_mask_window_and_inputs_its_mirrored_context():
 
 def test_images_smaller_than_the_output_tile_are_mirrored_mask_and_all():
     image, mask = _coordinate_image(12, 15)
-    x, y = sample_tiles([image], [mask], np.random.default_rng(1), 20, INPUT, OUTPUT)
+    x, y = sample_tiles([image], [mask], np.random.default_rng(1), TileRequest(20, INPUT, OUTPUT))
     assert x.shape == (20, INPUT, INPUT, 2) and y.shape == (20, OUTPUT, OUTPUT)
     for xb, yb in zip(x, y):
         # The window covers the whole image: locate it by where pixel (0, 0) first appears.
@@ -71,9 +72,9 @@ def test_images_smaller_than_the_output_tile_are_mirrored_mask_and_all():
 
 def test_images_of_different_sizes_and_determinism():
     images, masks = zip(*(_coordinate_image(h, w) for h, w in [(30, 80), (64, 64), (100, 25)]))
-    first = sample_tiles(list(images), list(masks), np.random.default_rng(7), 16, INPUT, OUTPUT)
-    again = sample_tiles(list(images), list(masks), np.random.default_rng(7), 16, INPUT, OUTPUT)
-    other = sample_tiles(list(images), list(masks), np.random.default_rng(8), 16, INPUT, OUTPUT)
+    first = sample_tiles(list(images), list(masks), np.random.default_rng(7), TileRequest(16, INPUT, OUTPUT))
+    again = sample_tiles(list(images), list(masks), np.random.default_rng(7), TileRequest(16, INPUT, OUTPUT))
+    other = sample_tiles(list(images), list(masks), np.random.default_rng(8), TileRequest(16, INPUT, OUTPUT))
     for a, b in zip(first, again):
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(first[1], other[1])
@@ -81,16 +82,16 @@ def test_images_of_different_sizes_and_determinism():
 
 def test_stacked_arrays_work_like_lists():
     image, mask = _coordinate_image(40, 40)
-    x, y = sample_tiles(image[None], mask[None], np.random.default_rng(0), 3, INPUT, OUTPUT)
+    x, y = sample_tiles(image[None], mask[None], np.random.default_rng(0), TileRequest(3, INPUT, OUTPUT))
     assert x.shape == (3, INPUT, INPUT, 2) and y.shape == (3, OUTPUT, OUTPUT)
 
 
 def test_sizes_that_no_unet_produces_are_refused():
     image, mask = _coordinate_image(40, 40)
     with pytest.raises(ValueError, match="even"):
-        sample_tiles([image], [mask], np.random.default_rng(0), 1, 61, 20)
+        sample_tiles([image], [mask], np.random.default_rng(0), TileRequest(1, 61, 20))
     with pytest.raises(ValueError):
-        sample_tiles([image], [mask[:30]], np.random.default_rng(0), 1, INPUT, OUTPUT)
+        sample_tiles([image], [mask[:30]], np.random.default_rng(0), TileRequest(1, INPUT, OUTPUT))
 
 
 def test_weights_and_input_sized_labels_are_cut_from_the_same_windows():
@@ -98,9 +99,9 @@ def test_weights_and_input_sized_labels_are_cut_from_the_same_windows():
     image = rng.uniform(0, 1, (50, 60, 1)).astype(np.float32)
     mask = rng.integers(0, 2, (50, 60)).astype(np.int32)
     weights = rng.uniform(0, 5, (50, 60)).astype(np.float32)
-    x, y = sample_tiles([image], [mask], np.random.default_rng(4), 6, INPUT, OUTPUT)
-    x2, y2, w2 = sample_tiles([image], [mask], np.random.default_rng(4), 6, INPUT, OUTPUT, weights=[weights])
-    x3, y3, w3 = sample_tiles([image], [mask], np.random.default_rng(4), 6, INPUT, OUTPUT, weights=[weights], label_size=INPUT)
+    x, y = sample_tiles([image], [mask], np.random.default_rng(4), TileRequest(6, INPUT, OUTPUT))
+    x2, y2, w2 = sample_tiles([image], [mask], np.random.default_rng(4), TileRequest(6, INPUT, OUTPUT), [weights])
+    x3, y3, w3 = sample_tiles([image], [mask], np.random.default_rng(4), TileRequest(6, INPUT, OUTPUT, label_size=INPUT), [weights])
     np.testing.assert_array_equal(x, x2)
     np.testing.assert_array_equal(x, x3)
     np.testing.assert_array_equal(y, y2)
@@ -110,8 +111,8 @@ def test_weights_and_input_sized_labels_are_cut_from_the_same_windows():
     np.testing.assert_array_equal(w3[:, margin:-margin, margin:-margin], w2)
     # Weights sit where the mask sits: cutting the image's own pixel positions finds them.
     positions = np.arange(50 * 60, dtype=np.float32).reshape(50, 60)
-    _, ids, cut = sample_tiles([image], [positions.astype(np.int32)], np.random.default_rng(4), 6, INPUT, OUTPUT,
-                               weights=[positions], label_size=INPUT)
+    request = TileRequest(6, INPUT, OUTPUT, label_size=INPUT)
+    _, ids, cut = sample_tiles([image], [positions.astype(np.int32)], np.random.default_rng(4), request, [positions])
     np.testing.assert_array_equal(cut, ids.astype(np.float32))
     np.testing.assert_array_equal(x3[..., 0], image[..., 0].ravel()[ids])  # the image under the labels, mirror and all
 
@@ -125,10 +126,10 @@ def test_threads_cut_the_same_batch_and_report_a_bad_sample(monkeypatch):
     images = [rng.uniform(0, 1, (h, w, 2)).astype(np.float32) for h, w in ((50, 60), (30, 80), (20, 20))]
     masks = [rng.integers(0, 3, im.shape[:2]).astype(np.int32) for im in images]
     weights = [rng.uniform(0, 5, im.shape[:2]).astype(np.float32) for im in images]
-    one = sample_tiles(images, masks, np.random.default_rng(7), 9, INPUT, OUTPUT, weights, rows=range(2, 8))
-    four = sample_tiles(images, masks, np.random.default_rng(7), 9, INPUT, OUTPUT, weights, rows=range(2, 8), threads=4)
+    one = sample_tiles(images, masks, np.random.default_rng(7), TileRequest(9, INPUT, OUTPUT, rows=range(2, 8)), weights)
+    four = sample_tiles(images, masks, np.random.default_rng(7), TileRequest(9, INPUT, OUTPUT, rows=range(2, 8), threads=4), weights)
     for a, b in zip(one, four, strict=True):
         np.testing.assert_array_equal(a, b)
     assert threading.current_thread().name in cut_on and any(n.startswith("unet-jax-tiles") for n in cut_on)
     with pytest.raises(ValueError, match="don't match"):  # checked while drawing, before any thread runs
-        sample_tiles(images, [masks[0], masks[1], masks[2][:5]], np.random.default_rng(0), 40, INPUT, OUTPUT, threads=4)
+        sample_tiles(images, [masks[0], masks[1], masks[2][:5]], np.random.default_rng(0), TileRequest(40, INPUT, OUTPUT, threads=4))

@@ -23,6 +23,7 @@ from PIL import Image
 from unet_jax.cli import main
 from unet_jax.data import make_cells, sample_tiles, split_validation
 from unet_jax.data.pairing import index_folder
+from unet_jax.data.tiles import TileRequest
 from unet_jax.runtime.mesh import check_batch_size, select_devices
 from unet_jax.runtime.processes import DistributedError, _wait_for_coordinator, initialize
 from unet_jax.weights.io import load_variables
@@ -246,8 +247,8 @@ def test_a_batch_the_devices_do_not_divide_names_the_nearest_valid_sizes(batch, 
 
 def test_a_process_cuts_only_its_rows_and_they_are_the_global_batch_rows():
     cells = make_cells(3, 64, seed=5)
-    whole = sample_tiles(cells.images, cells.masks, np.random.default_rng(7), 8, 60, 20)
-    part = sample_tiles(cells.images, cells.masks, np.random.default_rng(7), 8, 60, 20, rows=range(2, 6))
+    whole = sample_tiles(cells.images, cells.masks, np.random.default_rng(7), TileRequest(8, 60, 20))
+    part = sample_tiles(cells.images, cells.masks, np.random.default_rng(7), TileRequest(8, 60, 20, rows=range(2, 6)))
     for w, p in zip(whole, part):
         assert p.shape[0] == 4
         np.testing.assert_array_equal(p, w[2:6])

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from benchmarks.memory import kept_for_backward_bytes
-from unet_jax.config import REMAT_POLICIES, ConfigError, TrainConfig, UNetConfig
+from unet_jax.config import ConfigError, UNetConfig
+from unet_jax.model.compute import REMAT_POLICIES, Compute
 from unet_jax.model.layers import center_crop
 from unet_jax.model.unet import UNet
 from unet_jax.training.losses import cross_entropy
@@ -80,4 +81,4 @@ def test_unknown_policy_is_refused():
     with pytest.raises(ValueError, match="remat must be one of"):
         UNet(UNetConfig(features=4, depth=2), remat="everything").init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 1)))
     with pytest.raises(ConfigError, match="remat"):
-        TrainConfig(remat="everything")
+        Compute(remat="everything")

@@ -19,14 +19,10 @@ LOSSES = ("ce", "dice", "ce+dice", "weighted-ce")
 WEIGHT_MAP_LOSSES = ("weighted-ce",)  # losses that take the separation weight map, so need instance masks
 CELLS_LAYOUTS = ("mixed", "touching")  # the built-in synthetic cells: see unet_jax.data.cells
 DTYPES = ("float32", "bfloat16")
-# What the backward pass recomputes instead of keeping (`unet_jax.model.unet.UNet.remat`).
-REMAT_POLICIES = ("none", "blocks", "conv-outputs")
 
 # What a resumed run may change. Bookkeeping never changes the trained weights; a new
 # learning rate does, so a run resumed with one is no longer an exact continuation.
-# batch_groups changes only the order in which per-image gradients are summed, as --devices does.
-BOOKKEEPING_FIELDS = ("steps", "eval_every", "log_every", "checkpoint_every", "keep_checkpoints", "sampling_threads",
-                      "batch_groups")
+BOOKKEEPING_FIELDS = ("steps", "eval_every", "log_every", "checkpoint_every", "keep_checkpoints", "sampling_threads")
 TRAJECTORY_FIELDS = ("learning_rate",)
 RESUMABLE_FIELDS = BOOKKEEPING_FIELDS + TRAJECTORY_FIELDS
 
@@ -56,16 +52,6 @@ class TrainConfig:
         False, "instance masks: train on targets with a one-pixel background gap between touching objects, as the paper"
     )
     dtype: str = described("float32", "compute dtype; parameters stay float32")
-    remat: str = described(
-        "none", "recompute in the backward pass instead of keeping: none; blocks: each conv block from its input; "
-        "conv-outputs: keep the conv outputs, recompute BatchNorm and ReLU (for --norm batch). Same function, "
-        "less memory, more compute"
-    )
-    batch_groups: int = described(
-        0, "run the network on this many groups of each batch side by side (the same function; XLA:CPU keeps its cores "
-        "busier that way under jaxlib 0.10's YNNPACK convolutions). 0: two per CPU core on a single CPU device that "
-        "runs those (UNET_JAX_XLA_CPU_FLAGS=0), else 1; 1: off. Not with --norm batch"
-    )
     augment: bool = described(True, "random flips and 90-degree rotations, on the device")
     elastic: bool = described(False, "the paper's elastic deformation (3x3 grid of random displacements), on the device")
     elastic_sigma: float = described(10.0, "standard deviation of the elastic displacements, pixels (the paper's: 10)")
@@ -104,11 +90,10 @@ class TrainConfig:
                 raise ConfigError(f"{_name(name)} must be a positive integer, got {value!r}")
         if self.cells_image_size < _MIN_CELLS_IMAGE_SIZE:
             raise ConfigError(f"{_name('cells_image_size')} must be at least {_MIN_CELLS_IMAGE_SIZE}, got {self.cells_image_size}")
-        for name in ("seed", "data_shards", "batch_groups"):
+        for name in ("seed", "data_shards"):
             if not is_integer(getattr(self, name)) or getattr(self, name) < 0:
                 raise ConfigError(f"{_name(name)} must be a non-negative integer, got {getattr(self, name)!r}")
-        for name, allowed in (("optimizer", OPTIMIZERS), ("loss", LOSSES), ("dtype", DTYPES), ("remat", REMAT_POLICIES),
-                              ("cells_layout", CELLS_LAYOUTS)):
+        for name, allowed in (("optimizer", OPTIMIZERS), ("loss", LOSSES), ("dtype", DTYPES), ("cells_layout", CELLS_LAYOUTS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{_name(name)} must be one of {allowed}, got {getattr(self, name)!r}")
         _check_range("learning_rate", self.learning_rate, 0, 1, low_open=True, high_open=False)
@@ -122,9 +107,6 @@ class TrainConfig:
             value = getattr(self, name)
             if not (isinstance(value, str) or (value is None and name != "preset")):
                 raise ConfigError(f"{_name(name)} must be a string, got {value!r}")
-        if self.batch_groups > 1 and self.model.norm == "batch":
-            raise ConfigError(f"{_name('batch_groups')} {self.batch_groups} with BatchNorm would give each group its own "
-                              "batch statistics: use 1 (or 0, which picks 1 for BatchNorm)")
         self.model.check_input_size(self.tile_size, self.tile_size)
 
     @property

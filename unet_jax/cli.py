@@ -23,7 +23,6 @@ from unet_jax.config import (
     NORMS,
     OPTIMIZERS,
     PADDINGS,
-    REMAT_POLICIES,
     UPSAMPLES,
     ConfigError,
     TrainConfig,
@@ -32,9 +31,10 @@ from unet_jax.config import (
 )
 from unet_jax.inference.formats import MASK_FORMATS
 from unet_jax.inference.tile_plan import DEFAULT_BATCH_SIZE
+from unet_jax.model.compute import REMAT_POLICIES, Compute
 from unet_jax.runtime import hugepages, xla_cpu
 from unet_jax.training.errors import TrainingInterrupted
-from unet_jax.training.presets import PRESETS, resolve
+from unet_jax.training.presets import PRESETS
 from unet_jax.weights.namings import DIRECTIONS, NAMINGS
 
 EXIT_ERROR = 2
@@ -42,6 +42,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 ARCHITECTURE_FIELDS = dataclasses.fields(UNetConfig)
 TRAINING_FIELDS = [f for f in dataclasses.fields(TrainConfig) if f.name not in ("preset", "model")]
+COMPUTE_FIELDS = dataclasses.fields(Compute)
 
 # Options whose values come from a fixed set: the library's own tuples ("none" spells norm=None).
 CHOICES = {
@@ -58,17 +59,20 @@ CHOICES = {
 
 # ------------------------------------------------------------------- commands
 def cmd_train(args) -> int:
-    from unet_jax.training.loop import default_run_dir, resume, train
-    from unet_jax.weights.start_from import with_init_architecture
+    """The options, nested as the plan takes them, settled into one plan before any work; then the run."""
+    from unet_jax.training.loop import default_run_dir, run
+    from unet_jax.training.plan import plan_from_options, plan_resumed_run
 
-    options = _given(args, [*ARCHITECTURE_FIELDS, *TRAINING_FIELDS])
+    options = {"model": _given(args, ARCHITECTURE_FIELDS), "training": _given(args, TRAINING_FIELDS),
+               "compute": _given(args, COMPUTE_FIELDS)}
     if args.resume:
         if args.preset is not None:
             raise ConfigError("--preset starts a new run; a resumed run keeps the config it was started with")
-        resume(args.resume, options, progress=not args.no_progress, parallel=_data_parallel(args))
+        plan, run_dir = plan_resumed_run(args.resume, options, _data_parallel(args)), args.resume
     else:
-        cfg = resolve(args.preset or "demo", with_init_architecture(options))
-        train(cfg, args.run_dir or default_run_dir(cfg), progress=not args.no_progress, parallel=_data_parallel(args))
+        plan = plan_from_options(args.preset or "demo", options, _data_parallel(args))
+        run_dir = args.run_dir or default_run_dir(plan.train)
+    run(plan, run_dir, progress=not args.no_progress)
     return 0
 
 
@@ -156,6 +160,10 @@ def _preset_default(field: dataclasses.Field) -> str:
     return ", ".join(f"{name} {_show(value)}" for name, value in values.items())
 
 
+def _field_default(field: dataclasses.Field) -> str:
+    return _show(field.default)
+
+
 def _stored_default(field: dataclasses.Field) -> str:
     return f"what the weights file stores; else {_show(field.default)}"
 
@@ -205,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     _scale_out_options(train)
     _add_field_options(train.add_argument_group("architecture (default: the preset's)"), ARCHITECTURE_FIELDS, _preset_default)
     _add_field_options(train.add_argument_group("training (default: the preset's)"), TRAINING_FIELDS, _preset_default)
+    _add_field_options(train.add_argument_group("how JAX computes it (the same function)"), COMPUTE_FIELDS, _field_default)
     train.set_defaults(run=cmd_train)
 
     convert = commands.add_parser("convert", help="convert weights: PyTorch .pt/.pth/.safetensors <-> Flax .safetensors")

@@ -11,7 +11,7 @@ from unet_jax.data.errors import DataError
 from unet_jax.data.pairing import data_sources, index_folder, load_folder
 from unet_jax.data.samples import Normalization, NotRead, PixelMoments, Samples, split_validation
 from unet_jax.data.source import Source
-from unet_jax.data.tiles import mirror_crop, mirror_pad, sample_tiles
+from unet_jax.data.tiles import TileRequest, mirror_crop, mirror_pad, sample_tiles
 
 __all__ = [
     "DataError",
@@ -20,6 +20,7 @@ __all__ = [
     "PixelMoments",
     "Samples",
     "Source",
+    "TileRequest",
     "data_sources",
     "image_pages",
     "index_folder",

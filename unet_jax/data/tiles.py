@@ -9,6 +9,7 @@ drawn inside the labelled image and its context is read from the mirrored image.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional, Sequence
@@ -69,25 +70,50 @@ def _pool(threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(threads, thread_name_prefix="unet-jax-tiles")
 
 
+@dataclasses.dataclass(frozen=True)
+class TileRequest:
+    """What batch `sample_tiles` cuts: `batch_size` tiles of `input_size`, labelled over the
+    network's `output_size` (or a concentric `label_size` window); `rows`, `threads` and `shards`
+    as `sample_tiles` says. Checked when made: the sizes must fit a U-Net."""
+
+    batch_size: int
+    input_size: int
+    output_size: int
+    label_size: Optional[int] = None  # default: output_size
+    rows: Optional[range] = None  # default: every row of the batch
+    threads: int = 1
+    shards: int = 1
+
+    def __post_init__(self):
+        context = self.input_size - self.output_size
+        if self.output_size < 1 or context < 0 or context % 2:
+            raise ValueError(
+                f"input size {self.input_size} and output size {self.output_size} don't fit a U-Net: "
+                "the input must exceed the output by an even number of pixels"
+            )
+        if self.label_size is None:
+            object.__setattr__(self, "label_size", self.output_size)
+        if (self.label_size - self.output_size) % 2 or self.label_size < self.output_size:
+            raise ValueError(f"label size {self.label_size} must exceed the output size {self.output_size} by an even number "
+                             "of pixels")
+        if self.rows is None:
+            object.__setattr__(self, "rows", range(self.batch_size))
+
+
 def sample_tiles(
     images: Sequence[np.ndarray],
     masks: Sequence[np.ndarray],
     rng: np.random.Generator,
-    batch_size: int,
-    input_size: int,
-    output_size: int,
+    request: TileRequest,
     weights: Optional[Sequence[np.ndarray]] = None,
-    label_size: Optional[int] = None,
-    rows: Optional[range] = None,
-    threads: int = 1,
-    shards: int = 1,
 ):
     """A random batch of (input tile, label tile) pairs.
 
     images: [H, W, C] each (a list, or a stack [N, H, W, C]); masks: [H, W] each; weights
     (optional): per-pixel loss weights [H, W] each, cut like the masks.
-    Returns x float32 [B, input_size, input_size, C] and y int32 [B, L, L], L = `label_size`
+    Returns x float32 [B, input_size, input_size, C] and y int32 [B, L, L], L = `request.label_size`
     (default `output_size`), and with `weights` also w float32 [B, L, L]: (x, y) or (x, y, w).
+    The sizes and the options below are the `request`'s.
 
     A `label_size` above `output_size` cuts the labels concentric with the output window
     (mirrored where they leave the image), e.g. input-sized for elastic deformation, which moves
@@ -118,19 +144,11 @@ def sample_tiles(
     """
     if len(images) != len(masks) or len(images) == 0:
         raise ValueError(f"need the same, non-zero number of images and masks, got {len(images)} and {len(masks)}")
-    context = input_size - output_size
-    if output_size < 1 or context < 0 or context % 2:
-        raise ValueError(
-            f"input size {input_size} and output size {output_size} don't fit a U-Net: "
-            "the input must exceed the output by an even number of pixels"
-        )
-    margin = context // 2
-    label_size = output_size if label_size is None else label_size
-    if (label_size - output_size) % 2 or label_size < output_size:
-        raise ValueError(f"label size {label_size} must exceed the output size {output_size} by an even number of pixels")
+    batch_size, input_size, output_size, label_size = request.batch_size, request.input_size, request.output_size, request.label_size
+    rows, threads, shards = request.rows, request.threads, request.shards
+    margin = (input_size - output_size) // 2
     label_margin = (label_size - output_size) // 2
     channels = images[0].shape[-1]
-    rows = range(batch_size) if rows is None else rows
     check_shards(shards, batch_size, len(images))
     x = np.empty((len(rows), input_size, input_size, channels), np.float32)  # [B, Hin, Win, C]
     y = np.empty((len(rows), label_size, label_size), np.int32)  # [B, L, L]

@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from unet_jax.config import REMAT_POLICIES, UNetConfig
+from unet_jax.config import UNetConfig
+from unet_jax.model.compute import REMAT_POLICIES
 from unet_jax.model.cpu_kernels import FEW_CHANNELS, conv_with_tap_gradients, few_channel_conv, max_pool_2x2, relu
 from unet_jax.model.layers import BatchNorm, UpConv2x2, at_least_float32, center_crop
 from unet_jax.runtime import xla_cpu

@@ -1,6 +1,10 @@
 """The run directory: one owner for its file names, its lock, and the files it holds.
 
-    config.json          the resolved TrainConfig (written once the run has really started)
+    config.json          the run plan (`unet_jax.training.plan`), written once the run has really started:
+                         the TrainConfig's fields, "compute" (the JAX options as asked: remat, batch_groups)
+                         and "settled" (what the run made of them: batch_groups, devices, fsdp, processes).
+                         A config.json from before the plan holds remat and batch_groups among the
+                         TrainConfig fields; they are read as its "compute"
     normalization.json   the intensity normalisation fitted on the training images
     metrics.jsonl        one JSON record per logged train window and per validation
     resumes.jsonl        one JSON record per --resume: the step it continued from, what changed
@@ -22,6 +26,7 @@ What a directory holds decides what may happen to it (`RunDir.state`):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import errno
 import fcntl
@@ -34,10 +39,13 @@ from typing import Iterator, Optional
 
 from unet_jax.config import ConfigError, MissingFileError, TrainConfig
 from unet_jax.data import Normalization
+from unet_jax.model.compute import Compute
 from unet_jax.runtime.safe_files import check_folder_destination, make_directory, output_errors, write_atomically
 from unet_jax.training.errors import RunDirError
 from unet_jax.weights import run_outputs
 from unet_jax.weights.run_outputs import read_normalization
+
+COMPUTE_FIELDS = tuple(f.name for f in dataclasses.fields(Compute))
 
 
 class RunDir:
@@ -151,15 +159,20 @@ class RunDir:
         )
 
     # ------------------------------------------------------------------ files
-    def load_config(self) -> TrainConfig:
+    def load_config(self) -> tuple[TrainConfig, Compute]:
+        """config.json's TrainConfig and JAX compute options, of either form (see the module docstring)."""
         path = self.file(self.CONFIG)
         try:
-            return TrainConfig.from_dict(json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError) as error:
+            values = json.loads(path.read_text())
+            compute = values.pop("compute", None) or {k: values[k] for k in COMPUTE_FIELDS if k in values}
+            for name in (*COMPUTE_FIELDS, "settled"):  # the settled choices are the plan's; a resume settles its own
+                values.pop(name, None)
+            return TrainConfig.from_dict(values), Compute(**compute)
+        except (OSError, ValueError, TypeError, AttributeError) as error:
             raise ConfigError(f"{path}: not a readable training config ({error})") from None
 
-    def save_config(self, cfg: TrainConfig) -> None:
-        self._write_json(self.CONFIG, cfg.to_dict())
+    def save_config(self, cfg: TrainConfig, compute: Optional[Compute] = None, settled: Optional[dict] = None) -> None:
+        self._write_json(self.CONFIG, {**cfg.to_dict(), "compute": dataclasses.asdict(compute or Compute()), "settled": settled or {}})
 
     def load_normalization(self) -> Optional[Normalization]:
         path = self.file(self.NORMALIZATION)
@@ -206,7 +219,7 @@ class FollowerRunDir(RunDir):
     """The run directory as the processes after process 0 of a multi-process run see it: they
     read it (config, checkpoints) and compute, and process 0 alone writes it and holds its lock."""
 
-    def save_config(self, cfg: TrainConfig) -> None:
+    def save_config(self, cfg: TrainConfig, compute: Optional[Compute] = None, settled: Optional[dict] = None) -> None:
         pass
 
     def save_normalization(self, normalization: Normalization) -> None:

@@ -1,5 +1,7 @@
 """What each process of a training run reads: its own share of the training images, and the validation images.
 
+Also the batch of each step (`batch_at`), a pure function of the seed and the step.
+
 The training images are dealt into `TrainConfig.data_shards` shards and the rows of every batch
 into as many blocks (`unet_jax.data.tiles.sample_tiles`): a row draws its tile from its block's
 shard only, so a process reads the shards of its own rows and no others. Every process lists
@@ -14,8 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Optional
 
 import jax
+import numpy as np
 
 from unet_jax.config import ConfigError, TrainConfig, UNetError
 from unet_jax.data import DataError, Samples, split_validation
@@ -24,7 +28,7 @@ from unet_jax.data.pairing import index_folder
 from unet_jax.data.samples import PixelMoments
 from unet_jax.data.source import Source
 from unet_jax.data.targets import require_instances
-from unet_jax.data.tiles import check_shards, rows_shards, shard_images
+from unet_jax.data.tiles import TileRequest, check_shards, rows_shards, sample_tiles, shard_images
 from unet_jax.runtime.mesh import DataParallel
 from unet_jax.runtime.processes import EveryProcessError, gather_text
 from unet_jax.training.losses import needs_weights
@@ -44,20 +48,18 @@ class TrainingData:
     read_per_process: tuple[int, ...]  # how many training images each process read
 
 
-def load_data(cfg: TrainConfig, parallel: DataParallel) -> tuple[TrainConfig, TrainingData]:
-    """`cfg` with its shards settled, and this process's data. DataError (in every process) if any
-    process meets a bad file in its share, or if the loss needs instance masks that the data lacks."""
-    cfg, train, val, report = read_share(cfg, parallel)
+def load_data(cfg: TrainConfig, parallel: DataParallel, sources: tuple[Source, Source]) -> TrainingData:
+    """This process's data of `sources` (`sources_of(cfg)`; `cfg.data_shards` settled). DataError (in every
+    process) if any process meets a bad file in its share, or if the loss needs instance masks that the data lacks."""
+    train, val, report = read_share(cfg, parallel, sources)
     reports = [json.loads(text) for text in gather_text(json.dumps(report))]
-    return cfg, combine(train, val, reports, cfg.data_shards)
+    return combine(train, val, reports, cfg.data_shards)
 
 
-def read_share(cfg: TrainConfig, parallel: DataParallel) -> tuple[TrainConfig, Samples, Samples, dict]:
-    """(cfg with its shards settled, this process's training share, the validation samples, the
-    report it gives the other processes: its shards' pixel moments and how many images it read,
-    or the error it met reading them)."""
-    train_source, val_source = _sources(cfg)
-    cfg = dataclasses.replace(cfg, data_shards=_settle_shards(cfg, len(train_source)))
+def read_share(cfg: TrainConfig, parallel: DataParallel, sources: tuple[Source, Source]) -> tuple[Samples, Samples, dict]:
+    """(this process's training share, the validation samples, the report it gives the other
+    processes: its shards' pixel moments and how many images it read, or the error it met reading them)."""
+    train_source, val_source = sources
     shards = rows_shards(parallel.rows(cfg.batch_size), cfg.batch_size, cfg.data_shards)
     train = val = None
     try:
@@ -71,7 +73,7 @@ def read_share(cfg: TrainConfig, parallel: DataParallel) -> tuple[TrainConfig, S
         report = {"moments": moments, "read": len(train.held)}
     except (UNetError, ValueError) as error:  # this process's share alone may hold the bad file: tell every process
         report = {"error": str(error)}
-    return cfg, train, val, report
+    return train, val, report
 
 
 def combine(train: Samples, val: Samples, reports: list[dict], shards: int) -> TrainingData:
@@ -90,7 +92,7 @@ def combine(train: Samples, val: Samples, reports: list[dict], shards: int) -> T
     return TrainingData(train, val, moments, tuple(r["read"] for r in reports))
 
 
-def _settle_shards(cfg: TrainConfig, images: int) -> int:
+def settle_shards(cfg: TrainConfig, images: int) -> int:
     """The shard count the run keeps: as configured, or (0) one per process, at most one per image."""
     shards = cfg.data_shards or min(jax.process_count(), images)
     try:
@@ -104,8 +106,8 @@ def _settle_shards(cfg: TrainConfig, images: int) -> int:
     return shards
 
 
-def _sources(cfg: TrainConfig) -> tuple[Source, Source]:
-    """(train, validation) before any pixel is read."""
+def sources_of(cfg: TrainConfig) -> tuple[Source, Source]:
+    """(train, validation): listed, paired and sized, before any pixel is read."""
     if cfg.data is None:
         if cfg.model.in_channels != 1 or cfg.model.num_classes != 2:
             raise ConfigError("the built-in cells are 1-channel, 2-class: pass --data for other in_channels/num_classes")
@@ -121,3 +123,17 @@ def _sources(cfg: TrainConfig) -> tuple[Source, Source]:
         return split_validation(train, cfg.val_fraction, seed=cfg.seed)
     except ValueError as error:
         raise ConfigError(f"--data {cfg.data}: {error}") from None
+
+
+def batch_at(samples: Samples, cfg: TrainConfig, step: int, weights=None, rows: Optional[range] = None) -> tuple[np.ndarray, ...]:
+    """The training batch of `step` (its `rows` only, if given): a pure function of (seed, step),
+    so resume needs no RNG state and every process agrees on the global batch.
+
+    (images, masks), or (images, masks, weights) with per-image `weights`. Elastic deformation
+    moves labels into the output window from around it, so it gets input-sized label tiles.
+    """
+    rng = np.random.default_rng([cfg.seed, step])
+    label_size = cfg.tile_size if cfg.elastic else cfg.label_size
+    request = TileRequest(cfg.batch_size, cfg.tile_size, cfg.label_size, label_size=label_size, rows=rows,
+                          threads=cfg.sampling_threads, shards=cfg.data_shards)
+    return sample_tiles(samples.images, samples.masks, rng, request, weights)

@@ -110,11 +110,16 @@ def load_variables(path, config: ArchitectureRequest = None) -> tuple[dict, UNet
     """
     weights = read_weights_file(path)
     config = resolve_config(weights.config, config, path, weights.config_origin)
+    return variables_of(weights, config), config
+
+
+def variables_of(weights: WeightsFile, config: UNetConfig) -> dict:
+    """The Flax variables of a weights file already read, for `config`; PortError if they do not fit it."""
     if weights.kind == "torch":
-        return torch_to_flax(weights.tensors, config), config
+        return torch_to_flax(weights.tensors, config)
     variables = unflatten_variables(weights.tensors)
     flax_to_torch(variables, config)  # validates against the table: PortError lists every mismatch
-    return variables, config
+    return variables
 
 
 def resolve_config(stored: Optional[UNetConfig], requested: ArchitectureRequest, source,

@@ -22,19 +22,20 @@ import jax.numpy as jnp
 
 from unet_jax.config import TrainConfig, UNetConfig
 from unet_jax.data import Normalization
-from unet_jax.weights.io import load_variables, read_weights_file, resolve_config
+from unet_jax.weights.io import WeightsFile, read_weights_file, resolve_config, variables_of
 from unet_jax.weights.run_outputs import normalization_beside
 
 _ARCHITECTURE_FIELDS = {f.name for f in dataclasses.fields(UNetConfig)}
 
 
-def with_init_architecture(options: Mapping[str, Any]) -> dict[str, Any]:
-    """The options of a new run (`--init-weights` and the rest) with the architecture of the
+def with_init_architecture(options: Mapping[str, Any]) -> tuple[dict[str, Any], Optional[WeightsFile]]:
+    """(the options of a new run (`--init-weights` and the rest) with the architecture of the
     `init_weights` file where it says one, and its path made absolute (a resumed run may start from
-    another folder). Architecture options that contradict the file are a ConfigError."""
+    another folder); the file as read, or None without one). The file is read here, once.
+    Architecture options that contradict it are a ConfigError."""
     options = dict(options)
     if options.get("init_weights") is None:
-        return options
+        return options, None
     path = Path(options["init_weights"]).absolute()
     weights = read_weights_file(path)  # unreadable, diverged or unsupported weights fail here, before any data is read
     options["init_weights"] = str(path)
@@ -42,13 +43,13 @@ def with_init_architecture(options: Mapping[str, Any]) -> dict[str, Any]:
         requested = {k: v for k, v in options.items() if k in _ARCHITECTURE_FIELDS}
         config = resolve_config(weights.config, requested, path, weights.config_origin)
         options.update(dataclasses.asdict(config))
-    return options
+    return options, weights
 
 
-def start_from_weights(template, cfg: TrainConfig):
-    """`template` (a fresh TrainState: step 0, new optimizer state) with the weights of
-    `cfg.init_weights`; PortError, naming the options to pass, if they are not of `cfg.model`."""
-    variables, _ = load_variables(cfg.init_weights, cfg.model)
+def start_from_weights(template, weights: WeightsFile, config: UNetConfig):
+    """`template` (a fresh TrainState: step 0, new optimizer state) with the `weights` read from
+    `--init-weights`; PortError, naming the options to pass, if they are not of `config`."""
+    variables = variables_of(weights, config)
 
     def like(reference, tree):  # the template's dtypes: a float64 checkpoint trains in float32 like any other
         return jax.tree.map(lambda ref, value: jnp.asarray(value, dtype=ref.dtype), reference, tree)

@@ -1,0 +1,95 @@
+"""The run plan: every choice of a training run, settled once, before any work, and recorded.
+
+`plan_new_run` turns the options of a new run (the command line's, kept nested: model, training,
+compute) into a frozen `RunPlan`: the architecture (from the `--init-weights` file, read here
+once), the preset, the data (listed, its shards settled), the batch groups and the mesh.
+`plan_resumed_run` does the same from a run directory's `config.json` and the changes a resume
+may make. Nothing the plan holds is decided again later; `config.json` records all of it
+(`RunDir.save_config`: the TrainConfig, the compute options as asked, and `RunPlan.settled`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Optional
+
+import jax
+
+from unet_jax.config import ConfigError, TrainConfig
+from unet_jax.data.source import Source
+from unet_jax.model.compute import RESUMABLE_COMPUTE_FIELDS, Compute
+from unet_jax.model.unet import default_batch_groups
+from unet_jax.runtime.mesh import DataParallel, check_batch_size
+from unet_jax.training.presets import resolve
+from unet_jax.training.run_dir import RunDir
+from unet_jax.training.sampling import settle_shards, sources_of
+from unet_jax.weights.io import WeightsFile, read_weights_file
+from unet_jax.weights.start_from import with_init_architecture
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    train: TrainConfig  # preset and options applied, the architecture and data_shards settled
+    compute: Compute  # as asked
+    batch_groups: int  # settled for this mesh and network
+    parallel: DataParallel  # the mesh
+    sources: tuple[Source, Source] = dataclasses.field(compare=False)  # (train, validation), listed, not yet read
+    init_weights: Optional[WeightsFile] = dataclasses.field(default=None, compare=False)  # the file, read once
+    changes: Optional[dict[str, tuple]] = None  # None: a new run; else a resume's {field: (old, new)}
+
+    @property
+    def resumed(self) -> bool:
+        return self.changes is not None
+
+    def settled(self) -> dict:
+        """What config.json records beside the TrainConfig and the compute options as asked."""
+        return {"batch_groups": self.batch_groups, "devices": self.parallel.device_count, "fsdp": self.parallel.fsdp,
+                "processes": jax.process_count()}
+
+
+def plan_new_run(train: TrainConfig, compute: Optional[Compute] = None, parallel: Optional[DataParallel] = None,
+                 init_weights: Optional[WeightsFile] = None) -> RunPlan:
+    """The plan of a new run of `train`; `parallel`: the devices (default: all). `init_weights`:
+    the file of `train.init_weights`, if already read (read here otherwise)."""
+    if train.init_weights is not None and init_weights is None:
+        init_weights = read_weights_file(train.init_weights)
+    return _settle(train, compute or Compute(), parallel or DataParallel.create(), init_weights, changes=None)
+
+
+def plan_from_options(preset: str, options: Mapping[str, Mapping[str, Any]], parallel: Optional[DataParallel] = None) -> RunPlan:
+    """A new run from the command line's options, nested as {"model": {...}, "training": {...},
+    "compute": {...}} (only what was given). The `--init-weights` file is read here, once: where it
+    says its architecture, the run takes it, and model options that contradict it are a ConfigError."""
+    flat, weights = with_init_architecture({**options.get("model", {}), **options.get("training", {})})
+    return plan_new_run(resolve(preset, flat), Compute(**options.get("compute", {})), parallel, weights)
+
+
+def plan_resumed_run(run_dir, options: Optional[Mapping[str, Mapping[str, Any]]] = None,
+                     parallel: Optional[DataParallel] = None) -> RunPlan:
+    """The plan that continues the run in `run_dir`: its config.json with the changes a resume may
+    make (`TrainConfig.resumed_with`, and --batch-groups), nested as for `plan_from_options`."""
+    run = RunDir(run_dir)
+    run.check_resumable()
+    train, compute = run.load_config()
+    options = options or {}
+    requested = {**options.get("model", {}), **options.get("training", {})}
+    train, changes = train.resumed_with(requested)
+    asked = dict(options.get("compute", {}))
+    refused = sorted(k for k, v in asked.items() if k not in RESUMABLE_COMPUTE_FIELDS and getattr(compute, k) != v)
+    if refused:
+        raise ConfigError(f"a resumed run keeps how its network computes, so {', '.join('--' + k for k in refused)} "
+                          f"can't change; a resumed run may change --{' --'.join(RESUMABLE_COMPUTE_FIELDS)} of these")
+    changes.update({k: (getattr(compute, k), v) for k, v in asked.items() if getattr(compute, k) != v})
+    compute = dataclasses.replace(compute, **asked)
+    return _settle(train, compute, parallel or DataParallel.create(), None, changes)
+
+
+def _settle(train: TrainConfig, compute: Compute, parallel: DataParallel, init_weights: Optional[WeightsFile],
+            changes: Optional[dict]) -> RunPlan:
+    check_batch_size(train.batch_size, parallel.device_count)
+    compute.check_norm(train.model.norm)
+    sources = sources_of(train)
+    train = dataclasses.replace(train, data_shards=settle_shards(train, len(sources[0])))
+    groups = compute.batch_groups or default_batch_groups(parallel.device_count, train.model.norm)
+    return RunPlan(train, compute, groups, parallel, sources, init_weights, changes)
+
