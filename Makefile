@@ -20,8 +20,9 @@ demo: install
 test: install
 	$(PY) -m pytest -q --durations=10
 
+# Unit tests only (tests/unit, not slow): no process started, no end-to-end run.
 test-fast: install
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" tests/unit
 
 parity-report: install
 	$(PY) -m parity_tests.run_report --out parity_tests/results/cpu

@@ -22,7 +22,7 @@ os.environ["JAX_NUMPY_RANK_PROMOTION"] = "raise"
 
 # The XLA:CPU flags that `unet-jax` sets when it starts (unet_jax/runtime/xla_cpu.py: XLA's own convolutions
 # instead of jaxlib 0.10's slower YNNPACK ones), so that the suite checks what the command line
-# computes. tests/test_xla_cpu.py runs parity tests under jaxlib's defaults as well.
+# computes. tests/unit/test_xla_cpu.py runs parity tests under jaxlib's defaults as well.
 from unet_jax.runtime import xla_cpu  # noqa: E402  (after the environment above, before any backend starts)
 
 xla_cpu.apply()

@@ -10,7 +10,7 @@ from unet_jax import UNetConfig
 
 def test_the_seed_networks_allreduce_by_hand():
     note = allreduce(UNetConfig())
-    assert note["parameters"] == 31_030_658  # the seed network's count, also unet_torch's (tests/test_model.py)
+    assert note["parameters"] == 31_030_658  # the seed network's count, also unet_torch's (tests/unit/test_model.py)
     assert note["gradient_bytes"] == 124_122_632  # 4 bytes each
     # Ring all-reduce on 8 devices: 2 * 7/8 * 124,122,632 B = 217,214,606 B through each link.
     assert note["ring_allreduce_ms"]["NVLink 4 (H100 SXM, per direction)"][8] == pytest.approx(217_214_606 / 450e9 * 1e3)

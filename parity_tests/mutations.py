@@ -37,14 +37,14 @@ FLAX_KERNELS = "unet_jax/model/cpu_kernels.py"  # the ReLU, max-pool and convolu
 # The tests a wiring bug should trip, cheapest first (the slow float64 golden run of the
 # numpy reference is not among them: it checks the reference, not the models).
 FORWARD_TESTS = (
-    "tests/test_model.py",
-    "tests/test_layers.py",
-    "tests/test_port.py",
+    "tests/unit/test_model.py",
+    "tests/unit/test_layers.py",
+    "tests/unit/test_port.py",
     "parity_tests/test_conv_transpose.py",
     "parity_tests/test_forward.py::test_forward_strict_float32",
     "parity_tests/test_seed_checkpoint.py",
 )
-TRAIN_TESTS = ("tests/test_losses_metrics.py", "tests/test_train_step.py", "parity_tests/test_train_steps.py")
+TRAIN_TESTS = ("tests/unit/test_losses_metrics.py", "tests/unit/test_train_step.py", "parity_tests/test_train_steps.py")
 
 _FLAX_CONCAT = Edit(
     FLAX_MODEL, "x = jnp.concatenate([skip, x], axis=-1)", "x = jnp.concatenate([x, skip], axis=-1)"

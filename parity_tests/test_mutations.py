@@ -49,7 +49,7 @@ def test_a_stale_mutation_is_refused(tmp_path):
 
 @pytest.mark.slow  # two short pytest runs in subprocesses on a copy of the project
 def test_the_checker_tells_a_caught_mutation_from_a_clean_run():
-    test = ("tests/test_model.py::test_batchnorm_train_mode_uses_batch_statistics_and_updates_running_ones",)
+    test = ("tests/unit/test_model.py::test_batchnorm_train_mode_uses_batch_statistics_and_updates_running_ones",)
     assert check(None, timeout=300, tests=test)["outcome"] == "passed"
     bessel = next(m for m in MUTATIONS if m.name == "batchnorm-no-bessel")
     record = check(dataclasses.replace(bessel, tests=test), timeout=300)

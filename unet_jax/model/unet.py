@@ -79,7 +79,7 @@ class UNet(nn.Module):
     "none" keeps what the backward pass reads; "blocks" keeps only each conv block's input and
     recomputes the block (about one more forward pass of the 3x3 convs); "conv-outputs" keeps
     the convs' outputs and recomputes the BatchNorm and ReLU after them (for `norm="batch"`:
-    without a norm it keeps more than "none", tests/test_remat.py).
+    without a norm it keeps more than "none", tests/unit/test_remat.py).
 
     `batch_groups` runs the network on that many groups of the batch (sizes differing by at most
     one), side by side in one program with the same weights, and concatenates the logits: the

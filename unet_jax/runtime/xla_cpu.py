@@ -12,7 +12,7 @@ XLA reads XLA_FLAGS once, when JAX starts its backends (the first array or compu
 `apply()` must run before that. The command line calls it first thing; `import unet_jax` does
 not. Library users opt in by calling it themselves. It changes how convolutions are computed,
 not what: the parity suite runs with it (conftest.py), and its float32 forward and gradient
-tests run once more without it (tests/test_xla_cpu.py), against float64 references.
+tests run once more without it (tests/unit/test_xla_cpu.py), against float64 references.
 
 Off: `UNET_JAX_XLA_CPU_FLAGS=0` in the environment. A flag of the same name already in XLA_FLAGS
 is the user's choice and is left alone.

@@ -19,7 +19,7 @@ def pixel_cross_entropy(logits, labels):
     (`optax.softmax_cross_entropy_with_integer_labels` uses `take_along_axis`): the gradient of a
     gather is a scatter-add, which XLA:CPU spent 11 of 27 s constant-folding when compiling the
     seed network's step at 572 px, batch 16 (4 s in all with this form); a comparison fuses
-    into the softmax instead. Same function: `tests/test_losses_metrics.py` checks it against
+    into the softmax instead. Same function: `tests/unit/test_losses_metrics.py` checks it against
     torch and by hand.
     """
     log_probs = jax.nn.log_softmax(logits, axis=-1)  # [N, H, W, C]

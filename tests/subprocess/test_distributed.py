@@ -11,7 +11,6 @@ below is a stated multiple of what the 2-core AMD EPYC CPU measured (jax 0.10.2)
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,17 +19,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unet_jax.cli import main
-from unet_jax.data import make_cells, sample_tiles, split_validation
+from tests.helpers.ports import free_port
+from unet_jax.data import split_validation
 from unet_jax.data.pairing import index_folder
-from unet_jax.data.tiles import TileRequest
-from unet_jax.runtime.mesh import check_batch_size, select_devices
-from unet_jax.runtime.processes import DistributedError, _wait_for_coordinator, initialize
 from unet_jax.weights.io import load_variables
 from unet_jax.weights.port import flatten_variables
 
-TESTS = Path(__file__).resolve().parent
-REPO = TESTS.parent
+REPO = Path(__file__).resolve().parents[2]
+CHILD = "tests.helpers.multidevice_child"  # run as a module, from the repository root
 CHILD_TIMEOUT_S = 600  # far above the ~1-3 min these take on 2 busy cores; never a hang
 
 # 8 devices against 1, 4 Adam steps of batch 8 (measured -> tolerance):
@@ -55,8 +51,8 @@ def child_env(devices: int) -> dict:
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory):
     out = tmp_path_factory.mktemp("multidevice")
-    result = subprocess.run([sys.executable, str(TESTS / "multidevice_child.py"), str(out), "none", "batch", "checkpoints",
-                             "predict"], cwd=TESTS, env=child_env(8), capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
+    result = subprocess.run([sys.executable, "-m", CHILD, str(out), "none", "batch", "checkpoints",
+                             "predict"], cwd=REPO, env=child_env(8), capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return json.loads((out / "measured.json").read_text())
 
@@ -106,7 +102,7 @@ def test_sharded_prediction_equals_single_device(measured):
 
 @pytest.mark.slow
 def test_command_line_trains_on_8_devices_and_resumes_on_1(tmp_path):
-    result = subprocess.run([sys.executable, str(TESTS / "multidevice_child.py"), str(tmp_path), "cli"], cwd=TESTS,
+    result = subprocess.run([sys.executable, "-m", CHILD, str(tmp_path), "cli"], cwd=REPO,
                             env=child_env(8), capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     m = json.loads((tmp_path / "measured.json").read_text())["cli"]
@@ -116,13 +112,6 @@ def test_command_line_trains_on_8_devices_and_resumes_on_1(tmp_path):
     assert m["never_written"] and m["first_steps_kept"] and m["resume_exact"]
     assert m["steps_resumed"] == m["steps_8"] == [1, 2, 3, 4]
     assert m["resumed_loss"] < LOSS_TOLERANCE, m
-
-
-# ------------------------------------------------------------------ two processes
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 TINY = ["--features", "4", "--depth", "2", "--tile-size", "60", "--batch-size", "4", "--cells-train-images", "4",
@@ -145,13 +134,6 @@ def finish(process, timeout=CHILD_TIMEOUT_S):
 
 
 GLOO_NOTE = re.compile(r"\[Gloo\] Rank \d+ is connected to |\d+ peer ranks\. Expected number of connected peer ranks is : \d+")
-
-
-def test_gloos_interleaved_notes_are_cut_out_and_nothing_else():
-    seen = ("[Gloo] Rank 2 is connected to [Gloo] Rank 3 is connected to 3 peer ranks. Expected number of connected "
-            "peer ranks is : 3\n3 peer ranks. Expected number of connected peer ranks is : 3\nunet-jax: joining x\n")
-    assert GLOO_NOTE.sub("", seen).split("\n") == ["", "", "unet-jax: joining x", ""]
-    assert GLOO_NOTE.sub("", "step 10: loss 0.3\n") == "step 10: loss 0.3\n"
 
 
 @pytest.mark.slow
@@ -229,54 +211,6 @@ def _resume_past_a_damaged_checkpoint(run, train_losses):
     assert train_losses(run) == losses
     again = flatten_variables(load_variables(run / "weights.safetensors")[0])
     assert max(float(np.max(np.abs(again[k] - weights[k]))) for k in weights) == 0.0
-
-
-# ------------------------------------------------------------------ errors, in this process
-def test_more_devices_than_visible_names_the_visible_count():
-    with pytest.raises(DistributedError, match=r"--devices 3: this run sees 1 CPU device\(s\)\. Fix: pass --devices between 1 and 1"):
-        select_devices(3)
-
-
-@pytest.mark.parametrize(("batch", "devices", "nearest"), [(10, 4, "8 or 12"), (3, 8, "8"), (17, 2, "16 or 18")])
-def test_a_batch_the_devices_do_not_divide_names_the_nearest_valid_sizes(batch, devices, nearest):
-    message = f"--batch-size {batch} does not divide evenly over {devices} devices. Fix: --batch-size {nearest} "
-    with pytest.raises(DistributedError, match=message):
-        check_batch_size(batch, devices)
-    check_batch_size(batch * devices, devices)  # a multiple passes
-
-
-def test_a_process_cuts_only_its_rows_and_they_are_the_global_batch_rows():
-    cells = make_cells(3, 64, seed=5)
-    whole = sample_tiles(cells.images, cells.masks, np.random.default_rng(7), TileRequest(8, 60, 20))
-    part = sample_tiles(cells.images, cells.masks, np.random.default_rng(7), TileRequest(8, 60, 20, rows=range(2, 6)))
-    for w, p in zip(whole, part):
-        assert p.shape[0] == 4
-        np.testing.assert_array_equal(p, w[2:6])
-
-
-def test_an_unreachable_coordinator_is_named_within_the_timeout():
-    port = free_port()  # nobody listens on it
-    with pytest.raises(DistributedError, match=f"the coordinator 127.0.0.1:{port} could not be reached within 1 s"):
-        _wait_for_coordinator(f"127.0.0.1:{port}", 1)
-
-
-@pytest.mark.parametrize(("options", "message"), [
-    (dict(num_processes=2, process_id=2), "--process-id 2 is outside 0..1"),
-    (dict(num_processes=0, process_id=0), "--num-processes must be at least 1"),
-    (dict(coordinator_address="no-port", num_processes=2, process_id=1), "is not HOST:PORT"),
-])
-def test_inconsistent_process_settings_are_refused_before_joining(options, message):
-    with pytest.raises(DistributedError, match=message):
-        initialize(timeout_s=1, **options)
-
-
-def test_the_cli_reports_an_unreachable_coordinator_in_one_line(tmp_path, capsys):
-    code = main(["train", *TINY, "--run-dir", str(tmp_path / "run"), "--coordinator-address", f"127.0.0.1:{free_port()}",
-                 "--num-processes", "2", "--process-id", "1", "--coordinator-timeout", "1"])
-    assert code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("unet-jax train: error: the coordinator 127.0.0.1:") and "start process 0" in err and "\n" not in err
-    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from random_weights import random_variables  # tests/random_weights.py
+from tests.helpers.random_weights import random_variables
 from unet_jax.config import UNetConfig
 from unet_jax.data import load_folder
 from unet_jax.inference.evaluate import evaluate

@@ -1,5 +1,5 @@
 """milesial/Pytorch-UNet checkpoints, both ways, against a network in its layout written in
-tests/milesial_layout.py (shares no code with unet_torch or the port's table).
+tests/helpers/milesial_layout.py (shares no code with unet_torch or the port's table).
 
 Tolerances, measured on a 2-core AMD EPYC CPU (jax 0.10.2, torch 2.13 CPU), features 8, depth 4,
 32x32 inputs, eval-mode BatchNorm with random running statistics: in float64 Flax and torch
@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from milesial_layout import MilesialLayoutUNet, randomize_batch_norm
+from tests.helpers.milesial_layout import MilesialLayoutUNet, randomize_batch_norm
 from unet_jax import UNet
 from unet_jax.cli import main
 from unet_jax.config import ConfigError, UNetConfig

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from milesial_layout import MilesialLayoutUNet, randomize_batch_norm
+from tests.helpers.milesial_layout import MilesialLayoutUNet, randomize_batch_norm
 from unet_jax.cli import main
 from unet_jax.weights.io import load_variables
 from unet_jax.weights.port import flatten_variables

@@ -1,8 +1,8 @@
-"""Run by tests/test_distributed.py in a child process with 8 forced CPU devices
+"""Run by tests/subprocess/test_distributed.py in a child process with 8 forced CPU devices
 (XLA_FLAGS=--xla_force_host_platform_device_count=8), so the rest of the suite keeps one device.
 Writes what it measured to OUT/measured.json; the test asserts on it.
 
-    python tests/multidevice_child.py OUT
+    python -m tests.helpers.multidevice_child OUT   (from the repository root)
 """
 
 import json
@@ -198,7 +198,7 @@ def checkpoints(out, work: Path):
 
 def prediction(out):
     """Tiles of one image split over 8 devices against 1 device, BatchNorm network in inference mode."""
-    from random_weights import random_variables  # tests/ is this script's folder
+    from tests.helpers.random_weights import random_variables
 
     config = UNetConfig(features=4, depth=2, norm="batch")
     variables = random_variables(config, seed=3)
