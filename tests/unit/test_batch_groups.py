@@ -30,6 +30,7 @@ def _max_relative(a, b):
     return max(float(np.max(np.abs(np.float64(u) - np.float64(w))) / np.max(np.abs(np.float64(w)))) for u, w in pairs)
 
 
+@pytest.mark.slow
 def test_groups_share_every_weight_and_give_the_same_logits():
     x = _batch()
     whole, grouped = UNet(CFG), UNet(CFG, batch_groups=3)
@@ -40,6 +41,7 @@ def test_groups_share_every_weight_and_give_the_same_logits():
     assert jax.eval_shape(grouped.apply, variables, x[:2]).shape == (2, 14, 14, 2)  # fewer images than groups
 
 
+@pytest.mark.slow
 def test_grouped_gradients_match_a_float64_reference_as_the_whole_batchs_do():
     x = _batch()
     params = jax.jit(UNet(CFG).init)(jax.random.key(0), x[:1])["params"]
@@ -57,6 +59,7 @@ def test_grouped_gradients_match_a_float64_reference_as_the_whole_batchs_do():
     assert to_grouped < GRADIENT_TOLERANCE and to_whole < GRADIENT_TOLERANCE, (to_grouped, to_whole)
 
 
+@pytest.mark.slow
 def test_batchnorm_training_refuses_groups_and_predicts_with_them():
     x = _batch()
     cfg = UNetConfig(features=4, depth=1, norm="batch")

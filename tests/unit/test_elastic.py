@@ -19,6 +19,7 @@ def _tiles(batch=3, seed=0):
     return jnp.asarray(x), jnp.asarray(y), jnp.asarray(w)
 
 
+@pytest.mark.slow
 def test_the_zero_field_is_the_identity():
     x, y, w = _tiles()
     xs, ys, ws = jax.jit(warp)(jnp.zeros((3, S, S, 2), jnp.float32), x, y, w)
@@ -52,6 +53,7 @@ def test_a_key_gives_the_same_result_every_time_and_another_key_another():
     assert not np.array_equal(first[0], other[0])
 
 
+@pytest.mark.slow
 def test_one_field_moves_image_mask_and_weights_together():
     """The image holds each pixel's own (row, column), bilinear sampling of which returns the
     position read exactly; the mask holds each pixel's id, nearest sampling of which returns
@@ -73,6 +75,7 @@ def test_one_field_moves_image_mask_and_weights_together():
     assert np.all(np.abs(nearest_col - read_col)[inside] <= 0.5 + 1e-4)
 
 
+@pytest.mark.slow
 def test_the_field_is_smooth_and_has_the_papers_scale():
     field = np.asarray(displacement_field(jax.random.key(0), 400, 120))  # 10 px: the paper's sigma
     # Bicubic up-sampling of the 3x3 draws keeps each node's N(0, 10^2) scale near the nodes

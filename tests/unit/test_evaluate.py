@@ -26,6 +26,7 @@ def _write_pair(root, stem, image, mask):
         Image.fromarray(array).save(root / sub / f"{stem}.png")
 
 
+@pytest.mark.slow
 def test_masks_made_by_the_model_score_perfectly(tmp_path):
     rng = np.random.default_rng(0)
     images = {"a": rng.integers(0, 256, (30, 41), dtype=np.uint8), "b": rng.integers(0, 256, (25, 25), dtype=np.uint8)}
@@ -62,6 +63,7 @@ def test_masks_made_by_the_model_score_perfectly(tmp_path):
         assert scores["dice_per_class"] == scores["iou_per_class"] == [1.0, 1.0]
 
 
+@pytest.mark.slow
 def test_hand_computed_dice_for_a_model_that_predicts_foreground_everywhere(tmp_path):
     # All weights zero and head bias (0, 1): logits (0, 1) at every pixel, so class 1 everywhere.
     variables = jax.tree.map(np.zeros_like, random_variables(CONFIG))

@@ -39,6 +39,7 @@ def test_a_plain_state_dict_leaves_the_options_as_given(tmp_path, make_state_dic
     assert with_init_architecture({"steps": 3}) == ({"steps": 3}, None)
 
 
+@pytest.mark.slow
 def test_the_run_starts_at_step_0_with_the_weights_and_a_fresh_optimizer(tmp_path, make_state_dict):
     state_dict = {k: v.astype(np.float64) if v.dtype == np.float32 else v for k, v in make_state_dict(CFG, seed=3).items()}
     torch.save({k: torch.from_numpy(v) for k, v in state_dict.items()}, tmp_path / "w64.pt")  # a float64 checkpoint
@@ -69,6 +70,7 @@ def test_the_run_keeps_the_normalization_the_weights_were_trained_with(tmp_path)
     assert init_normalization(dataclasses.replace(cfg, init_weights=None)) is None
 
 
+@pytest.mark.slow
 def test_a_run_resumed_before_its_first_checkpoint_starts_from_the_init_weights_again(tmp_path, make_state_dict):
     """A run that stopped before its first checkpoint left only config.json (with the init weights'
     absolute path): --resume restarts it from step 0, from those weights, not from a random draw."""

@@ -56,6 +56,7 @@ def test_relu_and_pool_keep_one_tensor_for_the_backward_pass():
     assert len(_saved_for_backward(nn.relu, x)) == 2
 
 
+@pytest.mark.slow
 def test_batchnorm_unet_gradient_is_the_same_jitted_and_eager():
     config = UNetConfig(features=4, depth=2, norm="batch")
     images = np.random.default_rng(0).standard_normal((2, 44, 44, 1)).astype(np.float32)
@@ -76,6 +77,7 @@ def test_batchnorm_unet_gradient_is_the_same_jitted_and_eager():
         assert float(jnp.abs(a - b).max()) <= 1e-5 * scale
 
 
+@pytest.mark.slow
 def test_up_conv_is_flax_conv_transpose_with_the_same_parameters():
     # A non-symmetric kernel and odd sizes: a flipped, transposed or shifted tap would show.
     x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 5, 7, 3)), jnp.float32)  # [N, h, w, C]

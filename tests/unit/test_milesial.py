@@ -69,6 +69,7 @@ def test_the_file_alone_gives_the_architecture_and_its_mask_values(checkpoint):
     assert "kept its non-tensor entry mask_values=[0, 255]" in weights.notes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["float32", "float64"])
 def test_ported_checkpoint_reproduces_the_milesial_network(checkpoint, precision):
     path, net = checkpoint
@@ -137,6 +138,7 @@ def test_bilinear_checkpoint_is_refused_with_the_reason(tmp_path, capsys):
     assert not (tmp_path / "out.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_size_rule_milesial_pads_any_size_this_port_takes_multiples_of_2_to_the_depth(checkpoint):
     """milesial pads the upsampled map to the skip's size, so it runs any size; our network needs
     sides divisible by 2**depth and says so, and prediction reaches any size through tiling."""

@@ -64,6 +64,7 @@ def test_batch_groups_with_batchnorm_are_refused_when_planned():
         plan_new_run(resolve("demo", {**TINY, "norm": "batch"}), Compute(batch_groups=2), DataParallel.create(1))
 
 
+@pytest.mark.slow
 def test_the_init_weights_file_is_read_once_and_gives_the_architecture(tmp_path, make_state_dict, monkeypatch):
     model = UNetConfig(features=4, depth=2)
     save_flax_weights(torch_to_flax(make_state_dict(model), model), model, tmp_path / "w.safetensors")

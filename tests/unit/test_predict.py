@@ -50,6 +50,7 @@ def _whole_image_reference(predictor, image, geometry):
 
 
 # ------------------------------------------------------------------ the overlap-tile equality
+@pytest.mark.slow
 def test_tiled_prediction_equals_one_whole_image_pass(predictor):
     image = _image(76, 100)  # padded by the margin: 116 x 140, both valid, output 76 x 100
     with jax.default_matmul_precision("highest"):
@@ -61,6 +62,7 @@ def test_tiled_prediction_equals_one_whole_image_pass(predictor):
     assert _relative_max_error(tiled, whole) <= 1e-6
 
 
+@pytest.mark.slow
 def test_tiles_start_on_the_pool_grid_at_depth_3():
     """Depth 3 outputs are 4 (mod 8), so the stride is rounded down; without that the pools of
     neighbouring tiles would group different pixel pairs and the result would change."""
@@ -85,6 +87,7 @@ def test_tiles_start_on_the_pool_grid_at_depth_3():
     assert _relative_max_error(paper[:44, :36], whole) > 0.05
 
 
+@pytest.mark.slow
 def test_batch_norm_tiles_equal_the_whole_image_pass():
     config = UNetConfig(features=4, depth=2, norm="batch")
     predictor = Predictor(config, random_variables(config))
@@ -99,6 +102,7 @@ def test_batch_norm_tiles_equal_the_whole_image_pass():
 BILINEAR_CASES = [(2, 60, (76, 100)), (3, 140, (61, 83))]  # depth, tile size, image: 4 x 5 and 3 x 3 tiles
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("depth, tile_size, shape", BILINEAR_CASES)
 def test_bilinear_tiles_equal_the_whole_image_pass_for_any_weights(depth, tile_size, shape):
     """With the margin of 2**depth - 1 pixels derived in unet_jax.inference.tile_plan, for several draws of
@@ -126,6 +130,7 @@ def test_bilinear_tiles_equal_the_whole_image_pass_for_any_weights(depth, tile_s
 
 
 # ------------------------------------------------------------------ sizes, batches, padding
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(1, 1), (7, 3), (37, 91), (19, 19)])
 def test_any_image_size_gives_a_prediction_of_that_size(predictor, shape):
     probs = predict_probabilities(predictor, _image(*shape), tile_size=60, batch_size=2)
@@ -140,6 +145,7 @@ def test_batch_size_does_not_change_the_result(predictor):
         np.testing.assert_allclose(predict_probabilities(predictor, image, 60, batch_size), one, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_same_padding_tiles_without_margin_equal_per_tile_passes():
     config = UNetConfig(features=4, depth=2, padding="same")
     predictor = Predictor(config, random_variables(config))

@@ -41,6 +41,7 @@ def _loss_function(model, images, masks, batch_stats):
     return loss
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", [None, "batch"])
 def test_every_policy_has_the_same_parameters_loss_and_gradients(norm):
     config = UNetConfig(features=4, depth=2, norm=norm)
@@ -65,6 +66,7 @@ def test_every_policy_has_the_same_parameters_loss_and_gradients(norm):
             assert float(jnp.abs(a - b).max()) <= 1e-5 * scale, remat
 
 
+@pytest.mark.slow
 def test_blocks_keep_less_for_the_backward_pass_and_conv_outputs_keep_less_with_batchnorm():
     kept = {(norm, remat): kept_for_backward_bytes(UNet(UNetConfig(features=8, depth=3, norm=norm), remat=remat), BATCH, 92)
             for norm in (None, "batch") for remat in REMAT_POLICIES}

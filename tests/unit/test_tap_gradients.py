@@ -31,6 +31,7 @@ def _input_gradient_in_jaxpr(batch, size, channels, out_channels):
     return str(jax.make_jaxpr(grad)(x))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("padding", ["VALID", "SAME"])
 def test_values_and_gradients_are_the_convolutions(shape, padding):
@@ -52,6 +53,7 @@ def test_taps_only_where_the_kernel_outweighs_the_padded_gradient():
     assert "dot_general" not in _input_gradient_in_jaxpr(*SHAPES[1])
 
 
+@pytest.mark.slow
 def test_float32_and_bfloat16_gradients_accumulate_in_float32():
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.standard_normal((1, 4, 4, 128)), jnp.float32)  # taps: the kernel outweighs it 32x

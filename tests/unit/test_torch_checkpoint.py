@@ -33,6 +33,7 @@ def assert_same_variables(a, b):
         np.testing.assert_array_equal(flat_a[key], flat_b[key])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "wrap, prefix",
     [

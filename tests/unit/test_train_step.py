@@ -51,6 +51,7 @@ def test_sizes_are_what_the_tests_assume():
     assert CFG.output_size(INPUT) == OUTPUT
 
 
+@pytest.mark.slow
 def test_one_adam_step_learns_and_donates_the_state():
     model = UNet(CFG)
     state = create_train_state(model, make_optax_optimizer("adam", LEARNING_RATE), 0, INPUT)
@@ -93,6 +94,7 @@ def test_one_adam_step_learns_and_donates_the_state():
     assert int(newer_state.step) == 2 and float(metrics2["loss"]) != loss
 
 
+@pytest.mark.slow
 def test_one_sgd_step_with_batch_norm_updates_batch_stats():
     model = UNet(UNetConfig(features=4, depth=2, norm="batch"))
     variables = jax.jit(model.init)(jax.random.key(0, impl="rbg"), jnp.zeros((1, INPUT, INPUT, 1)))

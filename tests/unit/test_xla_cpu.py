@@ -60,3 +60,11 @@ def test_ynnpack_convolutions_are_those_of_jaxlib_0_10_without_the_flag(monkeypa
     assert not xla_cpu.ynnpack_convolutions({"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=+dot"})  # the user's
     monkeypatch.setattr(jaxlib, "__version__", "0.11.2")
     assert not xla_cpu.ynnpack_convolutions({})  # YNNPACK's, but fast ones
+
+
+def test_too_late_is_an_error_that_says_so(jaxlib_0_10_2, monkeypatch):
+    monkeypatch.setattr(xla_cpu, "_backends_started", lambda: True)
+    environ = {}
+    with pytest.raises(RuntimeError, match=r"before creating any array.*UNET_JAX_XLA_CPU_FLAGS=0"):
+        xla_cpu.apply(environ)
+    assert "XLA_FLAGS" not in environ
