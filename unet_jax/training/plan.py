@@ -20,6 +20,7 @@ from unet_jax.data.source import Source
 from unet_jax.model.compute import RESUMABLE_COMPUTE_FIELDS, Compute
 from unet_jax.model.unet import default_batch_groups
 from unet_jax.runtime.mesh import DataParallel, check_batch_size
+from unet_jax.runtime.processes import is_primary
 from unet_jax.training.presets import resolve
 from unet_jax.training.run_dir import RunDir
 from unet_jax.training.sampling import settle_shards, sources_of
@@ -69,7 +70,8 @@ def plan_resumed_run(run_dir, options: Optional[Mapping[str, Mapping[str, Any]]]
     """The plan that continues the run in `run_dir`: its config.json with the changes a resume may
     make (`TrainConfig.resumed_with`, and --batch-groups), nested as for `plan_from_options`."""
     run = RunDir(run_dir)
-    run.check_resumable()
+    if is_primary():  # the others read config.json while process 0 may already hold the directory's lock
+        run.check_resumable()
     train, compute = run.load_config()
     options = options or {}
     requested = {**options.get("model", {}), **options.get("training", {})}
