@@ -79,8 +79,10 @@ def plan_resumed_run(run_dir, options: Optional[Mapping[str, Mapping[str, Any]]]
     asked = dict(options.get("compute", {}))
     refused = sorted(k for k, v in asked.items() if k not in RESUMABLE_COMPUTE_FIELDS and getattr(compute, k) != v)
     if refused:
-        raise ConfigError(f"a resumed run keeps how its network computes, so {', '.join('--' + k for k in refused)} "
-                          f"can't change; a resumed run may change --{' --'.join(RESUMABLE_COMPUTE_FIELDS)} of these")
+        flags = ", ".join("--" + k.replace("_", "-") for k in refused)
+        allowed = ", ".join("--" + k.replace("_", "-") for k in RESUMABLE_COMPUTE_FIELDS)
+        raise ConfigError(f"a resumed run keeps how its network computes, so {flags} can't change; of these options a "
+                          f"resumed run may change only {allowed}. Fix: start a new run (another --run-dir) for the rest")
     changes.update({k: (getattr(compute, k), v) for k, v in asked.items() if getattr(compute, k) != v})
     compute = dataclasses.replace(compute, **asked)
     return _settle(train, compute, parallel or DataParallel.create(), None, changes)
