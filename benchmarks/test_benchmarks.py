@@ -394,3 +394,30 @@ def test_a_cuda_only_setting_run_on_a_cpu_says_so():
     assert "no CUDA graphs" in cpu_substitutions(VARIANTS["torch-compile-cudagraphs-bf16-cl-fused"], cpu)[0]
     assert cpu_substitutions(VARIANTS["torch-compile-bf16-cl-fused"], cpu) == []
     assert cpu_substitutions(VARIANTS["torch-compile-cudagraphs-bf16-cl-fused"], gpu) == []
+
+
+@pytest.mark.slow
+def test_the_fair_mode_of_gpu_check_runs_the_fair_plan_with_a_shared_cache(tmp_path):
+    """`scripts/gpu_check.sh fair`, the device command, on this CPU at a tiny size: JAX bf16, the
+    harness's fused-Adam torch.compile step and the minimal step (two torch.compile jobs, the
+    second on the warm shared cache), each reported against its own precision, at most 8 files
+    back in at most 2 folders."""
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": REPO_ROOT, "OUT": str(out), "PYTHON": sys.executable, "QUICK": "1", "BENCH_S": "900"}
+    variants = ["jax-bf16", "torch-compile-bf16-cl-fused", "torch-minimal-compile-bf16-cl"]
+    proc = subprocess.run(
+        ["bash", "scripts/gpu_check.sh", "fair", "--variants", *variants, "--batch", "2", "--size", "44", "--features", "4",
+         "--depth", "2", "--steps", "3", "--warmup", "2"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1000)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert len(files) <= 8 and all(len(p.relative_to(out).parts) <= 3 for p in files), files
+    (folder,) = out.iterdir()
+    assert folder.name.endswith("-fair")
+    doc = json.loads((folder / "results.json").read_text())
+    assert doc["plan_name"] == "fair" and doc["config"]["shared_compile_cache"]
+    assert [(r["variant"], r["status"]) for r in doc["results"]] == [(v, "ok") for v in variants]
+    caches = [r["compile_cache"] for r in doc["results"] if r["framework"] == "torch"]
+    assert caches[0] == "cold" and caches[1].startswith("warm")
+    assert all(r["kernels"]["top"] for r in doc["results"])
+    markdown = (folder / "results.md").read_text()
+    assert "| train | 2 | bf16 | `jax-bf16` |" in markdown and "## The harness's best PyTorch against the minimal step" in markdown
