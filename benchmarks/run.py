@@ -4,6 +4,8 @@
     python -m benchmarks.run --quick --out DIR   # CPU smoke run (< 60 s): small network, few steps
     python -m benchmarks.run --variants jax-bf16 torch-bf16-cl --batch 16 --steps 50
     python -m benchmarks.run --dry-run           # print the plan and time estimate only
+    python -m benchmarks.run --plan fair --profile --shared-compile-cache --budget-s 220   # JAX against PyTorch at
+                                                 # its best, same precision (scripts/gpu_check.sh fair)
 
 This process never imports torch or starts a JAX backend (JAX would preallocate the GPU);
 the children do the work and print one JSON line each. results.json / results.md are rewritten
