@@ -79,10 +79,10 @@ def build_train_call(variant, model, images, masks, device):
 
 def build_forward_loss_call(variant, model, optimizer, images, masks, device, autocast):
     """The same step with only forward and loss compiled (AOTAutograd compiles the backward
-    with them). Under mode "reduce-overhead" both run as CUDA graphs, with the images, masks and
-    parameters as static inputs; fused Adam runs eagerly after the backward, its in-place
-    updates outside any graph, and each step is marked as a new iteration before its forward,
-    so that the graphs may reuse the previous step's buffers (torch.compiler.cudagraph_mark_step_begin)."""
+    with them). Under mode "reduce-overhead" both run as CUDA graphs; fused Adam runs eagerly
+    after the backward, its in-place updates outside any graph; each step is marked as a new
+    iteration before its forward (torch.compiler.cudagraph_mark_step_begin), after the previous
+    step's gradients, which live in the graphs' memory, were dropped by zero_grad(set_to_none)."""
     model.train()
     loss_of = torch.compile(lambda images, masks: step_loss(model, images, masks, autocast), mode=variant.compile_mode)
 
@@ -167,8 +167,8 @@ def matmul_ceiling(n: int, device) -> dict:
 
 def dynamo_counters() -> dict:
     """Graphs, graph breaks and recompiles of the compiled step: a recompile inside the timed
-    steps would show here (and as an outlier in max); and the graphs that mode "reduce-overhead"
-    ran without CUDA graphs, with inductor's reasons (on a CPU: all of them)."""
+    steps would show here (and as an outlier in max); and how many graphs mode "reduce-overhead"
+    ran without CUDA graphs (inductor's count; on a CPU: all of them)."""
     try:
         from torch._dynamo.utils import counters
     except ImportError:  # private API: absent is not an error
