@@ -31,11 +31,11 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks.devices import write_measurement
+from benchmarks.jax_state import seed_train_state
 from unet_jax.config import REMAT_POLICIES, UNetConfig
-from unet_jax.layers import center_crop
 from unet_jax.losses import cross_entropy
 from unet_jax.model import UNet
-from unet_jax.train_step import create_train_state, make_optax_optimizer, make_train_step
+from unet_jax.train_step import loss_and_logits, make_train_step
 
 GiB = 2**30
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -83,12 +83,8 @@ def kept_for_backward_bytes(model: UNet, batch: int, size: int) -> int:
     variables = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, size, size, config.in_channels), jnp.float32))
 
     def residuals(variables, images, masks):
-        def loss(params):
-            rest = {k: v for k, v in variables.items() if k != "params"}
-            kwargs = {"mutable": list(rest)} if rest else {}
-            out = model.apply({"params": params, **rest}, images, train=True, **kwargs)
-            logits = out[0] if rest else out
-            return cross_entropy(logits, center_crop(masks, logits.shape[1], logits.shape[2]))
+        def loss(params):  # the train step's own loss (unet_jax.train_step.loss_and_logits)
+            return loss_and_logits(params, variables.get("batch_stats"), model.apply, images, masks, cross_entropy)[0]
 
         return jax.vjp(loss, variables["params"])[1]
 
@@ -98,7 +94,7 @@ def kept_for_backward_bytes(model: UNet, batch: int, size: int) -> int:
 
 def compiled_temp_bytes(model: UNet, batch: int, size: int) -> tuple[int, float]:
     """(temporary bytes of the compiled train step, compile seconds); the state is abstract."""
-    state = jax.eval_shape(lambda: create_train_state(model, make_optax_optimizer("adam"), 0, size))
+    state = jax.eval_shape(lambda: seed_train_state(model, size))
     images = jax.ShapeDtypeStruct((batch, size, size, model.config.in_channels), jnp.float32)
     masks = jax.ShapeDtypeStruct((batch, size, size), jnp.int32)
     start = time.perf_counter()

@@ -8,6 +8,10 @@
 #   bash scripts/gpu_check.sh sweep    # benchmarks.sweep: JAX speed-up options vs torch.compile, with
 #                                      # kernel profiles; ends within 420 s -> timeout_s=480
 #                                      # (BENCH_S sets those 420 s, for bench and sweep)
+#   bash scripts/gpu_check.sh fair     # the fair plan (benchmarks/variants.py FAIR_PLAN): JAX against
+#                                      # PyTorch at its best, same precision, with kernel profiles and
+#                                      # the minimal-step check; ends within 240 s -> timeout_s=270
+#                                      # (BENCH_S sets those 240 s; extra arguments go to benchmarks.run)
 #
 # Each fits the tool's limits: 10 min a command, 15 min of device time a session (machine start
 # 1-2 min included: 2 + 5 + 7 = 14 min for parity then bench, or parity then sweep), at most 8
@@ -19,6 +23,7 @@
 #   bench:  results.json, results.md, img_per_s.png, system.txt, bench_logs.tar.gz
 #           (the tarball: logs/<job>.log, run.log, input_pipeline.json/.md)
 #   sweep:  the same files as bench (no input pipeline), in $OUT/<device-slug>-sweep/
+#   fair:   the same files as sweep, in $OUT/<device-slug>-fair/
 # Reports are rewritten as the run goes (after every test / every job), so a call cut short still
 # brings back what it measured. system.txt: nvidia-smi, driver, versions, environment.
 #
@@ -92,11 +97,12 @@ case "$MODE" in
     grep -E '^(\*\*Partial|Tests:|- failed:)' "$DEST/parity_report.md" 2>/dev/null
     check_out
     exit $status ;;
-  bench|sweep)
+  bench|sweep|fair)
     # bench: the framework comparison, then the input pipeline. sweep (benchmarks.sweep): the
     # JAX step under each speed-up option and XLA flag set against torch.compile, with a kernel
     # profile of every job; its results go to <slug>-sweep. BENCH_S (420) s each, as two device calls.
-    SLUG=$(device_slug); [ "$MODE" = sweep ] && SLUG="$SLUG-sweep"
+    # fair: the fair plan in BENCH_S (240) s, to <slug>-fair, torch.compile jobs sharing one cache.
+    SLUG=$(device_slug); [ "$MODE" != bench ] && SLUG="$SLUG-$MODE"
     DEST="$OUT/$SLUG"; mkdir -p "$DEST"
     WORK=$(mktemp -d /tmp/unet-bench-XXXXXX) && chmod 755 "$WORK"  # logs: into the tarball, not loose under $OUT
     trap 'rm -rf "$WORK"' EXIT
@@ -104,9 +110,15 @@ case "$MODE" in
     pack() { tar -czf "$DEST/bench_logs.tar.gz" -C "$WORK" . 2>/dev/null || echo "tar failed"; }
     # Jobs start only while they fit the budget and are killed at its end, the rest recorded as
     # skipped. bench keeps 100 s for the input pipeline, sweep 45 s; 15 s are kept for packing up.
-    if [ "$MODE" = bench ]; then module=benchmarks.run; budget=$(( $(left "${BENCH_S:-420}") - 100 ));
-    else module=benchmarks.sweep; budget=$(( $(left "${BENCH_S:-420}") - 45 )); fi
+    # fair keeps 20 s (the end of the last job's profile, the report, packing).
+    total=${BENCH_S:-420}
+    if [ "$MODE" = bench ]; then module=benchmarks.run; budget=$(( $(left "$total") - 100 ));
+    elif [ "$MODE" = sweep ]; then module=benchmarks.sweep; budget=$(( $(left "$total") - 45 ));
+    else total=${BENCH_S:-240}; module=benchmarks.run; budget=$(( $(left "$total") - 20 )); fi
     plan=(--budget-s "$budget"); [ -n "$QUICK" ] && plan=(--quick)  # --quick keeps its own 50 s budget
+    # fair, also with QUICK (a CPU try of the same plan at the quick size): BENCH_S's budget, and
+    # the script's extra arguments (e.g. --variants ... --batch 1 to keep a CPU try short).
+    [ "$MODE" = fair ] && plan=(${QUICK:+--quick} --plan fair --profile --shared-compile-cache --budget-s "$budget" "${@:2}")
     timeout -k 10 $(( budget + 30 )) "$PY" -m $module "${plan[@]}" --out "$DEST" --log-dir "$WORK/logs" \
         --compile-timeout 150 2>&1 | tee "$WORK/run.log"
     status=${PIPESTATUS[0]}
@@ -116,8 +128,8 @@ case "$MODE" in
         "$PY" -m benchmarks.report "$DEST" || echo "report rebuild failed"
     fi
     pack
-    pipeline=$(( $(left "${BENCH_S:-420}") - 15 ))
-    if [ "$MODE" = sweep ]; then
+    pipeline=$(( $(left "$total") - 15 ))
+    if [ "$MODE" != bench ]; then
         :
     elif [ "$pipeline" -ge 40 ]; then
         timeout -k 5 $(( pipeline - 5 )) "$PY" -m benchmarks.input_pipeline ${QUICK:+--quick} --steps 20 \
@@ -156,6 +168,6 @@ case "$MODE" in
     [ "$found" = 1 ] || { echo "no system.txt in $src or its subfolders: is this a gpu_check.sh call's \$OUT?" >&2; exit 1; }
     ;;
   *)
-    echo "usage: bash scripts/gpu_check.sh parity|bench|sweep|import <folder>" >&2
+    echo "usage: bash scripts/gpu_check.sh parity|bench|sweep|fair|import <folder>" >&2
     exit 2 ;;
 esac

@@ -20,7 +20,7 @@ WEIGHT_MAP_LOSSES = ("weighted-ce",)  # losses that take the separation weight m
 CELLS_LAYOUTS = ("mixed", "touching")  # the built-in synthetic cells: see unet_jax.data.cells
 DTYPES = ("float32", "bfloat16")
 # What the backward pass recomputes instead of keeping (`unet_jax.model.UNet.remat`).
-REMAT_POLICIES = ("none", "blocks", "conv-outputs")
+REMAT_POLICIES = ("none", "blocks", "conv-outputs", "dots")
 
 # What a resumed run may change. Bookkeeping never changes the trained weights; a new
 # learning rate does, so a run resumed with one is no longer an exact continuation.
