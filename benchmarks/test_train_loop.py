@@ -61,5 +61,5 @@ def test_quick_run_reports_a_ratio_per_configuration(tmp_path):
     for entry in result["configs"].values():
         assert entry["cli"]["timed_steps"] >= 6 and entry["cli"]["first_step_s"] > 0
         assert entry["ratio"] == pytest.approx(entry["cli_img_per_s"] / entry["bare_step_img_per_s"])
-        assert entry["host_batch_ms"]["median"] > 0
+        assert entry["host_batch_ms"]["median"] > 0 and entry["host_batch_ms"]["prefetched_ms_per_batch"] > 0
     assert "| bf16 |" in (tmp_path / "train_loop.md").read_text()

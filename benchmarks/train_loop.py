@@ -211,6 +211,7 @@ def host_batch_ms(config: LoopConfig, network: Network, data: Path, preset: str,
     them: the host's work per batch. With a weight map, a float32 map per image stands in for it:
     cutting one costs the same whatever its values, and computing the real ones takes seconds."""
     from unet_jax.data import Normalization, index_folder
+    from unet_jax.data.prefetch import Prefetcher
     from unet_jax.presets import resolve
     from unet_jax.train import batch_at
 
@@ -225,7 +226,13 @@ def host_batch_ms(config: LoopConfig, network: Network, data: Path, preset: str,
         start = time.perf_counter()
         batch_at(samples, cfg, step, weights)
         times.append(time.perf_counter() - start)
-    return {**summarize_ms(times), "sampling_threads": cfg.sampling_threads, "images": len(samples), "host_cpus": os.cpu_count()}
+    # What the trainer's prefetcher (its defaults: workers and depth) delivers on this host, batches back to back.
+    start = time.perf_counter()
+    with Prefetcher(lambda step: batch_at(samples, cfg, step, weights), range(1, batches + 1)) as feed:
+        for step in range(1, batches + 1):
+            feed.next(step)
+    return {**summarize_ms(times), "prefetched_ms_per_batch": 1e3 * (time.perf_counter() - start) / batches,
+            "sampling_threads": cfg.sampling_threads, "images": len(samples), "host_cpus": os.cpu_count()}
 
 
 # ------------------------------------------------------------------ the plan under a budget
@@ -289,6 +296,7 @@ def config_row(name: str, entry: dict, bare: dict, batch: int) -> str:
     return (f"| {name} | {_num(entry.get('cli_img_per_s'))} | {_spread(cli.get('window_img_per_s'))} | "
             f"{cli.get('timed_steps', 0)} | {_spread(bare_rates)} | **{_num(entry.get('ratio'), '.3f')}** | "
             f"{_num(cli.get('host_wait_ms_per_step'), '.2f')} | {_spread(entry.get('host_batch_ms'), '.2f')} | "
+            f"{_num((entry.get('host_batch_ms') or {}).get('prefetched_ms_per_batch'), '.2f')} | "
             f"{_num(cli.get('first_step_s'))} | {status} |")
 
 
@@ -304,8 +312,9 @@ def to_markdown(report: dict) -> str:
         f"versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items() if v)}.",
         "",
         "| config | CLI img/s | CLI img/s per window, median (p10–p90) | timed steps | bare step img/s, median (p10–p90) "
-        "| ratio | CLI wait for a batch, ms/step | host sampling, ms/batch (p10–p90) | first step with compile, s | CLI |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| ratio | CLI wait for a batch, ms/step | host sampling, ms/batch (p10–p90) | prefetcher, ms/batch "
+        "| first step with compile, s | CLI |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
         *[config_row(name, e, r["bare"].get(CONFIGS[name].bare_variant) or {}, net["batch_size"])
           for name, e in r["configs"].items()],
         "",
@@ -321,7 +330,9 @@ def to_markdown(report: dict) -> str:
               "window left out), stopped by Ctrl-C before any validation or checkpoint. Bare step: benchmarks.jax_step, "
               "cross-entropy without augmentation on a batch resident on the device (so the weight-map + elastic ratio "
               "includes their device cost). Host sampling: the trainer's batch_at on the same folder, in the benchmark's "
-              "process; the CLI's wait is what its training thread spent getting each batch.", ""]
+              "process, one batch at a time; prefetcher: the same batches through the trainer's prefetcher (its worker "
+              "threads, back to back), the host's feeding capacity. The CLI's wait is what its training thread spent "
+              "getting each batch.", ""]
     return "\n".join(lines)
 
 

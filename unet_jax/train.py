@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from unet_jax.checkpoints import Checkpointer
 from unet_jax.config import TRAJECTORY_FIELDS, ConfigError, TrainConfig, UNetError
-from unet_jax.data import Normalization, Samples, augment, sample_tiles
+from unet_jax.data import DataError, Normalization, Samples, augment, sample_tiles
 from unet_jax.data.augment import chain
 from unet_jax.data.elastic import elastic_deform
 from unet_jax.data.prefetch import Prefetcher
@@ -275,7 +275,7 @@ class _Session:
             for step in range(start + 1, cfg.steps + 1):
                 with profiler.step(step):
                     with timer.data():
-                        batch = feed.next(step)
+                        batch = self._next_batch(feed, step, checkpointer)
                     # Dispatch is asynchronous: the device computes while the workers make the next batches.
                     state, metrics = train_step(state, *batch)
                 profiler.done(step, metrics)
@@ -310,6 +310,15 @@ class _Session:
                 if stop.is_set():
                     raise KeyboardInterrupt
         return state
+
+    def _next_batch(self, feed: Prefetcher, step: int, checkpointer: Checkpointer) -> tuple:
+        """The batch of `step` from the prefetcher's workers; a file that fails them stops the run with one
+        message naming it and what was kept (no worker thread's traceback: the prefetcher hands its error here)."""
+        try:
+            return feed.next(step)
+        except (DataError, OSError) as error:
+            checkpointer.wait()  # so that the message names every checkpoint there is
+            raise DataError(f"the batch of step {step} could not be made: {error}. {self._where_to_continue()}") from None
 
     # ------------------------------------------------------------------ messages
     def _where_to_continue(self) -> str:
