@@ -226,7 +226,7 @@ def host_batch_ms(config: LoopConfig, network: Network, data: Path, preset: str,
         start = time.perf_counter()
         batch_at(samples, cfg, step, weights)
         times.append(time.perf_counter() - start)
-    # What the trainer's prefetcher (its defaults: workers and depth) delivers on this host, batches back to back.
+    # What the trainer's prefetcher delivers on this host with its accelerator settings (2 workers, 2 ahead), back to back.
     start = time.perf_counter()
     with Prefetcher(lambda step: batch_at(samples, cfg, step, weights), range(1, batches + 1)) as feed:
         for step in range(1, batches + 1):
@@ -330,8 +330,9 @@ def to_markdown(report: dict) -> str:
               "window left out), stopped by Ctrl-C before any validation or checkpoint. Bare step: benchmarks.jax_step, "
               "cross-entropy without augmentation on a batch resident on the device (so the weight-map + elastic ratio "
               "includes their device cost). Host sampling: the trainer's batch_at on the same folder, in the benchmark's "
-              "process, one batch at a time; prefetcher: the same batches through the trainer's prefetcher (its worker "
-              "threads, back to back), the host's feeding capacity. The CLI's wait is what its training thread spent "
+              "process, one batch at a time; prefetcher: the same batches through the trainer's prefetcher as it runs for "
+              "an accelerator (2 worker threads, back to back; on a CPU backend the trainer cuts on its own thread), the "
+              "host's feeding capacity. The CLI's wait is what its training thread spent "
               "getting each batch.", ""]
     return "\n".join(lines)
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 import unet_jax.train as train_module
 from unet_jax.cli import main
-from unet_jax.data import make_cells
+from unet_jax.data import make_cells, prefetch
 from unet_jax.presets import resolve
 from unet_jax.train import train
 
@@ -63,6 +63,7 @@ def test_a_batch_that_cannot_be_made_stops_the_run_with_one_message_and_the_chec
         return made(samples, cfg, step, *args, **kwargs)
 
     monkeypatch.setattr(train_module, "batch_at", failing)
+    monkeypatch.setattr(prefetch, "workers_for", lambda devices: 2)  # worker threads, as on an accelerator
     run_dir = tmp_path / "run"
     assert main(["train", "--run-dir", str(run_dir), "--no-progress", "--cells-train-images", "4", "--cells-val-images", "2",
                  "--cells-image-size", "64", *TINY_OPTIONS]) == 2

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from unet_jax.data.prefetch import Prefetcher
+from unet_jax.data.prefetch import WORKERS, Prefetcher, workers_for
 
 
 def test_every_step_gets_the_batch_made_for_it_in_order():
@@ -58,3 +58,22 @@ def test_asking_out_of_order_or_past_the_end_is_a_bug_caught_at_once():
             feed.next(2)
     with pytest.raises(ValueError):
         Prefetcher(lambda s: s, range(3), depth=0)
+
+
+def test_without_workers_each_batch_is_made_when_asked_for_on_the_calling_thread():
+    threads = []
+    with Prefetcher(lambda s: threads.append(threading.current_thread()) or s, range(1, 4), workers=0) as feed:
+        assert threads == []  # nothing made ahead
+        assert [feed.next(s) for s in range(1, 4)] == [1, 2, 3]
+        with pytest.raises(RuntimeError, match="after the last step"):
+            feed.next(4)
+    assert threads == [threading.main_thread()] * 3
+
+
+def test_cpu_devices_get_no_workers_and_accelerators_do():
+    class Device:
+        def __init__(self, platform):
+            self.platform = platform
+
+    assert workers_for([Device("cpu"), Device("cpu")]) == 0
+    assert workers_for([Device("gpu")]) == WORKERS >= 1

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from unet_jax.checkpoints import Checkpointer
 from unet_jax.config import TRAJECTORY_FIELDS, ConfigError, TrainConfig, UNetError
-from unet_jax.data import DataError, Normalization, Samples, augment, sample_tiles
+from unet_jax.data import DataError, Normalization, Samples, augment, prefetch, sample_tiles
 from unet_jax.data.augment import chain
 from unet_jax.data.elastic import elastic_deform
 from unet_jax.data.prefetch import Prefetcher
@@ -269,7 +269,7 @@ class _Session:
         # Batches are cut and placed on the device two steps ahead, on worker threads (unet_jax.data.prefetch).
         feed = Prefetcher(lambda step: self.parallel.global_batch(
             cfg.batch_size, functools.partial(batch_at, train_samples, cfg, step, self.train_weights)),
-            range(start + 1, cfg.steps + 1))
+            range(start + 1, cfg.steps + 1), workers=prefetch.workers_for(jax.local_devices()))
         profiler = StepProfiler(cfg.profile_range if is_primary() else None, start, self.run_dir.file("profile"), self.log)
         with _stop_between_steps(self.log) as stop, contextlib.closing(bar), feed, contextlib.closing(profiler):
             for step in range(start + 1, cfg.steps + 1):
