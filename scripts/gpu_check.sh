@@ -5,6 +5,8 @@
 #                                      # (PARITY_S=360: ends within 360 s instead -> timeout_s=390)
 #                                      # (extra arguments go to pytest, e.g. parity -k seed572)
 #   bash scripts/gpu_check.sh bench    # benchmarks, then input pipeline; ends within 420 s -> timeout_s=480
+#   bash scripts/gpu_check.sh loop     # benchmarks.train_loop: `unet-jax train --data DIR` against the bare
+#                                      # step, bf16 first; ends within LOOP_S (120) s -> timeout_s=LOOP_S+30
 #   bash scripts/gpu_check.sh sweep    # benchmarks.sweep: JAX speed-up options vs torch.compile, with
 #                                      # kernel profiles; ends within 420 s -> timeout_s=480
 #                                      # (BENCH_S sets those 420 s, for bench and sweep)
@@ -24,6 +26,7 @@
 #           (the tarball: logs/<job>.log, run.log, input_pipeline.json/.md)
 #   sweep:  the same files as bench (no input pipeline), in $OUT/<device-slug>-sweep/
 #   fair:   the same files as sweep, in $OUT/<device-slug>-fair/
+#   loop:   train_loop.json, train_loop.md, system.txt, loop_logs.tar.gz (each run's and bare step's log)
 # Reports are rewritten as the run goes (after every test / every job), so a call cut short still
 # brings back what it measured. system.txt: nvidia-smi, driver, versions, environment.
 #
@@ -142,6 +145,23 @@ case "$MODE" in
     cat "$DEST/results.md" 2>/dev/null
     check_out
     exit $status ;;
+  loop)
+    # The training loop against the bare step (benchmarks.train_loop): the seed network on 30 written
+    # images of 1024 px; its own budget is LOOP_S (120) s less 15 s kept for packing up.
+    SLUG=$(device_slug); DEST="$OUT/$SLUG"; mkdir -p "$DEST"
+    WORK=$(mktemp -d /tmp/unet-loop-XXXXXX) && chmod 755 "$WORK"
+    trap 'rm -rf "$WORK"' EXIT
+    system_info "$DEST/system.txt"
+    budget=$(( $(left "${LOOP_S:-120}") - 15 ))
+    plan=(--budget-s "$budget"); [ -n "$QUICK" ] && plan=(--quick --preset demo --budget-s "$budget")
+    timeout -k 10 $(( budget + 10 )) "$PY" -m benchmarks.train_loop "${plan[@]}" --out "$DEST" --work "$WORK/work" \
+        2>&1 | tee "$WORK/run.log"
+    status=${PIPESTATUS[0]}
+    echo "benchmarks.train_loop exit status: $status"
+    mkdir -p "$WORK/logs" && cp "$WORK"/work/*.log "$WORK/run.log" "$WORK/logs/" 2>/dev/null
+    tar -czf "$DEST/loop_logs.tar.gz" -C "$WORK/logs" . 2>/dev/null || echo "tar failed"
+    check_out
+    exit $status ;;
   import)
     src="${2:-}"
     [ -d "$src" ] || { echo "usage: bash scripts/gpu_check.sh import <folder>: the folder the device tool put a call's files in (holding <slug>/system.txt)" >&2; exit 2; }
@@ -155,12 +175,17 @@ case "$MODE" in
             dest="parity_tests/results/$slug"; mkdir -p "$dest"
             cp "$dir"/parity_report.json "$dir"/parity_report.md "$dir"/system.txt "$dest"/
             [ -f "$dir/pytest.log" ] && cp "$dir/pytest.log" "$dest"/
+        elif [ -f "$dir/train_loop.json" ]; then  # beside the bench's results of the same device
+            dest="benchmarks/results/$slug"; mkdir -p "$dest"
+            cp "$dir"/train_loop.json "$dir"/train_loop.md "$dest"/
+            cp "$dir/system.txt" "$dest/train_loop_system.txt"
+            [ -f "$dir/loop_logs.tar.gz" ] && mkdir -p "$dest/logs/train_loop" && tar -xzf "$dir/loop_logs.tar.gz" -C "$dest/logs/train_loop"
         elif [ -f "$dir/results.json" ]; then
             dest="benchmarks/results/$slug"; mkdir -p "$dest"
             for f in results.json results.md img_per_s.png system.txt; do [ -f "$dir/$f" ] && cp "$dir/$f" "$dest"/; done
             [ -f "$dir/bench_logs.tar.gz" ] && tar -xzf "$dir/bench_logs.tar.gz" --no-overwrite-dir -C "$dest"
         else
-            echo "$dir holds neither parity_report.json nor results.json" >&2; exit 1
+            echo "$dir holds none of parity_report.json, results.json, train_loop.json" >&2; exit 1
         fi
         chmod -R u+w "$dest"  # the device tool's copies are read-only
         echo "imported $dir -> $dest:"; ls -la "$dest"; found=1
@@ -168,6 +193,6 @@ case "$MODE" in
     [ "$found" = 1 ] || { echo "no system.txt in $src or its subfolders: is this a gpu_check.sh call's \$OUT?" >&2; exit 1; }
     ;;
   *)
-    echo "usage: bash scripts/gpu_check.sh parity|bench|sweep|fair|import <folder>" >&2
+    echo "usage: bash scripts/gpu_check.sh parity|bench|sweep|fair|loop|import <folder>" >&2
     exit 2 ;;
 esac

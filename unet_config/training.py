@@ -26,7 +26,7 @@ REMAT_POLICIES = ("none", "blocks", "conv-outputs", "dots")
 # learning rate does, so a run resumed with one is no longer an exact continuation.
 # batch_groups changes only the order in which per-image gradients are summed, as --devices does.
 BOOKKEEPING_FIELDS = ("steps", "eval_every", "log_every", "checkpoint_every", "keep_checkpoints", "sampling_threads",
-                      "batch_groups")
+                      "batch_groups", "profile_steps")
 TRAJECTORY_FIELDS = ("learning_rate",)
 RESUMABLE_FIELDS = BOOKKEEPING_FIELDS + TRAJECTORY_FIELDS
 
@@ -94,6 +94,10 @@ class TrainConfig:
     log_every: int = described(10, "steps between records in metrics.jsonl")
     checkpoint_every: int = described(200, "steps between checkpoints")
     keep_checkpoints: int = described(3, "checkpoints kept (the newest); at least 1, so the run can be resumed")
+    profile_steps: Optional[str] = described(
+        None, "A:B: write a jax.profiler trace of training steps A to B (inclusive) into RUN_DIR/profile, for "
+        "TensorBoard/XProf or Perfetto; none: no trace"
+    )
 
     def __post_init__(self):
         if not isinstance(self.model, UNetConfig):
@@ -118,7 +122,8 @@ class TrainConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{_name(name)} must be true or false, got {getattr(self, name)!r}")
         _check_range("elastic_sigma", self.elastic_sigma, 0, math.inf, low_open=False, high_open=True)
-        for name in ("preset", "data", "val_data", "init_weights"):
+        self.profile_range  # noqa: B018 (checks the text)
+        for name in ("preset", "data", "val_data", "init_weights", "profile_steps"):
             value = getattr(self, name)
             if not (isinstance(value, str) or (value is None and name != "preset")):
                 raise ConfigError(f"{_name(name)} must be a string, got {value!r}")
@@ -126,6 +131,20 @@ class TrainConfig:
             raise ConfigError(f"{_name('batch_groups')} {self.batch_groups} with BatchNorm would give each group its own "
                               "batch statistics: use 1 (or 0, which picks 1 for BatchNorm)")
         self.model.check_input_size(self.tile_size, self.tile_size)
+
+    @property
+    def profile_range(self) -> Optional[tuple[int, int]]:
+        """(first, last) training step to trace, from `profile_steps` "A:B"; None without one."""
+        if self.profile_steps is None:
+            return None
+        first, _, last = str(self.profile_steps).partition(":")
+        try:
+            first, last = int(first), int(last)
+        except ValueError:
+            first = last = 0
+        if not 1 <= first <= last:
+            raise ConfigError(f"{_name('profile_steps')} must be A:B with 1 <= A <= B (e.g. 20:25), got {self.profile_steps!r}")
+        return first, last
 
     @property
     def label_size(self) -> int:

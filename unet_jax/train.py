@@ -25,9 +25,10 @@ from tqdm import tqdm
 
 from unet_jax.checkpoints import Checkpointer
 from unet_jax.config import TRAJECTORY_FIELDS, ConfigError, TrainConfig, UNetError
-from unet_jax.data import Normalization, Samples, augment, sample_tiles
+from unet_jax.data import DataError, Normalization, Samples, augment, prefetch, sample_tiles
 from unet_jax.data.augment import chain
 from unet_jax.data.elastic import elastic_deform
+from unet_jax.data.prefetch import Prefetcher
 from unet_jax.data.targets import separated_targets
 from unet_jax.distributed import DataParallel, check_batch_size, fetch, is_primary
 from unet_jax.evaluate import evaluate_samples
@@ -37,6 +38,7 @@ from unet_jax.metrics import add_counts, scores_from_counts
 from unet_jax.model import UNet, default_batch_groups
 from unet_jax.plots import plot_losses, plot_predictions, plot_weight_map
 from unet_jax.predict import Predictor
+from unet_jax.profiling import StepProfiler
 from unet_jax.run_dir import FollowerRunDir, MetricsLog, RunDir, RunDirError, TrainingInterrupted
 from unet_jax.train_data import VAL_SEED_OFFSET, TrainingData, load_data
 from unet_jax.train_step import TrainState, create_train_state, make_eval_step, make_optax_optimizer, make_train_step
@@ -264,13 +266,19 @@ class _Session:
                                      shardings=self.parallel.step_shardings(state))
         window, timer = [], _Throughput()
         bar = tqdm(total=cfg.steps, initial=start, desc="train", disable=not self.progress, dynamic_ncols=True)
-        with _stop_between_steps(self.log) as stop, contextlib.closing(bar):
+        # Batches are cut and placed on the device two steps ahead, on worker threads (unet_jax.data.prefetch).
+        feed = Prefetcher(lambda step: self.parallel.global_batch(
+            cfg.batch_size, functools.partial(batch_at, train_samples, cfg, step, self.train_weights)),
+            range(start + 1, cfg.steps + 1), workers=prefetch.workers_for(jax.local_devices()))
+        profiler = StepProfiler(cfg.profile_range if is_primary() else None, start, self.run_dir.file("profile"), self.log)
+        with _stop_between_steps(self.log) as stop, contextlib.closing(bar), feed, contextlib.closing(profiler):
             for step in range(start + 1, cfg.steps + 1):
-                with timer.data():
-                    batch = self.parallel.global_batch(cfg.batch_size,
-                                                       functools.partial(batch_at, train_samples, cfg, step, self.train_weights))
-                # Dispatch is asynchronous: the host samples the next batch while the device computes.
-                state, metrics = train_step(state, *batch)
+                with profiler.step(step):
+                    with timer.data():
+                        batch = self._next_batch(feed, step, checkpointer)
+                    # Dispatch is asynchronous: the device computes while the workers make the next batches.
+                    state, metrics = train_step(state, *batch)
+                profiler.done(step, metrics)
                 window.append(metrics)
                 bar.update(1)
                 if step == start + 1:  # keep compilation out of the throughput figures
@@ -302,6 +310,15 @@ class _Session:
                 if stop.is_set():
                     raise KeyboardInterrupt
         return state
+
+    def _next_batch(self, feed: Prefetcher, step: int, checkpointer: Checkpointer) -> tuple:
+        """The batch of `step` from the prefetcher's workers; a file that fails them stops the run with one
+        message naming it and what was kept (no worker thread's traceback: the prefetcher hands its error here)."""
+        try:
+            return feed.next(step)
+        except (DataError, OSError) as error:
+            checkpointer.wait()  # so that the message names every checkpoint there is
+            raise DataError(f"the batch of step {step} could not be made: {error}. {self._where_to_continue()}") from None
 
     # ------------------------------------------------------------------ messages
     def _where_to_continue(self) -> str:
