@@ -1,4 +1,4 @@
-"""`unet-jax`: train, convert, evaluate, predict, export. Thin: the logic lives in library modules.
+"""`unet-jax`: train, convert, evaluate, predict, export, inspect. Thin: the logic lives in library modules.
 
 Expected failures (a bad option, a file that can't be read or may not be written, a run
 directory in use) are the project's `UNetError`s: printed as one message naming the path and
@@ -131,6 +131,14 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_inspect(args) -> int:
+    from unet_jax.data.inspect import describe_report, inspect_folder
+
+    report = inspect_folder(args.data)
+    print(json.dumps(report) if args.json else describe_report(report))
+    return EXIT_ERROR if report["errors"] else 0
+
+
 def _describe(record: dict) -> str:
     """One line per predicted image: "a.png: 512x512 -> out/a_mask.png, out/a_probs.npy"."""
     size = f"{record['height']}x{record['width']}"
@@ -253,6 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="skip running the written file against Flax on a random batch (default: checked)")
     _add_field_options(export.add_argument_group("architecture"), ARCHITECTURE_FIELDS, _stored_default)
     export.set_defaults(run=cmd_export)
+
+    inspect = commands.add_parser("inspect", help="summarise a data folder and warn about what leads to all-background predictions")
+    inspect.add_argument("--data", required=True, help="DIR with images/ and masks/, or an ISBI *-volume.tif (required)")
+    inspect.add_argument("--json", action="store_true", help="print one JSON object (default: lines of text)")
+    inspect.set_defaults(run=cmd_inspect)
     return parser
 
 
