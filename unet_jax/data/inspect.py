@@ -47,8 +47,8 @@ def inspect_folder(path: Union[str, Path]) -> dict:
     source = index_folder(path, 1, 2, as_stored=True)
     images, masks, errors = [], [], []
     for i, name in enumerate(source.names):
-        image, mask, _ = source.load([i])[0]
         try:
+            image, mask, _ = source.load([i])[0]
             images.append(_image_record(name, image))
             masks.append(_mask_record(name, mask))
         except UNetError as error:  # the reader's own message for a file it would refuse
@@ -163,14 +163,14 @@ def _mask_warnings(masks: Sequence[dict]) -> list[str]:
     for r in masks:
         if r["kind"] == "binary" and len(r["values"]) == 2:
             binary[r["values"][1]].append(r["name"])
-    if 1 in binary and len(binary) > 1:
+    classes = [r["name"] for r in masks if r["kind"] == "classes"]
+    if 1 in binary and len(binary) > 1 and not classes:  # among class masks 0/1 is two classes: the next check's case
         other = max((v for v in binary if v != 1), key=lambda v: len(binary[v]))
         warnings.append(
             f"binary masks saved two ways: {len(binary[1])} mark foreground with 1 ({_shown(binary[1])}), {len(binary[other])} "
             f"with {other} ({_shown(binary[other])}); one of them is not what was meant (0/1 masks look black in a viewer, "
             f"and other tools read them as background). Fix: save every mask the same way, 0/{other} or 0/1"
         )
-    classes = [r["name"] for r in masks if r["kind"] == "classes"]
     wide_binary = [n for v, files in binary.items() if v in (255, 65535) for n in files]
     if classes and wide_binary:
         warnings.append(
