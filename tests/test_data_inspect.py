@@ -110,6 +110,21 @@ def test_masks_training_would_refuse_or_misread_are_named(tmp_path, values, kind
         load_folder(tmp_path, 1, len(values) if kind == "scaled" else 2)
 
 
+def test_object_ids_in_8_bit_files_are_named(tmp_path):
+    rng = np.random.default_rng(6)
+    for i in range(2):
+        ids = np.zeros((SIZE, SIZE), np.uint8)
+        for k in range(20):  # 20 objects, ids 1..20: more than a class mask's levels
+            ids[3 * k : 3 * k + 2, 5 + k : 15 + k] = k + 1
+        _save(tmp_path, f"o{i}", rng.integers(0, 255, (SIZE, SIZE), dtype=np.uint8), ids)
+    report = inspect_folder(tmp_path)
+    assert report["masks"]["kind"] == "instances-8bit" and report["masks"]["objects_per_image"]["max"] == 20
+    [warning] = _warnings_about(report, "2 masks are object ids in 8-bit files")
+    assert "16-bit PNG or TIFF" in warning
+    with pytest.raises(DataError, match="16-bit"):  # the reader's own rule, which the warning anticipates
+        load_folder(tmp_path, 1, 2)
+
+
 def test_instance_masks_count_their_objects(tmp_path):
     rng = np.random.default_rng(3)
     for i, objects in enumerate((3, 5)):

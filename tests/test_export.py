@@ -145,3 +145,17 @@ def test_the_command_line_exports_and_replaces_only_with_overwrite(weights, tmp_
     assert out.read_bytes() == first and (tmp_path / "unet.stablehlo.json").read_text() == "edited"
     assert main([*argv, "--overwrite"]) == 0
     assert json.loads((tmp_path / "unet.stablehlo.json").read_text())["sizes"]["input"] == tile
+
+
+def test_the_size_defaults_to_the_runs_training_tile_else_the_valid_size_nearest_572(weights, tmp_path):
+    from unet_jax.config import TrainConfig
+    from unet_jax.export.source import load_source
+
+    path, config, tile = weights
+    assert load_source(path).tile_size == config.nearest_valid_input_sizes(572)[1]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "weights.safetensors").write_bytes(path.read_bytes())
+    (run / "config.json").write_text(json.dumps(TrainConfig(model=config, tile_size=tile).to_dict()))
+    source = load_source(run)
+    assert (source.tile_size, source.config, source.normalization) == (tile, config, None)  # no normalization.json in run

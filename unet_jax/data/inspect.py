@@ -9,8 +9,9 @@ Warnings (each names the files and the fix):
   - foreground (any non-zero mask value) below 1% of the mask pixels;
   - binary masks saved two ways in one set (0/1 and 0/255): one of them is not what was meant,
     and a 0/1 mask shows black in a viewer; 0/255 masks among class-index masks;
-  - class indices scaled for viewing (0/127/254, 0/85/170/255) and masks with many grey levels
-    (resized or lossy-compressed), which the reader refuses or reads as many classes;
+  - class indices scaled for viewing (0/127/254, 0/85/170/255), object ids in 8-bit files, and
+    masks with many grey levels (resized or lossy-compressed), which the reader refuses or reads
+    as many classes;
   - images far darker or brighter than the rest; images of very different sizes.
 `training_warnings` gives the checks that need only what training has read, for the start of
 `unet-jax train`.
@@ -81,15 +82,16 @@ def _mask_record(name: str, raw: np.ndarray) -> dict:
     values, _ = _to_mask(raw, name, ANY_VALUE)  # grey, integer, non-negative: the reader's checks
     levels, counts = np.unique(values, return_counts=True)
     wide = raw.dtype != bool and raw.dtype.itemsize > 1
-    kind = _mask_kind(levels, wide)
-    objects = len(levels) - (levels[0] == 0) if kind == "instances" else int(ndimage.label(values > 0)[1])
+    kind = _mask_kind(levels, wide, values)
+    objects = len(levels) - (levels[0] == 0) if kind.startswith("instances") else int(ndimage.label(values > 0)[1])
     return {"name": name, "kind": kind, "dtype": str(raw.dtype), "values": [int(v) for v in levels],
             "pixels": {int(v): int(c) for v, c in zip(levels, counts)}, "objects": int(objects)}
 
 
-def _mask_kind(levels: np.ndarray, wide: bool) -> str:
+def _mask_kind(levels: np.ndarray, wide: bool, values: np.ndarray) -> str:
     """binary (0 and one value), instances (ids in a >8-bit file), classes (small indices), scaled
-    (class indices spread over the grey range for viewing), grey (many levels: not a label image)."""
+    (class indices spread over the grey range for viewing), instances-8bit (many values, each one
+    blob: object ids in a file training reads as classes), grey (many levels: not a label image)."""
     top = int(levels[-1])
     if len(levels) <= 2:
         return "instances" if wide and top not in (1, 255, 65535) else "binary"  # one object's id
@@ -98,7 +100,10 @@ def _mask_kind(levels: np.ndarray, wide: bool) -> str:
     steps = np.diff(levels)
     if len(levels) <= GREY_LEVELS and levels[0] == 0 and steps.min() >= GREY_LEVELS and steps.max() - steps.min() <= 1:
         return "scaled"
-    return "classes" if top < GREY_LEVELS and len(levels) <= GREY_LEVELS else "grey"
+    if top < GREY_LEVELS and len(levels) <= GREY_LEVELS:
+        return "classes"
+    blobs = (ndimage.label(values == v)[1] for v in levels[levels > 0])
+    return "instances-8bit" if all(n == 1 for n in blobs) else "grey"
 
 
 # ------------------------------------------------------------------ summaries
@@ -184,6 +189,8 @@ def _mask_warnings(masks: Sequence[dict]) -> list[str]:
                         "training refuses them. Fix: save binary masks as 0/1 or 0/255")
     for kind, what, fix in (
         ("scaled", "class indices spread over the grey range for viewing", "save the class indices 0, 1, 2, ... themselves"),
+        ("instances-8bit", "object ids in 8-bit files, which training reads as class indices",
+         "save instance masks as 16-bit PNG or TIFF (0 background, 1..N objects)"),
         ("grey", "grey images of many levels, as resized or lossy-compressed (JPEG) masks are",
          "save masks losslessly (PNG, TIFF) at the image's size, resized if at all with nearest-neighbour"),
     ):
