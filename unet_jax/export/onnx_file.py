@@ -4,10 +4,10 @@ Why this route and not jax2onnx (measured 2026-12-04 on this project's 2-core CP
 Python 3.11, torch 2.13.0, onnx 1.23.2, onnxruntime 1.32.0, jax2onnx 0.13.0, the newest that
 installs beside jax 0.10.2; seed network, 572x572, batch 1, one run each): both files agree with
 Flax to 1.2e-6 of the largest logit; export took 14.7 s through torch against 22.6 s, and
-onnxruntime ran the torch file in 5.2 s (min of 5) against 6.1 s, since jax2onnx carries the
-inference path's first-conv rewrite (`layers.few_channel_conv`) into the graph. jax2onnx also
-brings some twenty more packages (equinox, huggingface_hub, netron, ...) where this route needs
-only onnx and onnxscript beside the torch the project's reference already uses.
+onnxruntime ran the torch file in 5.2 s (min of 5 runs; median 5.4) against 6.1 s (median 6.4;
+why was not looked into). jax2onnx also brings 22 more packages (equinox, huggingface_hub,
+netron, ...) where this route needs only onnx and onnxscript beside the torch the project's
+reference already uses.
 
 The graph is NCHW, as PyTorch's: image [batch, C, T, T] -> logits [batch, K, T', T'].
 """
