@@ -28,6 +28,7 @@ from unet_jax.config import TRAJECTORY_FIELDS, ConfigError, TrainConfig, UNetErr
 from unet_jax.data import DataError, Normalization, Samples, augment, prefetch, sample_tiles
 from unet_jax.data.augment import chain
 from unet_jax.data.elastic import elastic_deform
+from unet_jax.data.inspect import training_warnings
 from unet_jax.data.prefetch import Prefetcher
 from unet_jax.data.targets import separated_targets
 from unet_jax.distributed import DataParallel, check_batch_size, fetch, is_primary
@@ -101,6 +102,9 @@ def train(cfg: TrainConfig, run_dir, progress: bool = True, log=print, parallel:
     run = RunDir(run_dir)
     run.check_new_run()  # fail fast, before loading data; checked again under the lock
     cfg, data = load_data(cfg, parallel)  # bad data fails here, in every process, before anything is written
+    if cfg.data is not None:  # `unet-jax inspect --data` tells more
+        for warning in training_warnings(data.train):
+            log(f"data: warning: {warning}")
     with run.lock():
         run.check_no_trained_run()
         if run.state == "unstarted":
