@@ -71,8 +71,8 @@ class TrainConfig:
     elastic_sigma: float = described(10.0, "standard deviation of the elastic displacements, pixels (the paper's: 10)")
     seed: int = described(0, "parameters, data order and augmentation all derive from it")
     sampling_threads: int = described(
-        4, "host threads that cut each batch's tiles while the device runs the previous step; the batch is the same "
-        "for any number (1: cut on the training thread)"
+        4, "host threads that cut each batch's tiles while the device runs earlier steps (on an accelerator two batches "
+        "are made ahead at once); the batch is the same for any number (1: one thread per batch)"
     )
     data_shards: int = described(
         0, "deal the training images into this many shards; each process of a multi-host run reads only the shard its "
