@@ -12,6 +12,7 @@ statistics, at an eighth of the cost. What the loop costs does not depend on the
 
 from __future__ import annotations
 
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -41,7 +42,8 @@ def write_cells_folder(folder: Path, images: int, size: int, seed: int = 0) -> d
     (folder / "images").mkdir(parents=True, exist_ok=True)
     (folder / "masks").mkdir(parents=True, exist_ok=True)
     drawn = -(-images // SYMMETRIES)
-    with ProcessPoolExecutor(min(drawn, 16)) as pool:
+    # Spawned, not forked: a fork of a process that runs JAX's threads can deadlock.
+    with ProcessPoolExecutor(min(drawn, 16), mp_context=multiprocessing.get_context("spawn")) as pool:
         bases = list(pool.map(_draw, [(i, size, seed) for i in range(drawn)]))
     for i in range(images):
         grey, ids = (_variant(a, i % SYMMETRIES) for a in bases[i // SYMMETRIES])

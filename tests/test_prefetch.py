@@ -1,11 +1,15 @@
 """The prefetcher hands each step its own batch, in order, ahead of time, and a worker's error to the caller."""
 
+import json
 import threading
 import time
 
 import pytest
 
+from unet_jax.data import prefetch
 from unet_jax.data.prefetch import WORKERS, Prefetcher, workers_for
+from unet_jax.presets import resolve
+from unet_jax.train import train
 
 
 def test_every_step_gets_the_batch_made_for_it_in_order():
@@ -77,3 +81,17 @@ def test_cpu_devices_get_no_workers_and_accelerators_do():
 
     assert workers_for([Device("cpu"), Device("cpu")]) == 0
     assert workers_for([Device("gpu")]) == WORKERS >= 1
+
+
+def test_a_run_fed_by_worker_threads_trains_on_exactly_the_batches_of_one_fed_inline(tmp_path, monkeypatch):
+    cfg = resolve("demo", dict(features=4, depth=2, tile_size=60, batch_size=2, cells_train_images=4, cells_val_images=2,
+                               cells_image_size=64, val_tiles_per_image=1, log_every=1, eval_every=5, checkpoint_every=5,
+                               steps=5))
+
+    def losses(run_dir):
+        return [(r["step"], r["split"], r["loss"]) for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())]
+
+    train(cfg, tmp_path / "inline", progress=False, log=lambda _: None)  # the CPU backend: no workers
+    monkeypatch.setattr(prefetch, "workers_for", lambda devices: 2)  # as on an accelerator
+    train(cfg, tmp_path / "workers", progress=False, log=lambda _: None)
+    assert losses(tmp_path / "workers") == losses(tmp_path / "inline")

@@ -71,8 +71,8 @@ class TrainConfig:
     elastic_sigma: float = described(10.0, "standard deviation of the elastic displacements, pixels (the paper's: 10)")
     seed: int = described(0, "parameters, data order and augmentation all derive from it")
     sampling_threads: int = described(
-        4, "host threads that cut each batch's tiles while the device runs the previous step; the batch is the same "
-        "for any number (1: cut on the training thread)"
+        4, "host threads that cut each batch's tiles while the device runs earlier steps (on an accelerator two batches "
+        "are made ahead at once); the batch is the same for any number (1: one thread per batch)"
     )
     data_shards: int = described(
         0, "deal the training images into this many shards; each process of a multi-host run reads only the shard its "
@@ -122,11 +122,11 @@ class TrainConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{_name(name)} must be true or false, got {getattr(self, name)!r}")
         _check_range("elastic_sigma", self.elastic_sigma, 0, math.inf, low_open=False, high_open=True)
-        self.profile_range  # noqa: B018 (checks the text)
         for name in ("preset", "data", "val_data", "init_weights", "profile_steps"):
             value = getattr(self, name)
             if not (isinstance(value, str) or (value is None and name != "preset")):
                 raise ConfigError(f"{_name(name)} must be a string, got {value!r}")
+        self.profile_range  # noqa: B018 (parses the range: a bad one is refused here)
         if self.batch_groups > 1 and self.model.norm == "batch":
             raise ConfigError(f"{_name('batch_groups')} {self.batch_groups} with BatchNorm would give each group its own "
                               "batch statistics: use 1 (or 0, which picks 1 for BatchNorm)")
