@@ -1,6 +1,14 @@
 #!/usr/bin/env bash
-# The GPU job for a lent H100/H200, as two calls of the device tool. From the repository root:
+# The GPU job for a lent H100/H200. From the repository root, as ONE call of the device tool:
 #
+#   bash scripts/gpu_check.sh all      # parity (PARITY_S, 240 s), then fair (what is left less LOOP_S),
+#                                      # then loop (LOOP_S, 110 s); ends within ALL_S (540) s -> timeout_s=570
+#                                      # (PARITY_ARGS: extra pytest arguments for its parity part)
+#     leaves 7 files: $OUT/<slug>/ (the parity files below), bench.tar.gz (the fair and loop
+#     folders, packed again after each part) and summary/{results.md,train_loop.md} to read at once;
+#     `import` unpacks bench.tar.gz by itself.
+#
+# Or a part alone:
 #   bash scripts/gpu_check.sh parity   # parity suite + report; ends within 300 s  -> device run timeout_s=360
 #                                      # (PARITY_S=360: ends within 360 s instead -> timeout_s=390)
 #                                      # (extra arguments go to pytest, e.g. parity -k seed572)
@@ -40,8 +48,7 @@
 set -u
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
-OUT="${OUT:-/tmp/unet-gpu-out}"
-QUICK="${QUICK:-}"
+OUT="${OUT:-/tmp/unet-gpu-out}"; export OUT QUICK="${QUICK:-}"
 export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 # JAX must never take 75% of the GPU up front: the parity processes hold torch beside it, and
 # the benchmarks set the same in every job (benchmarks/run.py CHILD_ENV). Before any python runs.
@@ -162,8 +169,42 @@ case "$MODE" in
     tar -czf "$DEST/loop_logs.tar.gz" -C "$WORK/logs" . 2>/dev/null || echo "tar failed"
     check_out
     exit $status ;;
+  all)
+    # One device call: each part in its own budget, most needed first. The parity part writes into
+    # $OUT itself (its report is rewritten after every test); fair and loop write into a staging
+    # folder that is packed into $OUT/bench.tar.gz after each part, so that the call brings back at
+    # most 7 files and a part cut short loses nothing of the parts before it.
+    ALL_S=${ALL_S:-540}; LOOP_S=${LOOP_S:-110}
+    STAGE=$(mktemp -d /tmp/unet-all-XXXXXX) && chmod 755 "$STAGE"
+    trap 'rm -rf "$STAGE"' EXIT
+    pack_stage() {
+        rm -f "$STAGE"/*/img_per_s.png  # rebuilt from results.json by `import`
+        tar -czf "$OUT/bench.tar.gz.part" -C "$STAGE" . && mv "$OUT/bench.tar.gz.part" "$OUT/bench.tar.gz"
+        mkdir -p "$OUT/summary"
+        for f in "$STAGE"/*/results.md "$STAGE"/*/train_loop.md; do [ -f "$f" ] && cp "$f" "$OUT/summary/"; done
+    }
+    PARITY_S=${PARITY_S:-240} bash "$0" parity ${PARITY_ARGS:-}
+    parity_status=$?
+    fair_s=$(( $(left "$ALL_S") - LOOP_S ))
+    if [ "$fair_s" -ge 60 ]; then
+        OUT="$STAGE" BENCH_S=$fair_s bash "$0" fair; fair_status=$?; pack_stage
+    else
+        echo "fair skipped: ${fair_s} s left for it"; fair_status=1
+    fi
+    loop_s=$(( $(left "$ALL_S") - 5 ))
+    OUT="$STAGE" LOOP_S=$loop_s bash "$0" loop; loop_status=$?; pack_stage
+    echo "all: parity $parity_status, fair $fair_status, loop $loop_status in $(( SECONDS - START )) s"
+    check_out
+    exit $(( parity_status || fair_status || loop_status )) ;;
   import)
     src="${2:-}"
+    if [ -f "$src/bench.tar.gz" ]; then  # an `all` call: its fair and loop folders, packed
+        unpacked=$(mktemp -d) && tar -xzf "$src/bench.tar.gz" -C "$unpacked" && bash "$0" import "$unpacked" || exit 1
+        for dir in "$unpacked"/*-fair; do
+            [ -f "$dir/results.json" ] && "$PY" -m benchmarks.report "benchmarks/results/$(basename "$dir")"
+        done
+        rm -rf "$unpacked"
+    fi
     [ -d "$src" ] || { echo "usage: bash scripts/gpu_check.sh import <folder>: the folder the device tool put a call's files in (holding <slug>/system.txt)" >&2; exit 2; }
     found=0
     for info in "$src"/system.txt "$src"/*/system.txt; do
@@ -190,9 +231,9 @@ case "$MODE" in
         chmod -R u+w "$dest"  # the device tool's copies are read-only
         echo "imported $dir -> $dest:"; ls -la "$dest"; found=1
     done
-    [ "$found" = 1 ] || { echo "no system.txt in $src or its subfolders: is this a gpu_check.sh call's \$OUT?" >&2; exit 1; }
+    [ "$found" = 1 ] || [ -f "$src/bench.tar.gz" ] || { echo "no system.txt in $src or its subfolders: is this a gpu_check.sh call's \$OUT?" >&2; exit 1; }
     ;;
   *)
-    echo "usage: bash scripts/gpu_check.sh parity|bench|sweep|fair|loop|import <folder>" >&2
+    echo "usage: bash scripts/gpu_check.sh all|parity|bench|sweep|fair|loop|import <folder>" >&2
     exit 2 ;;
 esac
