@@ -24,13 +24,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.devices import write_measurement
+from benchmarks.jax_state import seed_train_state
 from benchmarks.timing import summarize_ms, timed_calls
 from unet_jax import UNet, UNetConfig
 from unet_jax.data import make_cells, sample_tiles
 from unet_jax.data.tiles import TileRequest
 from unet_jax.runtime.mesh import DataParallel
 from unet_jax.training.losses import make_loss
-from unet_jax.training.step import create_train_state, make_optax_optimizer, make_train_step
+from unet_jax.training.step import make_train_step
 
 LINKS_GB_PER_S = {"NVLink 4 (H100 SXM, per direction)": 450.0, "100 Gb/s Ethernet": 12.5}
 DEVICE_COUNTS = (2, 4, 8)
@@ -61,7 +62,7 @@ def step_times(config: UNetConfig, tile: int, batch: int, steps: int) -> dict:
 
 def _time_on(devices: int, config: UNetConfig, tile: int, images, masks, steps: int) -> dict:
     parallel = DataParallel.create(devices)
-    state = parallel.place_state(create_train_state(UNet(config), make_optax_optimizer("adam", 1e-3), 0, tile))
+    state = parallel.place_state(seed_train_state(UNet(config), tile))
     step = make_train_step(make_loss("ce"), shardings=parallel.step_shardings(state))
     x, y = parallel.put(images), parallel.put(masks)
     holder = {"state": state}

@@ -58,13 +58,27 @@ def run_ceiling(results: list[dict]) -> Optional[dict]:
     return {"tflops": medians[framework], "framework": framework}
 
 
+def compute_precision(record: dict) -> str:
+    """The datasheet column a job's arithmetic runs on ("bf16", "tf32", "fp32"): recorded by
+    `benchmarks.run` since the fair plan, derived for older records as `Variant.peak` was."""
+    if record.get("compute_precision"):
+        return record["compute_precision"]
+    if record.get("dtype") == "bf16":
+        return "bf16"
+    return "fp32" if record.get("matmul_precision") == "highest" else "tf32"
+
+
 def apply_run_ceiling(results: list[dict]) -> Optional[dict]:
-    """Set every timed job's `mfu_measured_bf16_ceiling` against the run's one ceiling; returns it."""
+    """Set every timed bf16 job's `mfu_measured_bf16_ceiling` against the run's one ceiling;
+    returns it. TF32 and FP32 jobs get none: a bf16 matmul is not their ceiling."""
     ceiling = run_ceiling(results)
     for r in results:
         if r.get("achieved_tflops") is None:
             continue
-        if ceiling is None:
+        if compute_precision(r) != "bf16":
+            r["mfu_measured_bf16_ceiling"] = None
+            r["mfu_measured_bf16_ceiling_null_reason"] = f"a {compute_precision(r)} job: not divided by a bf16 ceiling"
+        elif ceiling is None:
             r["mfu_measured_bf16_ceiling"] = None
             r["mfu_measured_bf16_ceiling_null_reason"] = "matmul ceiling not measured"
         else:

@@ -135,9 +135,10 @@ def package_versions() -> dict:
     return versions
 
 
-def write_measurement(out: Path, stem: str, result: dict, to_markdown: Callable[[dict], str], **fields) -> dict:
+def write_measurement(out: Path, stem: str, result: dict, to_markdown: Callable[[dict], str], echo: bool = True,
+                      **fields) -> dict:
     """`out/<stem>.json` and `.md` for one measurement, stamped with the device, the versions and
-    the time; the markdown is printed too. Returns the report (`to_markdown`'s argument)."""
+    the time; the markdown is printed too (`echo`). Returns the report (`to_markdown`'s argument)."""
     measured = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     report = {"device": host_device(), "versions": package_versions(), "measured_utc": measured, **fields,
               "result": result}
@@ -145,7 +146,8 @@ def write_measurement(out: Path, stem: str, result: dict, to_markdown: Callable[
     (out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     markdown = to_markdown(report)
     (out / f"{stem}.md").write_text(markdown)
-    print(markdown)
+    if echo:
+        print(markdown)
     return report
 
 

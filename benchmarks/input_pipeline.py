@@ -30,13 +30,14 @@ import jax
 import numpy as np
 
 from benchmarks.devices import write_measurement
+from benchmarks.jax_state import seed_train_state
 from benchmarks.timing import summarize_ms, timed_calls
 from unet_jax import TrainConfig, UNet, UNetConfig
 from unet_jax.data import make_cells, sample_tiles
 from unet_jax.data.augment import augment
 from unet_jax.data.tiles import TileRequest
 from unet_jax.training.losses import make_loss
-from unet_jax.training.step import create_train_state, make_optax_optimizer, make_train_step
+from unet_jax.training.step import make_train_step
 
 
 def batch_sampler(config: UNetConfig, tile: int, batch: int, image_size: int, threads: int):
@@ -73,7 +74,7 @@ def measure(config: UNetConfig, tile: int, batch: int, steps: int, image_size: i
     }
     model = UNet(config)
     for name, augment_fn in (("step_ms", None), ("step_with_augment_ms", augment)):
-        state = create_train_state(model, make_optax_optimizer("adam", 1e-3), 0, tile)
+        state = seed_train_state(model, tile)
         step = make_train_step(make_loss("ce"), augment=augment_fn)
         state, metrics = step(state, device_images, device_masks)  # compile
         jax.block_until_ready(metrics)

@@ -17,12 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import devices, kernels, timing
+from benchmarks.jax_state import seed_train_state
 from benchmarks.variants import VARIANTS
 from unet_jax.config import UNetConfig
 from unet_jax.model.unet import UNet, default_batch_groups
 from unet_jax.runtime import xla_cpu
 from unet_jax.training.losses import make_loss
-from unet_jax.training.step import create_train_state, make_optax_optimizer, make_train_step
+from unet_jax.training.step import make_train_step
 
 
 def compile_timed(jitted, *args) -> tuple:
@@ -66,7 +67,7 @@ def compiled_memory(compiled) -> dict:
 
 
 def bench_train(model: UNet, images, masks, warmup: int, steps: int, profile: bool = False) -> dict:
-    state = create_train_state(model, make_optax_optimizer("adam", 1e-3), 0, images.shape[1])
+    state = seed_train_state(model, images.shape[1])
     step = make_train_step(make_loss("ce"))
     compiled, compile_info = compile_timed(step, state, images, masks)
     box = {"state": state}
@@ -80,7 +81,7 @@ def bench_train(model: UNet, images, masks, warmup: int, steps: int, profile: bo
 
 
 def bench_predict(model: UNet, images, warmup: int, steps: int, profile: bool = False) -> dict:
-    params = create_train_state(model, make_optax_optimizer("adam", 1e-3), 0, images.shape[1]).params
+    params = seed_train_state(model, images.shape[1]).params
     predict = jax.jit(lambda params, x: model.apply({"params": params}, x, train=False))
     compiled, compile_info = compile_timed(predict, params, images)
 

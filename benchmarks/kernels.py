@@ -17,18 +17,25 @@ import os
 import tempfile
 from typing import Callable
 
-TOP = 12
+TOP = 12  # at least this many kernels are kept, and beyond them every one of at least MIN_SHARE
+MIN_SHARE = 0.01
 
 
-def _top(totals_us: dict, counts: dict, source: str) -> dict:
+def _top(totals_us: dict, counts: dict, source: str, launchers: dict | None = None) -> dict:
+    """The kernels (or ops) of one step, slowest first: the first TOP and every other one of at
+    least MIN_SHARE of the step, full names; the rest summed. `launchers`: {name: [chains]}."""
     total = sum(totals_us.values())
-    ranked = sorted(totals_us.items(), key=lambda item: -item[1])[:TOP]
-    return {
-        "source": source,
-        "total_ms": total / 1e3,
-        "top": [{"name": name[:120], "ms": us / 1e3, "calls": counts[name], "share": us / total if total else None}
-                for name, us in ranked],
-    }
+    ranked = sorted(totals_us.items(), key=lambda item: -item[1])
+    kept = [(name, us) for i, (name, us) in enumerate(ranked) if i < TOP or (total and us / total >= MIN_SHARE)]
+    rest_us = total - sum(us for _, us in kept)
+    top = []
+    for name, us in kept:
+        entry = {"name": name, "ms": us / 1e3, "calls": counts[name], "share": us / total if total else None}
+        if launchers and launchers.get(name):
+            entry["launched_by"] = launchers[name]
+        top.append(entry)
+    return {"source": source, "total_ms": total / 1e3, "top": top,
+            "rest": {"kernels": len(ranked) - len(kept), "ms": rest_us / 1e3, "share": rest_us / total if total else None}}
 
 
 def jax_trace_totals(trace_events: list) -> tuple[dict, dict, str]:
@@ -110,4 +117,31 @@ def profile_torch(call: Callable[[], None], on_gpu: bool) -> dict:
         totals[event.key] += us
         counts[event.key] += event.count
     source = "torch.profiler: " + ("self CUDA time per kernel" if on_gpu else "self CPU time per aten op")
-    return _top(totals, counts, source)
+    try:
+        launchers = torch_launchers(prof.events(), on_gpu)
+    except Exception as error:  # a private structure of the profiler's events: its absence costs only this column
+        launchers = {}
+        source += f" (launching ops unavailable: {type(error).__name__}: {error})"[:300]
+    return _top(totals, counts, source, launchers)
+
+
+def torch_launchers(events, on_gpu: bool, depth: int = 5, most: int = 3) -> dict:
+    """{kernel (GPU) or aten op (CPU) name: its most frequent launching op chains}, e.g.
+    "aten::copy_ < aten::contiguous < aten::convolution_backward": which op of the step asked for
+    a kernel (a layout copy, say). From torch.profiler's events: a CPU op's `kernels` are the
+    device kernels it launched, `cpu_parent` the op that called it."""
+    chains = collections.defaultdict(collections.Counter)
+    for event in events:
+        if on_gpu:
+            names = [kernel.name for kernel in getattr(event, "kernels", ())]
+        else:
+            names = [event.key] if event.key.startswith("aten::") else []
+        if not names:
+            continue
+        op, chain = (event if on_gpu else event.cpu_parent), []
+        while op is not None and len(chain) < depth:
+            chain.append(op.name)
+            op = op.cpu_parent
+        for name in names:
+            chains[name][" < ".join(chain) or "(top level)"] += 1
+    return {name: [f"{chain} ({n}×)" for chain, n in counter.most_common(most)] for name, counter in chains.items()}

@@ -31,12 +31,12 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks.devices import write_measurement
+from benchmarks.jax_state import seed_train_state
 from unet_jax.config import UNetConfig
 from unet_jax.model.compute import REMAT_POLICIES
-from unet_jax.model.layers import center_crop
 from unet_jax.model.unet import UNet
 from unet_jax.training.losses import cross_entropy
-from unet_jax.training.step import create_train_state, make_optax_optimizer, make_train_step
+from unet_jax.training.step import loss_and_logits, make_train_step
 
 GiB = 2**30
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -84,12 +84,8 @@ def kept_for_backward_bytes(model: UNet, batch: int, size: int) -> int:
     variables = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, size, size, config.in_channels), jnp.float32))
 
     def residuals(variables, images, masks):
-        def loss(params):
-            rest = {k: v for k, v in variables.items() if k != "params"}
-            kwargs = {"mutable": list(rest)} if rest else {}
-            out = model.apply({"params": params, **rest}, images, train=True, **kwargs)
-            logits = out[0] if rest else out
-            return cross_entropy(logits, center_crop(masks, logits.shape[1], logits.shape[2]))
+        def loss(params):  # the train step's own loss (unet_jax.train_step.loss_and_logits)
+            return loss_and_logits(params, variables.get("batch_stats"), model.apply, images, masks, cross_entropy)[0]
 
         return jax.vjp(loss, variables["params"])[1]
 
@@ -99,7 +95,7 @@ def kept_for_backward_bytes(model: UNet, batch: int, size: int) -> int:
 
 def compiled_temp_bytes(model: UNet, batch: int, size: int) -> tuple[int, float]:
     """(temporary bytes of the compiled train step, compile seconds); the state is abstract."""
-    state = jax.eval_shape(lambda: create_train_state(model, make_optax_optimizer("adam"), 0, size))
+    state = jax.eval_shape(lambda: seed_train_state(model, size))
     images = jax.ShapeDtypeStruct((batch, size, size, model.config.in_channels), jnp.float32)
     masks = jax.ShapeDtypeStruct((batch, size, size), jnp.int32)
     start = time.perf_counter()

@@ -11,7 +11,8 @@ import json
 import os
 import statistics
 
-from benchmarks.derive import apply_run_ceiling, ceiling_summary, run_ceiling
+from benchmarks.derive import apply_run_ceiling, ceiling_summary, compute_precision, run_ceiling
+from benchmarks.kernels import MIN_SHARE
 
 RESULTS_JSON, RESULTS_MD, PLOT_PNG = "results.json", "results.md", "img_per_s.png"
 GIB = 2.0**30
@@ -38,7 +39,8 @@ def _row(r: dict, rounds: int) -> str:
         r["task"], f"`{r['variant']}`" + (f" (round {r.get('round', 1)})" if rounds > 1 else ""), str(r["batch"]), status, timing,
         _num(r.get("img_per_s"), ".1f"), _num(r.get("achieved_tflops"), ".2f"),
         _num(r.get("mfu_datasheet"), ".1%"), _num(r.get("mfu_measured_bf16_ceiling"), ".1%"),
-        _num(r.get("compile_s"), ".1f"), _num(r.get("warmup_s"), ".1f"), _memory(r) if ok else "–",
+        _num(r.get("compile_s"), ".1f") + (" (warm)" if str(r.get("compile_cache", "")).startswith("warm") else ""),
+        _num(r.get("warmup_s"), ".1f"), _memory(r) if ok else "–",
         _num(r["step_peak_memory_bytes"] / GIB if r.get("step_peak_memory_bytes") is not None else None, ".2f"),
         _num(r["compiled_temp_bytes"] / GIB if r.get("compiled_temp_bytes") is not None else None, ".2f"),
     ]
@@ -61,7 +63,9 @@ def markdown(doc: dict) -> str:
         f"GFLOP, train {doc['flops']['train_per_image'] / 1e9:.2f} GFLOP (3× forward).",
         f"- Method: one process per row; warm-up excluded; median of {cfg['steps']} synchronised steps, "
         f"spread p10–p90; {cfg['warmup']} warm-up calls; cold compiles (JAX jobs turn the persistent "
-        "compilation cache off, torch.compile jobs get empty inductor/triton caches).",
+        "compilation cache off, torch.compile jobs get empty inductor/triton caches)"
+        + ("; except that torch.compile jobs share one inductor/triton cache (`--shared-compile-cache`): "
+           "their compile times after the run's first are warm, marked so." if cfg.get("shared_compile_cache") else "."),
         "- Datasheet peaks: " + (
             f"{peaks['card']}: bf16 {peaks['bf16']}, tf32 {peaks['tf32']}, fp32 {peaks['fp32']} TFLOP/s dense "
             f"({peaks['source']})" if peaks else "none for this device, so no datasheet MFU."),
@@ -84,6 +88,7 @@ def markdown(doc: dict) -> str:
     ]
     lines += [_row(r, cfg.get("rounds", 1)) for r in doc["results"]]
     lines += _standing(doc["results"], cfg.get("rounds", 1))
+    lines += _harness_check(doc["results"])
     lines += _kernel_sections(doc["results"])
     lines += [
         "",
@@ -126,21 +131,30 @@ def _job_tunables(results) -> list:
             for value, names in tunables.items()]
 
 
+def fastest_torch(results: list) -> dict:
+    """{(task, batch, round, compute precision): the fastest ok torch record of that key}."""
+    fastest = {}
+    for r in results:
+        if r["status"] == "ok" and r["framework"] == "torch":
+            key = (r["task"], r["batch"], r.get("round", 1), compute_precision(r))
+            if key not in fastest or r["step_ms"]["median"] < fastest[key]["step_ms"]["median"]:
+                fastest[key] = r
+    return fastest
+
+
 def standing(results: list) -> dict:
-    """{(task, batch, jax variant): {round: speed against the fastest torch variant of that task,
-    batch and round}}, where speed = the torch step's median time / the JAX step's: above 1, JAX
-    is ahead. Rounds pair jobs that ran minutes apart rather than a whole run apart."""
-    ok = [r for r in results if r["status"] == "ok"]
-    fastest_torch = {}
-    for r in ok:
-        if r["framework"] == "torch":
-            key = (r["task"], r["batch"], r.get("round", 1))
-            fastest_torch[key] = min(fastest_torch.get(key, float("inf")), r["step_ms"]["median"])
+    """{(task, batch, jax variant): {round: (speed, torch variant)}}: the JAX job against the fastest
+    torch variant of the same task, batch, round and compute precision (bf16 with bf16, TF32 with
+    TF32), where speed = the torch step's median time / the JAX step's: above 1, JAX is ahead.
+    Rounds pair jobs that ran minutes apart rather than a whole run apart."""
+    fastest = fastest_torch(results)
     ratios = {}
-    for r in ok:
-        key = (r["task"], r["batch"], r.get("round", 1))
-        if r["framework"] == "jax" and key in fastest_torch:
-            ratios.setdefault((r["task"], r["batch"], r["variant"]), {})[key[2]] = fastest_torch[key] / r["step_ms"]["median"]
+    for r in results:
+        key = (r["task"], r["batch"], r.get("round", 1), compute_precision(r))
+        if r["status"] == "ok" and r["framework"] == "jax" and key in fastest:
+            torch_row = fastest[key]
+            ratios.setdefault((r["task"], r["batch"], r["variant"]), {})[key[2]] = (
+                torch_row["step_ms"]["median"] / r["step_ms"]["median"], torch_row["variant"])
     return ratios
 
 
@@ -149,18 +163,70 @@ def _standing(results: list, rounds: int) -> list:
     if not ratios:
         return []
     header = " | ".join(f"round {i}" for i in range(1, rounds + 1))
-    lines = ["", "## JAX against the fastest PyTorch variant of the same task, batch and round",
-             "", "Speed: PyTorch's median step time / JAX's; above 1×, JAX is ahead.", "",
-             f"| task | batch | JAX variant | {header} | median |",
-             "| --- | ---: | --- | " + "---: | " * rounds + "---: |"]
+    lines = ["", "## JAX against the fastest PyTorch variant of the same task, batch, round and compute precision",
+             "", "Speed: PyTorch's median step time / JAX's; above 1×, JAX is ahead. Precision: bf16 against bf16, "
+             "default-precision float32 (TF32 on NVIDIA tensor cores) against the same; a JAX job without a PyTorch job "
+             "of its precision has no row.", "",
+             f"| task | batch | precision | JAX variant | fastest PyTorch variant | {header} | median |",
+             "| --- | ---: | --- | --- | --- | " + "---: | " * rounds + "---: |"]
+    precision = {(r["task"], r["batch"], r["variant"]): compute_precision(r) for r in results}
     for (task, batch, variant), by_round in ratios.items():
-        cells = [f"{by_round[i]:.2f}×" if i in by_round else "–" for i in range(1, rounds + 1)]
-        lines.append(f"| {task} | {batch} | `{variant}` | {' | '.join(cells)} | {statistics.median(by_round.values()):.2f}× |")
+        cells = [f"{by_round[i][0]:.2f}×" if i in by_round else "–" for i in range(1, rounds + 1)]
+        against = ", ".join(dict.fromkeys(f"`{name}`" for _, name in by_round.values()))
+        median = statistics.median(speed for speed, _ in by_round.values())
+        lines.append(f"| {task} | {batch} | {precision[task, batch, variant]} | `{variant}` | {against} | "
+                     f"{' | '.join(cells)} | {median:.2f}× |")
     return lines
 
 
-def _kernel_sections(results: list, shown: int = 6) -> list:
-    """Per profiled job: where one step's device time went (benchmarks.kernels)."""
+HARNESS_TOLERANCE = 0.03  # the fair plan's check: the harness's best within 3% of the minimal step
+
+
+def harness_check(results: list) -> list:
+    """[(batch, round, precision, harness record, minimal record, harness time / minimal time)]:
+    the fastest torch variant of the harness's own step against the separately written minimal
+    step (benchmarks/torch_minimal.py) of the same task, batch, round and precision."""
+    harness = fastest_torch([r for r in results if r.get("step_code", "harness") == "harness"])
+    minimal = fastest_torch([r for r in results if r.get("step_code") == "minimal"])
+    return [(key[1], key[2], key[3], harness[key], row, harness[key]["step_ms"]["median"] / row["step_ms"]["median"])
+            for key, row in minimal.items() if key in harness]
+
+
+def _harness_check(results: list) -> list:
+    checks = harness_check(results)
+    if not checks:
+        return []
+    lines = ["", "## The harness's best PyTorch against the minimal step",
+             "", f"Harness / minimal median step time; within {HARNESS_TOLERANCE:.0%} the harness gives PyTorch its best.",
+             "", "| batch | round | precision | harness's fastest | minimal | ratio | within |",
+             "| ---: | ---: | --- | --- | --- | ---: | --- |"]
+    for batch, round_, precision, h, m, ratio in checks:
+        lines.append(f"| {batch} | {round_} | {precision} | `{h['variant']}` {h['step_ms']['median']:.2f} ms | "
+                     f"`{m['variant']}` {m['step_ms']['median']:.2f} ms | {ratio:.3f} | "
+                     f"{'yes' if ratio <= 1 + HARNESS_TOLERANCE else 'no'} |")
+    return lines
+
+
+def kernel_labels(names: list, shortest: int = 80) -> list:
+    """Each kernel name as printed: without "void " and "at::native::" (which every PyTorch kernel
+    repeats), cut after `shortest` characters or as much later as it takes for no two names of the
+    list to print alike; the JSON keeps the full names."""
+    trimmed = [n.removeprefix("void ").replace("at::native::", "") for n in names]
+    if len(set(trimmed)) < len(set(names)):  # the trimming made two names one: print them whole
+        trimmed = list(names)
+    labels = []
+    for i, name in enumerate(trimmed):
+        others = [o for j, o in enumerate(trimmed) if j != i and o != name]
+        length = shortest
+        while length < len(name) and any(o[:length] == name[:length] for o in others):
+            length += 8
+        labels.append(name if length >= len(name) else name[:length] + "…")
+    return labels
+
+
+def _kernel_sections(results: list) -> list:
+    """Per profiled job: where one step's device time went (benchmarks.kernels): every kernel of at
+    least 1% of the step (older results: the 12 they kept), and for PyTorch the ops that launched it."""
     lines = []
     for r in results:
         profile = r.get("kernels")
@@ -168,10 +234,24 @@ def _kernel_sections(results: list, shown: int = 6) -> list:
             lines += ["", f"**{r['variant']}, batch {r['batch']}**: no profile ({profile['error']})"]
         if not profile or "top" not in profile:
             continue
+        shown = [k for k in profile["top"] if k["share"] is None or k["share"] >= MIN_SHARE]
+        launched = any(k.get("launched_by") for k in shown)
         lines += ["", f"**{r['variant']}, batch {r['batch']}**: {profile['total_ms']:.1f} ms in one profiled step "
-                  f"({profile['source']})", "", "| kernel / op | ms | calls | share |", "| --- | ---: | ---: | ---: |"]
-        lines += [f"| `{k['name'][:80]}` | {k['ms']:.2f} | {k['calls']} | {_num(k['share'], '.1%')} |"
-                  for k in profile["top"][:shown]]
+                  f"({profile['source']})", "",
+                  "| kernel / op | ms | calls | share |" + (" launched by |" if launched else ""),
+                  "| --- | ---: | ---: | ---: |" + (" --- |" if launched else "")]
+        for k, label in zip(shown, kernel_labels([k["name"] for k in shown])):
+            cells = [f"`{label}`".replace("|", "\\|"), f"{k['ms']:.2f}", str(k["calls"]), _num(k["share"], ".1%")]
+            if launched:
+                cells.append("; ".join(k.get("launched_by", [])).replace("|", "\\|") or "–")
+            lines.append("| " + " | ".join(cells) + " |")
+        rest = profile.get("rest")
+        below = len(profile["top"]) - len(shown) + (rest["kernels"] if rest else 0)
+        rest_ms = sum(k["ms"] for k in profile["top"][len(shown):]) + (rest["ms"] if rest else 0.0)
+        if below:
+            lines.append(f"| {below} more, each under {MIN_SHARE:.0%} | {rest_ms:.2f} | | "
+                         f"{_num(rest_ms / profile['total_ms'] if profile['total_ms'] else None, '.1%')} |"
+                         + (" |" if launched else ""))
     return ["", "## Where one step's time goes"] + lines if lines else []
 
 

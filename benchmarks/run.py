@@ -4,6 +4,8 @@
     python -m benchmarks.run --quick --out DIR   # CPU smoke run (< 60 s): small network, few steps
     python -m benchmarks.run --variants jax-bf16 torch-bf16-cl --batch 16 --steps 50
     python -m benchmarks.run --dry-run           # print the plan and time estimate only
+    python -m benchmarks.run --plan fair --profile --shared-compile-cache --budget-s 220   # JAX against PyTorch at
+                                                 # its best, same precision (scripts/gpu_check.sh fair)
 
 This process never imports torch or starts a JAX backend (JAX would preallocate the GPU);
 the children do the work and print one JSON line each. results.json / results.md are rewritten
@@ -21,6 +23,7 @@ import signal
 import sys
 import tempfile
 import time
+from typing import Optional
 
 from benchmarks import devices, flops, plan, report, subproc
 from benchmarks.derive import derived_figures
@@ -49,6 +52,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, help="timed steps per job (default 30; quick 8)")
     p.add_argument("--warmup", type=int, help="untimed calls after compilation (default 3; quick 2)")
     p.add_argument("--compile-timeout", type=float, default=150.0, help="bound on one job's compilation, s")
+    p.add_argument("--shared-compile-cache", action="store_true",
+                   help="one inductor/triton cache for all torch.compile jobs of the run (the fair plan's budget): "
+                        "kernels compiled by an earlier job are reused, and later jobs' compile times are labelled warm")
     p.add_argument("--rounds", type=int, default=1,
                    help="run the plan this many times, every second round in reverse order, so that a machine whose "
                         "speed drifts weighs on every variant alike; the report gives each round's ratios (default 1)")
@@ -101,9 +107,10 @@ def child_command(variant, batch: int, args) -> list[str]:
 CHILD_ENV = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
 
 
-def child_env(variant) -> tuple[dict, list[str]]:
+def child_env(variant, shared_cache: Optional[str] = None) -> tuple[dict, list[str]]:
     """The parent's environment with CHILD_ENV, the repo on PYTHONPATH, and (torch.compile)
-    empty caches, so that every compile time is a cold one."""
+    empty caches, so that every compile time is a cold one; or, with `shared_cache`, the run's
+    one cache (the caller labels the compile times warm)."""
     env = {**os.environ, **CHILD_ENV}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p)
     if variant.xla_flags:  # after the user's own flags, so that the variant's win
@@ -112,11 +119,20 @@ def child_env(variant) -> tuple[dict, list[str]]:
         env = hugepages.with_hugepages(env)
     scratch = []
     if variant.compile_mode is not None:
-        cache = tempfile.mkdtemp(prefix="unet-bench-inductor-")
+        cache = shared_cache or tempfile.mkdtemp(prefix="unet-bench-inductor-")
         env["TORCHINDUCTOR_CACHE_DIR"] = cache
         env["TRITON_CACHE_DIR"] = os.path.join(cache, "triton")
-        scratch.append(cache)
+        if not shared_cache:
+            scratch.append(cache)
     return env, scratch
+
+
+def compile_cache_label(shared_cache: Optional[str], compiled_before: int) -> str:
+    """What a torch.compile job's compile time measured: "cold", or "warm" where earlier jobs of the
+    run had filled the shared cache (kernels and graphs of the same code load instead of compiling)."""
+    if shared_cache is None or compiled_before == 0:
+        return "cold"
+    return f"warm (inductor/triton cache shared with {compiled_before} earlier torch.compile job(s) of this run)"
 
 
 def job_record(variant, batch: int, outcome: dict, doc: dict, round_: int = 1) -> dict:
@@ -126,7 +142,11 @@ def job_record(variant, batch: int, outcome: dict, doc: dict, round_: int = 1) -
         "matmul_precision": (variant.precision or "default") if variant.framework == "jax" else None,
         "compile_mode": variant.compile_mode, "description": variant.description,
         "remat": variant.remat if variant.framework == "jax" else None, "variant_xla_flags": variant.xla_flags or None,
+        "compute_precision": variant.peak,
+        **({"fused_adam": variant.fused_adam, "compile_scope": variant.compile_scope if variant.compile_mode else None,
+            "step_code": variant.step_code} if variant.framework == "torch" else {}),
         "glibc_tunables": outcome.get("glibc_tunables"),
+        **({"compile_cache": outcome["compile_cache"]} if "compile_cache" in outcome else {}),
         "status": outcome["status"], "status_detail": outcome.get("status_detail", ""),
         "wall_s": outcome.get("wall_s"),
     }
@@ -188,7 +208,7 @@ def main(argv=None) -> int:
         "quick": args.quick, "plan_name": args.plan or ("quick" if args.quick else "full"), "budget_s": budget,
         "device": host, "environment": environment(host),
         "config": {**{k: getattr(args, k) for k in ("size", "features", "depth", "steps", "warmup", "ceiling_n",
-                                                    "compile_timeout", "rounds")},
+                                                    "compile_timeout", "rounds", "shared_compile_cache")},
                    "model": {f: getattr(config, f) for f in ("in_channels", "num_classes", "features", "depth",
                                                                "padding", "upsample", "norm")}},
         "flops": flop_counts,
@@ -197,6 +217,8 @@ def main(argv=None) -> int:
     }
     log_dir = args.log_dir or os.path.join(out_dir, "logs")
     os.makedirs(log_dir, exist_ok=True)
+    shared_cache = tempfile.mkdtemp(prefix="unet-bench-inductor-shared-") if args.shared_compile_cache else None
+    compiled_before = 0  # torch.compile jobs that have filled the shared cache so far
     try:
         for index, (round_, variant, batch) in enumerate(todo, 1):
             remaining = None if budget is None else budget - (time.monotonic() - started)
@@ -208,12 +230,15 @@ def main(argv=None) -> int:
             else:
                 print(f"{label}: running (estimate {decision.estimate_s:.0f} s, compile bound "
                       f"{decision.compile_bound_s:.0f} s)", flush=True)
-                env, scratch = child_env(variant)
+                env, scratch = child_env(variant, shared_cache)
                 try:
                     outcome = subproc.run_child(
                         child_command(variant, batch, args), env, REPO_ROOT, decision.compile_bound_s,
                         decision.timeout_s, os.path.join(log_dir, log_name))
                     outcome["glibc_tunables"] = env.get("GLIBC_TUNABLES")
+                    if variant.compile_mode is not None:
+                        outcome["compile_cache"] = compile_cache_label(shared_cache, compiled_before)
+                        compiled_before += shared_cache is not None
                 except BaseException:  # SIGTERM / Ctrl-C: record what was cut, then unwind
                     doc["results"].append(job_record(variant, batch, {"status": "interrupted"}, doc, round_))
                     raise
@@ -231,6 +256,8 @@ def main(argv=None) -> int:
             doc["wall_s"] = time.monotonic() - started
             report.write(doc, out_dir, with_plot=False)
     finally:
+        if shared_cache:
+            shutil.rmtree(shared_cache, ignore_errors=True)
         doc["wall_s"] = time.monotonic() - started
         report.write(doc, out_dir, with_plot=True)
         print(f"wrote {out_dir}/{report.RESULTS_JSON}, {report.RESULTS_MD}, {report.PLOT_PNG} "

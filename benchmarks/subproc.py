@@ -99,6 +99,9 @@ def run_child(
         _kill_group(proc)
         raise
     returncode = proc.wait()
+    if not open_streams:  # both pumps are done with them (after a time-out one may still be reading)
+        proc.stdout.close()
+        proc.stderr.close()
     if status is None:
         if returncode == 0 and result is not None:
             status = "ok"

@@ -16,9 +16,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks import devices, flops, jax_step, plan, report, run, timing
+from benchmarks import devices, flops, jax_step, kernels, plan, report, run, timing
 from benchmarks.derive import apply_run_ceiling, ceiling_summary, derived_figures
-from benchmarks.variants import CPU_PLAN, FULL_PLAN, PLANS, QUICK_PLAN, VARIANTS, jobs
+from benchmarks.variants import CPU_PLAN, FAIR_PLAN, FULL_PLAN, PLANS, QUICK_PLAN, UNPLANNED, VARIANTS, jobs
 from unet_jax.config import UNetConfig
 from unet_jax.model import unet as model_module
 from unet_jax.model.unet import UNet
@@ -112,17 +112,20 @@ def test_derived_figures_arithmetic():
 
 
 def test_one_matmul_ceiling_per_run_the_higher_of_the_two_frameworks():
-    def job(framework, tflops, ceiling):
-        return {"framework": framework, "achieved_tflops": tflops, "matmul_ceiling": {"median_tflops": ceiling}}
+    def job(framework, tflops, ceiling, precision="bf16"):
+        return {"framework": framework, "achieved_tflops": tflops, "matmul_ceiling": {"median_tflops": ceiling},
+                "compute_precision": precision}
 
     results = [job("jax", 200.0, 800.0), job("jax", 100.0, 820.0), job("jax", 50.0, 810.0),
-               job("torch", 300.0, 1000.0), {"framework": "torch", "status": "skipped"}]
+               job("torch", 300.0, 1000.0), {"framework": "torch", "status": "skipped"}, job("jax", 150.0, 805.0, "tf32")]
     assert ceiling_summary(results) == {"jax": 810.0, "torch": 1000.0}
     assert apply_run_ceiling(results) == {"tflops": 1000.0, "framework": "torch"}
-    # Both frameworks' rows are fractions of the same 1000 TFLOP/s, not of their own ceilings.
-    assert [r.get("mfu_measured_bf16_ceiling") for r in results] == pytest.approx([0.2, 0.1, 0.05, 0.3, None])
-    assert "mfu_measured_bf16_ceiling" not in results[-1]
-    unmeasured = [{"framework": "jax", "achieved_tflops": 1.0}]
+    # Both frameworks' rows are fractions of the same 1000 TFLOP/s, not of their own ceilings;
+    # a TF32 row is not divided by a bf16 ceiling at all.
+    assert [r.get("mfu_measured_bf16_ceiling") for r in results] == pytest.approx([0.2, 0.1, 0.05, 0.3, None, None])
+    assert "mfu_measured_bf16_ceiling" not in results[-2]
+    assert "tf32" in results[-1]["mfu_measured_bf16_ceiling_null_reason"]
+    unmeasured = [{"framework": "jax", "achieved_tflops": 1.0, "dtype": "bf16"}]
     assert apply_run_ceiling(unmeasured) is None and unmeasured[0]["mfu_measured_bf16_ceiling"] is None
 
 
@@ -144,7 +147,7 @@ def test_jobs_follow_the_plan_and_filters():
     full = jobs(FULL_PLAN)
     assert len(full) == len(set(full))
     assert {b for _, b in full} == {1, 4, 16}
-    assert {v.name for plan in PLANS.values() for v, _ in jobs(plan)} == set(VARIANTS)  # none left out
+    assert {v.name for plan in PLANS.values() for v, _ in jobs(plan)} == set(VARIANTS) - set(UNPLANNED)  # none left out
     assert [(v.name, b) for v, b in jobs(FULL_PLAN, ["jax-bf16"])] == [("jax-bf16", 16), ("jax-bf16", 1), ("jax-bf16", 4)]
     assert {b for _, b in jobs(FULL_PLAN, None, [8])} == {8}
     quick = {v.framework for v, _ in jobs(QUICK_PLAN)}
@@ -160,18 +163,59 @@ def test_rounds_alternate_the_plans_order():
         (r, todo[i][0].name) for r, order in ((1, (0, 1, 2)), (2, (2, 1, 0)), (3, (0, 1, 2))) for i in order]
 
 
-def test_the_standing_pairs_jax_with_the_fastest_torch_variant_of_its_round():
-    def job(variant, framework, ms, round_, task="train", status="ok"):
-        return {"variant": variant, "framework": framework, "task": task, "batch": 8, "round": round_,
-                "status": status, "step_ms": {"median": ms}}
+def _job(variant, framework, ms, round_=1, task="train", status="ok", dtype="fp32", **extra):
+    return {"variant": variant, "framework": framework, "task": task, "batch": 8, "round": round_, "status": status,
+            "step_ms": {"median": ms}, "dtype": dtype, **extra}
 
-    results = [job("jax-fp32", "jax", 100.0, 1), job("torch-fp32", "torch", 90.0, 1), job("torch-fp32-cl", "torch", 80.0, 1),
-               job("torch-fp32", "torch", 120.0, 2), job("jax-fp32", "jax", 100.0, 2),
-               job("predict-jax-fp32", "jax", 10.0, 1, "predict"),  # no torch row to compare: left out
-               job("jax-bf16", "jax", 50.0, 1, status="failed")]
-    assert report.standing(results) == {("train", 8, "jax-fp32"): {1: pytest.approx(0.8), 2: pytest.approx(1.2)}}
+
+def test_the_standing_pairs_jax_with_the_fastest_torch_variant_of_its_round_and_precision():
+    results = [_job("jax-fp32", "jax", 100.0, 1), _job("torch-fp32", "torch", 90.0, 1), _job("torch-fp32-cl", "torch", 80.0, 1),
+               _job("torch-fp32", "torch", 120.0, 2), _job("jax-fp32", "jax", 100.0, 2),
+               _job("torch-bf16-cl", "torch", 40.0, 1, dtype="bf16"),  # faster, but not TF32: not jax-fp32's yardstick
+               _job("jax-bf16", "jax", 50.0, 1, dtype="bf16"),
+               _job("predict-jax-fp32", "jax", 10.0, 1, "predict"),  # no torch row to compare: left out
+               _job("jax-bf16", "jax", 50.0, 2, status="failed", dtype="bf16")]
+    assert report.standing(results) == {("train", 8, "jax-fp32"): {1: (pytest.approx(0.8), "torch-fp32-cl"),
+                                                                   2: (pytest.approx(1.2), "torch-fp32")},
+                                        ("train", 8, "jax-bf16"): {1: (pytest.approx(0.8), "torch-bf16-cl")}}
     table = "\n".join(report._standing(results, 2))
-    assert "| train | 8 | `jax-fp32` | 0.80× | 1.20× | 1.00× |" in table
+    assert "| train | 8 | tf32 | `jax-fp32` | `torch-fp32-cl`, `torch-fp32` | 0.80× | 1.20× | 1.00× |" in table
+    assert "| train | 8 | bf16 | `jax-bf16` | `torch-bf16-cl` | 0.80× | – | 0.80× |" in table
+
+
+def test_the_harness_is_checked_against_the_minimal_step_of_its_precision():
+    results = [_job("torch-compile-bf16-cl-fused", "torch", 33.5, dtype="bf16", step_code="harness"),
+               _job("torch-compile-bf16-cl", "torch", 37.0, dtype="bf16"),  # older records: no step_code, the harness
+               _job("torch-minimal-compile-bf16-cl", "torch", 33.0, dtype="bf16", step_code="minimal"),
+               _job("torch-compile-fp32-cl-fused", "torch", 70.0, step_code="harness")]  # no minimal fp32: no check
+    ((batch, round_, precision, harness, minimal, ratio),) = report.harness_check(results)
+    assert (batch, round_, precision, harness["variant"], minimal["variant"]) == (
+        8, 1, "bf16", "torch-compile-bf16-cl-fused", "torch-minimal-compile-bf16-cl")
+    assert ratio == pytest.approx(33.5 / 33.0)
+    assert any(line.endswith("| 1.015 | yes |") for line in report._harness_check(results))
+    results[0]["step_ms"]["median"] = 34.5  # 4.5% slower than the minimal step: the harness fails its check
+    assert any(line.endswith("| 1.045 | no |") for line in report._harness_check(results))
+
+
+def test_kernel_labels_never_print_two_kernels_alike():
+    long = "void at::native::elementwise_kernel<128, 4, at::native::gpu_kernel_impl_nocast<at::native::"
+    names = [long + "direct_copy_kernel_cuda(at::TensorIteratorBase&)::{lambda()#3}" + "x" * 60,
+             long + "direct_copy_kernel_cuda(at::TensorIteratorBase&)::{lambda()#3}" + "x" * 59 + "y",
+             long + "BUnaryFunctor<float, float, float, at::native::binary_internal::MulFunctor<float> > >", "short"]
+    labels = report.kernel_labels(names)
+    assert len(set(labels)) == len(names) and labels[-1] == "short"
+    assert labels[0].startswith("elementwise_kernel<128, 4, gpu_kernel_impl_nocast<direct_copy_kernel_cuda")
+    assert labels[0] == names[0].removeprefix("void ").replace("at::native::", "")  # differs from [1] only at its end
+    assert len(labels[2]) == 81 and labels[2].endswith("…")
+
+
+def test_kernel_tables_list_every_kernel_of_at_least_one_percent():
+    totals = {f"kernel_{i}": 100.0 for i in range(30)} | {f"tiny_{i}": 1.0 for i in range(50)}
+    profile = kernels._top(totals, {name: 1 for name in totals}, "test")
+    assert len(profile["top"]) == 30 and profile["rest"]["kernels"] == 50  # 100 of 3050 each: 3.3%
+    assert profile["rest"]["ms"] == pytest.approx(0.05)
+    table = "\n".join(report._kernel_sections([{"variant": "v", "batch": 1, "kernels": profile}]))
+    assert table.count("| `kernel_") == 30 and "| 50 more, each under 1% | 0.05 |" in table
 
 
 def test_jax_jobs_and_the_hugepages_torch_variants_start_with_glibcs_huge_page_tunable(monkeypatch):
@@ -281,3 +325,99 @@ def test_quick_run_reports_both_frameworks(tmp_path):
     assert {"./run.log", "./input_pipeline.json", "./input_pipeline.md"} <= names
     assert {f"./logs/{r['variant']}-b{r['batch']}.log" for r in doc["results"] if r["status"] != "skipped"} <= names
     assert f"device_slug: {folder.name}\n" in (folder / "system.txt").read_text()
+
+
+def test_channels_last_input_has_channels_last_strides_even_with_one_channel():
+    from benchmarks.torch_step import synthetic_batch
+
+    images, _ = synthetic_batch(TorchUNet(features=4, depth=2), 2, 44, torch.device("cpu"), channels_last=True)
+    assert images.shape == (2, 1, 44, 44) and images.stride() == (44 * 44, 1, 44, 1)
+    nchw = torch.zeros(2, 1, 44, 44)  # what .contiguous(memory_format=...) would have kept
+    assert nchw.contiguous(memory_format=torch.channels_last).stride() == nchw.stride()
+
+
+def test_the_minimal_step_trains_as_the_harness_step_does():
+    """Uncompiled (the compiler is its argument), one step of the minimal step and of
+    unet_torch.train_step under the same bf16 autocast and fused Adam: the same weights after."""
+    from benchmarks.torch_minimal import build_minimal_step
+    from benchmarks.torch_step import synthetic_batch
+    from unet_torch.train_step import make_torch_optimizer, train_step
+
+    torch.manual_seed(0)
+    reference = TorchUNet(features=4, depth=2)
+    minimal = TorchUNet(features=4, depth=2)
+    minimal.load_state_dict(reference.state_dict())
+    images, masks = synthetic_batch(reference, 2, 44, torch.device("cpu"), channels_last=False)
+    build_minimal_step(minimal, images, masks, compiler=lambda f: f)()
+    optimizer = make_torch_optimizer(reference.parameters(), "adam", 1e-3, fused=True)
+    train_step(reference.to(memory_format=torch.channels_last), optimizer, images.to(memory_format=torch.channels_last),
+               masks, autocast_dtype=torch.bfloat16)
+    moved = 0
+    for (name, a), b in zip(reference.named_parameters(), minimal.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)  # the same ops in the same order: bit for bit
+        moved += 1
+    assert moved == len(list(reference.parameters())) and optimizer.defaults["fused"] is True
+
+
+def test_torch_compile_jobs_get_a_cold_cache_or_the_runs_shared_one_labelled_warm():
+    env, scratch = run.child_env(VARIANTS["torch-compile-bf16-cl-fused"])
+    assert scratch == [env["TORCHINDUCTOR_CACHE_DIR"]]
+    for path in scratch:
+        os.rmdir(path)
+    env, scratch = run.child_env(VARIANTS["torch-compile-bf16-cl-fused"], "/tmp/shared")
+    assert env["TORCHINDUCTOR_CACHE_DIR"] == "/tmp/shared" and scratch == []  # the run removes it at its end
+    assert run.compile_cache_label(None, 3) == run.compile_cache_label("/tmp/shared", 0) == "cold"
+    assert run.compile_cache_label("/tmp/shared", 2).startswith("warm")
+    row = report._row({"task": "train", "variant": "v", "batch": 1, "status": "ok", "compile_s": 12.0,
+                       "compile_cache": run.compile_cache_label("/tmp/shared", 1),
+                       "step_ms": {"median": 1.0, "p10": 1.0, "p90": 1.0}}, 1)
+    assert "| 12.0 (warm) |" in row
+
+
+def test_the_fair_plan_leads_with_bf16_batch_16_and_compares_like_with_like():
+    fair = jobs(FAIR_PLAN)
+    assert [(v.name, b) for v, b in fair[:5]] == [
+        ("jax-bf16", 16), ("torch-compile-bf16-cl-fused", 16), ("torch-minimal-compile-bf16-cl", 16),
+        ("jax-bf16", 1), ("torch-compile-cudagraphs-bf16-cl-fused", 1)]
+    for variant, batch in fair:  # every JAX job has a PyTorch job of its precision and batch in the plan
+        if variant.framework == "jax":
+            assert any(v.framework == "torch" and v.peak == variant.peak and b == batch for v, b in fair), variant.name
+        else:  # and PyTorch at its best: compiled, fused Adam, channels_last
+            assert variant.compile_mode and variant.fused_adam and variant.layout == "channels_last", variant.name
+    assert VARIANTS["torch-compile-cudagraphs-bf16-cl-fused"].compile_mode == "reduce-overhead"
+
+
+def test_a_cuda_only_setting_run_on_a_cpu_says_so():
+    from benchmarks.torch_step import cpu_substitutions
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert "no CUDA graphs" in cpu_substitutions(VARIANTS["torch-compile-cudagraphs-bf16-cl-fused"], cpu)[0]
+    assert cpu_substitutions(VARIANTS["torch-compile-bf16-cl-fused"], cpu) == []
+    assert cpu_substitutions(VARIANTS["torch-compile-cudagraphs-bf16-cl-fused"], gpu) == []
+
+
+@pytest.mark.slow
+def test_the_fair_mode_of_gpu_check_runs_the_fair_plan_with_a_shared_cache(tmp_path):
+    """`scripts/gpu_check.sh fair`, the device command, on this CPU at a tiny size: JAX bf16, the
+    harness's fused-Adam torch.compile step and the minimal step (two torch.compile jobs, the
+    second on the warm shared cache), each reported against its own precision, at most 8 files
+    back in at most 2 folders."""
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": REPO_ROOT, "OUT": str(out), "PYTHON": sys.executable, "QUICK": "1", "BENCH_S": "900"}
+    variants = ["jax-bf16", "torch-compile-bf16-cl-fused", "torch-minimal-compile-bf16-cl"]
+    proc = subprocess.run(
+        ["bash", "scripts/gpu_check.sh", "fair", "--variants", *variants, "--batch", "2", "--size", "44", "--features", "4",
+         "--depth", "2", "--steps", "3", "--warmup", "2"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1000)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert len(files) <= 8 and all(len(p.relative_to(out).parts) <= 3 for p in files), files
+    (folder,) = out.iterdir()
+    assert folder.name.endswith("-fair")
+    doc = json.loads((folder / "results.json").read_text())
+    assert doc["plan_name"] == "fair" and doc["config"]["shared_compile_cache"]
+    assert [(r["variant"], r["status"]) for r in doc["results"]] == [(v, "ok") for v in variants]
+    caches = [r["compile_cache"] for r in doc["results"] if r["framework"] == "torch"]
+    assert caches[0] == "cold" and caches[1].startswith("warm")
+    assert all(r["kernels"]["top"] for r in doc["results"])
+    markdown = (folder / "results.md").read_text()
+    assert "| train | 2 | bf16 | `jax-bf16` |" in markdown and "## The harness's best PyTorch against the minimal step" in markdown

@@ -98,3 +98,21 @@ def test_a_failing_profiler_is_recorded_not_raised():
         raise RuntimeError("CUPTI unavailable")
 
     assert kernels.guarded(broken, lambda: None) == {"source": "broken", "error": "RuntimeError: CUPTI unavailable"}
+
+
+def test_torch_kernels_are_traced_to_the_ops_that_launched_them():
+    from types import SimpleNamespace as Event
+
+    from benchmarks.kernels import torch_launchers
+
+    backward = Event(name="aten::convolution_backward", key="aten::convolution_backward", cpu_parent=None, kernels=[])
+    contiguous = Event(name="aten::contiguous", key="aten::contiguous", cpu_parent=backward, kernels=[])
+    copy = Event(name="aten::copy_", key="aten::copy_", cpu_parent=contiguous,
+                 kernels=[Event(name="direct_copy_kernel_cuda")] * 2)
+    other_copy = Event(name="aten::copy_", key="aten::copy_", cpu_parent=None, kernels=[Event(name="direct_copy_kernel_cuda")])
+    gpu = torch_launchers([backward, contiguous, copy, other_copy], on_gpu=True)
+    assert gpu == {"direct_copy_kernel_cuda": [
+        "aten::copy_ < aten::contiguous < aten::convolution_backward (2×)", "aten::copy_ (1×)"]}
+    cpu = torch_launchers([backward, contiguous, copy], on_gpu=False)  # an aten op's callers, itself left out
+    assert cpu["aten::copy_"] == ["aten::contiguous < aten::convolution_backward (1×)"]
+    assert cpu["aten::convolution_backward"] == ["(top level) (1×)"]

@@ -2,8 +2,10 @@
 
 Eager variants run the reference step `unet_torch.train_step.train_step` as it is. Compiled
 variants wrap that same whole step (zero_grad, forward under autocast, loss, backward, Adam)
-in `torch.compile`, so compilation happens lazily inside the first warm-up calls; the parent
-bounds that phase with its own timeout. Usage:
+in `torch.compile`, or (compile_scope "forward-loss", for CUDA graphs) its forward and loss
+(`unet_torch.train_step.step_loss`), so compilation happens lazily inside the first warm-up
+calls; the parent bounds that phase with its own timeout. The "minimal" variant runs
+`benchmarks.torch_minimal`'s separately written step instead. Usage:
 `python -m benchmarks.torch_step --variant torch-bf16-cl --batch 16`.
 """
 
@@ -12,9 +14,10 @@ from __future__ import annotations
 import torch
 
 from benchmarks import kernels, timing
+from benchmarks.torch_minimal import build_minimal_step
 from benchmarks.variants import VARIANTS
 from unet_torch.model import UNet
-from unet_torch.train_step import make_torch_optimizer, train_step
+from unet_torch.train_step import make_torch_optimizer, step_loss, train_step
 
 
 def allow_tf32() -> dict:
@@ -50,13 +53,17 @@ def synthetic_batch(model: UNet, batch: int, size: int, device, channels_last: b
     masks = torch.randint(0, model.config.num_classes, (batch, size, size), generator=generator)
     images, masks = images.to(device), masks.to(device)
     if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
+        # Not .contiguous(memory_format=...): a 1-channel [N, 1, H, W] tensor already counts as
+        # channels_last-contiguous, so that keeps NCHW strides, which cuDNN then reads as NCHW.
+        images = images.to(memory_format=torch.channels_last)
     return images, masks
 
 
 def build_train_call(variant, model, images, masks, device):
-    optimizer = make_torch_optimizer(model.parameters(), "adam", 1e-3)
+    optimizer = make_torch_optimizer(model.parameters(), "adam", 1e-3, fused=variant.fused_adam)
     autocast = torch.bfloat16 if variant.dtype == "bf16" else None
+    if variant.compile_scope == "forward-loss":
+        return build_forward_loss_call(variant, model, optimizer, images, masks, device, autocast)
 
     def whole_step(images, masks):
         return train_step(model, optimizer, images, masks, autocast_dtype=autocast)
@@ -65,6 +72,35 @@ def build_train_call(variant, model, images, masks, device):
 
     def one_step():
         step(images, masks)
+        synchronize(device)
+
+    return one_step
+
+
+def build_forward_loss_call(variant, model, optimizer, images, masks, device, autocast):
+    """The same step with only forward and loss compiled (AOTAutograd compiles the backward
+    with them). Under mode "reduce-overhead" both run as CUDA graphs; fused Adam runs eagerly
+    after the backward, its in-place updates outside any graph; each step is marked as a new
+    iteration before its forward (torch.compiler.cudagraph_mark_step_begin), after the previous
+    step's gradients, which live in the graphs' memory, were dropped by zero_grad(set_to_none)."""
+    model.train()
+    loss_of = torch.compile(lambda images, masks: step_loss(model, images, masks, autocast), mode=variant.compile_mode)
+
+    def one_step():
+        optimizer.zero_grad(set_to_none=True)
+        torch.compiler.cudagraph_mark_step_begin()
+        loss_of(images, masks).backward()
+        optimizer.step()
+        synchronize(device)
+
+    return one_step
+
+
+def build_minimal_call(model, images, masks, device):
+    step = build_minimal_step(model, images, masks)
+
+    def one_step():
+        step()
         synchronize(device)
 
     return one_step
@@ -131,7 +167,8 @@ def matmul_ceiling(n: int, device) -> dict:
 
 def dynamo_counters() -> dict:
     """Graphs, graph breaks and recompiles of the compiled step: a recompile inside the timed
-    steps would show here (and as an outlier in max)."""
+    steps would show here (and as an outlier in max); and how many graphs mode "reduce-overhead"
+    ran without CUDA graphs (inductor's count; on a CPU: all of them)."""
     try:
         from torch._dynamo.utils import counters
     except ImportError:  # private API: absent is not an error
@@ -140,7 +177,19 @@ def dynamo_counters() -> dict:
         "unique_graphs": counters["stats"].get("unique_graphs", 0),
         "graph_breaks": sum(counters["graph_break"].values()),
         "recompiles": sum(counters["recompiles"].values()) if "recompiles" in counters else None,
+        "cudagraph_skips": counters["inductor"].get("cudagraph_skips", 0),
     }
+
+
+def cpu_substitutions(variant, device) -> list:
+    """What a CUDA-only setting of `variant` became on this device: said, never silent."""
+    if device.type == "cuda":
+        return []
+    notes = []
+    if variant.compile_mode == "reduce-overhead":
+        notes.append("mode reduce-overhead: inductor makes no CUDA graphs on a CPU, so the compiled forward+loss "
+                     "ran as mode default would (dynamo.cudagraph_skips counts the graphs)")
+    return notes
 
 
 def runtime_info(device, tf32: dict) -> dict:
@@ -165,13 +214,16 @@ def main() -> None:
     torch.manual_seed(0)
     channels_last = variant.layout == "channels_last"
     model = UNet(features=args.features, depth=args.depth).to(device)
-    if channels_last:
+    minimal = variant.step_code == "minimal"  # its own step makes its own layouts
+    if channels_last and not minimal:
         model = model.to(memory_format=torch.channels_last)
-    images, masks = synthetic_batch(model, args.batch, args.size, device, channels_last)
+    images, masks = synthetic_batch(model, args.batch, args.size, device, channels_last and not minimal)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    if variant.task == "train":
+    if minimal:
+        call = build_minimal_call(model, images, masks, device)
+    elif variant.task == "train":
         call = build_train_call(variant, model, images, masks, device)
     else:
         call = build_predict_call(variant, model, images, device)
@@ -191,6 +243,9 @@ def main() -> None:
         result["compile_method"] = "eager: nothing compiled (warm-up includes cudnn.benchmark autotuning)"
     if variant.compile_mode is not None:
         result["dynamo"] = dynamo_counters()
+    result["substitutions"] = cpu_substitutions(variant, device)
+    if not minimal:  # the layout the harness's step was handed (channels_last: the C stride is 1)
+        result["input_strides"] = list(images.stride())
     result.update(peaks.result())
     result["process_peak_rss_bytes"] = timing.process_peak_rss_bytes()
     result["runtime"] = runtime_info(device, tf32)

@@ -30,6 +30,17 @@ class Variant:
     # glibc's huge-page tunable in the job's environment (unet_jax/runtime/hugepages.py). None: as each
     # framework's users run it, on for JAX (`unet-jax` sets it) and off for PyTorch.
     hugepages: Optional[bool] = None
+    # torch: Adam as torch.optim.Adam builds it by default (foreach), or with fused=True (one
+    # multi-tensor kernel set per step), the choice a PyTorch performance engineer makes on a GPU.
+    fused_adam: bool = False
+    # torch.compile: "step" compiles the whole step (zero_grad, forward, loss, backward, Adam);
+    # "forward-loss" compiles forward and loss (AOTAutograd compiles the backward with it) and
+    # runs fused Adam eagerly: the recipe for mode "reduce-overhead", whose CUDA graphs then hold
+    # forward and backward without capturing the optimizer's in-place updates.
+    compile_scope: str = "step"
+    # torch: "harness" runs unet_torch.train_step (the reference step); "minimal" a separately
+    # written ~20-line step (benchmarks/torch_minimal.py) against which the harness is checked.
+    step_code: str = "harness"
 
     @property
     def with_hugepages(self) -> bool:
@@ -53,6 +64,21 @@ _TABLE = (
     Variant("torch-compile-autotune-bf16-cl", "torch", "train", "bf16", "bf16", "channels_last",
             compile_mode="max-autotune-no-cudagraphs",
             description="torch.compile(whole step, max-autotune-no-cudagraphs), bf16 autocast, channels_last"),
+    Variant("torch-compile-bf16-cl-fused", "torch", "train", "bf16", "bf16", "channels_last", compile_mode="default",
+            fused_adam=True, description="torch.compile(whole step), bf16 autocast, channels_last, Adam(fused=True)"),
+    Variant("torch-compile-cudagraphs-bf16-cl-fused", "torch", "train", "bf16", "bf16", "channels_last",
+            compile_mode="reduce-overhead", fused_adam=True, compile_scope="forward-loss",
+            description="torch.compile(forward+loss, reduce-overhead: CUDA graphs), bf16 autocast, channels_last, "
+                        "Adam(fused=True) eager"),
+    Variant("torch-compile-autotune-bf16-cl-fused", "torch", "train", "bf16", "bf16", "channels_last",
+            compile_mode="max-autotune-no-cudagraphs", fused_adam=True,
+            description="torch.compile(whole step, max-autotune-no-cudagraphs), bf16 autocast, channels_last, Adam(fused=True)"),
+    Variant("torch-compile-fp32-cl-fused", "torch", "train", "fp32", "tf32", "channels_last", compile_mode="default",
+            fused_adam=True, description="torch.compile(whole step), fp32 with TF32, channels_last, Adam(fused=True)"),
+    Variant("torch-minimal-compile-bf16-cl", "torch", "train", "bf16", "bf16", "channels_last", compile_mode="default",
+            fused_adam=True, step_code="minimal",
+            description="benchmarks/torch_minimal.py: a separately written torch.compile step (bf16 autocast, "
+                        "channels_last, Adam(fused=True), cross-entropy on float logits), the harness's yardstick"),
     Variant("jax-fp32-jaxlib-flags", "jax", "train", "fp32", "tf32", "NHWC", xla_cpu_flags=False,
             description="jax-fp32 under jaxlib's own XLA:CPU defaults (without unet_jax.runtime.xla_cpu's flags)"),
     Variant("predict-jax-fp32", "jax", "predict", "fp32", "tf32", "NHWC", description="jit(model.apply), train=False"),
@@ -75,6 +101,9 @@ _SWEEP_OPTIONS = (
             description="jax-bf16, UNet(remat='blocks'): each conv block recomputed in the backward pass"),
     Variant("jax-fp32-remat-blocks", "jax", "train", "fp32", "tf32", "NHWC", remat="blocks",
             description="jax-fp32, UNet(remat='blocks')"),
+    Variant("jax-bf16-remat-dots", "jax", "train", "bf16", "bf16", "NHWC", remat="dots",
+            description="jax-bf16, UNet(remat='dots'): jax's dots_saveable, conv and matmul outputs kept, "
+                        "ReLU, pooling and concatenation recomputed (not yet measured on a GPU)"),
     Variant("jax-bf16-no-autotune", "jax", "train", "bf16", "bf16", "NHWC", xla_flags="--xla_gpu_autotune_level=0",
             description="jax-bf16 without XLA's GPU autotuning (what autotuning buys, and costs in compile time)"),
     Variant("jax-bf16-no-command-buffers", "jax", "train", "bf16", "bf16", "NHWC",
@@ -118,11 +147,15 @@ SWEEP_PLAN = (
     (("jax-bf16-remat-blocks",), (16,)),
     (("jax-fp32", "torch-compile-fp32"), (16,)),
     (("jax-bf16-no-command-buffers",), (1,)),
-    # jax-bf16-no-autotune stays in the table but not in the plan: on the H200 (2026-12-04) the seed
-    # step did not compile within 205 s without autotuning (benchmarks/NOTES.md, the 2026-12-04 sweep).
+    # jax-bf16-no-autotune stays in the table but not in the plan (UNPLANNED).
     (("jax-bf16-no-triton-gemm", "jax-bf16-latency-hiding"), (16,)),
     (("jax-fp32-remat-blocks",), (16,)),
+    (("jax-bf16-remat-dots",), (16,)),
 )
+
+# In the table, in no plan: on the H200 (2026-12-04) the seed step did not compile within 205 s
+# without autotuning (benchmarks/NOTES.md, the 2026-12-04 sweep); `--variants` still runs it.
+UNPLANNED = ("jax-bf16-no-autotune",)
 
 # Its CPU smoke test: the plumbing of options, flags and profiles, without torch.compile's
 # minutes of C++ builds on two cores. XLA:CPU ignores the GPU flags, which is what lets this run.
@@ -137,7 +170,26 @@ CPU_PLAN = (
       "predict-jax-fp32-jaxlib-flags", "predict-torch-fp32", "predict-torch-fp32-hugepages"), (8,)),
 )
 
-PLANS = {"full": FULL_PLAN, "quick": QUICK_PLAN, "sweep": SWEEP_PLAN, "sweep-quick": SWEEP_QUICK_PLAN, "cpu": CPU_PLAN}
+# The fair comparison (GPU, one device call of ~240 s): JAX against PyTorch as a performance
+# engineer runs it (fused Adam, channels_last input, CUDA graphs where launches dominate), each
+# JAX variant against PyTorch of the same compute precision, most informative first: bf16 at
+# batch 16, JAX against the harness's best torch.compile step and the minimal step that checks
+# it; batch 1 (launch-bound), JAX against CUDA graphs; then CUDA graphs at batch 16 (compute-bound:
+# graphs are expected to matter little there) and mode default at batch 1; TF32 at batch 16;
+# max-autotune last (its autotuning alone may take the whole compile bound). Run with
+# `--shared-compile-cache` (gpu_check.sh fair): a torch.compile job reuses the kernels that earlier
+# ones compiled (the minimal step after the harness's, most of all), its compile time marked warm.
+FAIR_PLAN = (
+    (("jax-bf16", "torch-compile-bf16-cl-fused", "torch-minimal-compile-bf16-cl"), (16,)),
+    (("jax-bf16", "torch-compile-cudagraphs-bf16-cl-fused"), (1,)),
+    (("torch-compile-cudagraphs-bf16-cl-fused",), (16,)),
+    (("torch-compile-bf16-cl-fused",), (1,)),
+    (("jax-fp32", "torch-compile-fp32-cl-fused"), (16,)),
+    (("torch-compile-autotune-bf16-cl-fused",), (16,)),
+)
+
+PLANS = {"full": FULL_PLAN, "fair": FAIR_PLAN, "quick": QUICK_PLAN, "sweep": SWEEP_PLAN, "sweep-quick": SWEEP_QUICK_PLAN,
+         "cpu": CPU_PLAN}
 
 
 def jobs(plan, variants: Optional[list] = None, batches: Optional[list] = None) -> list[tuple[Variant, int]]:

@@ -1,13 +1,27 @@
 #!/usr/bin/env bash
-# The GPU job for a lent H100/H200, as two calls of the device tool. From the repository root:
+# The GPU job for a lent H100/H200. From the repository root, as ONE call of the device tool:
 #
+#   bash scripts/gpu_check.sh all      # parity (PARITY_S, 240 s), then fair (what is left less LOOP_S),
+#                                      # then loop (LOOP_S, 110 s); ends within ALL_S (540) s -> timeout_s=570
+#                                      # (PARITY_ARGS: extra pytest arguments for its parity part)
+#     leaves 7 files: $OUT/<slug>/ (the parity files below), bench.tar.gz (the fair and loop
+#     folders, packed again after each part) and summary/{results.md,train_loop.md} to read at once;
+#     `import` unpacks bench.tar.gz by itself.
+#
+# Or a part alone:
 #   bash scripts/gpu_check.sh parity   # parity suite + report; ends within 300 s  -> device run timeout_s=360
 #                                      # (PARITY_S=360: ends within 360 s instead -> timeout_s=390)
 #                                      # (extra arguments go to pytest, e.g. parity -k seed572)
 #   bash scripts/gpu_check.sh bench    # benchmarks, then input pipeline; ends within 420 s -> timeout_s=480
+#   bash scripts/gpu_check.sh loop     # benchmarks.train_loop: `unet-jax train --data DIR` against the bare
+#                                      # step, bf16 first; ends within LOOP_S (120) s -> timeout_s=LOOP_S+30
 #   bash scripts/gpu_check.sh sweep    # benchmarks.sweep: JAX speed-up options vs torch.compile, with
 #                                      # kernel profiles; ends within 420 s -> timeout_s=480
 #                                      # (BENCH_S sets those 420 s, for bench and sweep)
+#   bash scripts/gpu_check.sh fair     # the fair plan (benchmarks/variants.py FAIR_PLAN): JAX against
+#                                      # PyTorch at its best, same precision, with kernel profiles and
+#                                      # the minimal-step check; ends within 240 s -> timeout_s=270
+#                                      # (BENCH_S sets those 240 s; extra arguments go to benchmarks.run)
 #
 # Each fits the tool's limits: 10 min a command, 15 min of device time a session (machine start
 # 1-2 min included: 2 + 5 + 7 = 14 min for parity then bench, or parity then sweep), at most 8
@@ -19,6 +33,8 @@
 #   bench:  results.json, results.md, img_per_s.png, system.txt, bench_logs.tar.gz
 #           (the tarball: logs/<job>.log, run.log, input_pipeline.json/.md)
 #   sweep:  the same files as bench (no input pipeline), in $OUT/<device-slug>-sweep/
+#   fair:   the same files as sweep, in $OUT/<device-slug>-fair/
+#   loop:   train_loop.json, train_loop.md, system.txt, loop_logs.tar.gz (each run's and bare step's log)
 # Reports are rewritten as the run goes (after every test / every job), so a call cut short still
 # brings back what it measured. system.txt: nvidia-smi, driver, versions, environment.
 #
@@ -32,8 +48,7 @@
 set -u
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
-OUT="${OUT:-/tmp/unet-gpu-out}"
-QUICK="${QUICK:-}"
+OUT="${OUT:-/tmp/unet-gpu-out}"; export OUT QUICK="${QUICK:-}"
 export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 # JAX must never take 75% of the GPU up front: the parity processes hold torch beside it, and
 # the benchmarks set the same in every job (benchmarks/run.py CHILD_ENV). Before any python runs.
@@ -92,11 +107,12 @@ case "$MODE" in
     grep -E '^(\*\*Partial|Tests:|- failed:)' "$DEST/parity_report.md" 2>/dev/null
     check_out
     exit $status ;;
-  bench|sweep)
+  bench|sweep|fair)
     # bench: the framework comparison, then the input pipeline. sweep (benchmarks.sweep): the
     # JAX step under each speed-up option and XLA flag set against torch.compile, with a kernel
     # profile of every job; its results go to <slug>-sweep. BENCH_S (420) s each, as two device calls.
-    SLUG=$(device_slug); [ "$MODE" = sweep ] && SLUG="$SLUG-sweep"
+    # fair: the fair plan in BENCH_S (240) s, to <slug>-fair, torch.compile jobs sharing one cache.
+    SLUG=$(device_slug); [ "$MODE" != bench ] && SLUG="$SLUG-$MODE"
     DEST="$OUT/$SLUG"; mkdir -p "$DEST"
     WORK=$(mktemp -d /tmp/unet-bench-XXXXXX) && chmod 755 "$WORK"  # logs: into the tarball, not loose under $OUT
     trap 'rm -rf "$WORK"' EXIT
@@ -104,9 +120,15 @@ case "$MODE" in
     pack() { tar -czf "$DEST/bench_logs.tar.gz" -C "$WORK" . 2>/dev/null || echo "tar failed"; }
     # Jobs start only while they fit the budget and are killed at its end, the rest recorded as
     # skipped. bench keeps 100 s for the input pipeline, sweep 45 s; 15 s are kept for packing up.
-    if [ "$MODE" = bench ]; then module=benchmarks.run; budget=$(( $(left "${BENCH_S:-420}") - 100 ));
-    else module=benchmarks.sweep; budget=$(( $(left "${BENCH_S:-420}") - 45 )); fi
+    # fair keeps 20 s (the end of the last job's profile, the report, packing).
+    total=${BENCH_S:-420}
+    if [ "$MODE" = bench ]; then module=benchmarks.run; budget=$(( $(left "$total") - 100 ));
+    elif [ "$MODE" = sweep ]; then module=benchmarks.sweep; budget=$(( $(left "$total") - 45 ));
+    else total=${BENCH_S:-240}; module=benchmarks.run; budget=$(( $(left "$total") - 20 )); fi
     plan=(--budget-s "$budget"); [ -n "$QUICK" ] && plan=(--quick)  # --quick keeps its own 50 s budget
+    # fair, also with QUICK (a CPU try of the same plan at the quick size): BENCH_S's budget, and
+    # the script's extra arguments (e.g. --variants ... --batch 1 to keep a CPU try short).
+    [ "$MODE" = fair ] && plan=(${QUICK:+--quick} --plan fair --profile --shared-compile-cache --budget-s "$budget" "${@:2}")
     timeout -k 10 $(( budget + 30 )) "$PY" -m $module "${plan[@]}" --out "$DEST" --log-dir "$WORK/logs" \
         --compile-timeout 150 2>&1 | tee "$WORK/run.log"
     status=${PIPESTATUS[0]}
@@ -116,8 +138,8 @@ case "$MODE" in
         "$PY" -m benchmarks.report "$DEST" || echo "report rebuild failed"
     fi
     pack
-    pipeline=$(( $(left "${BENCH_S:-420}") - 15 ))
-    if [ "$MODE" = sweep ]; then
+    pipeline=$(( $(left "$total") - 15 ))
+    if [ "$MODE" != bench ]; then
         :
     elif [ "$pipeline" -ge 40 ]; then
         timeout -k 5 $(( pipeline - 5 )) "$PY" -m benchmarks.input_pipeline ${QUICK:+--quick} --steps 20 \
@@ -130,8 +152,59 @@ case "$MODE" in
     cat "$DEST/results.md" 2>/dev/null
     check_out
     exit $status ;;
+  loop)
+    # The training loop against the bare step (benchmarks.train_loop): the seed network on 30 written
+    # images of 1024 px; its own budget is LOOP_S (120) s less 15 s kept for packing up.
+    SLUG=$(device_slug); DEST="$OUT/$SLUG"; mkdir -p "$DEST"
+    WORK=$(mktemp -d /tmp/unet-loop-XXXXXX) && chmod 755 "$WORK"
+    trap 'rm -rf "$WORK"' EXIT
+    system_info "$DEST/system.txt"
+    budget=$(( $(left "${LOOP_S:-120}") - 15 ))
+    plan=(--budget-s "$budget"); [ -n "$QUICK" ] && plan=(--quick --preset demo --budget-s "$budget")
+    timeout -k 10 $(( budget + 10 )) "$PY" -m benchmarks.train_loop "${plan[@]}" --out "$DEST" --work "$WORK/work" \
+        2>&1 | tee "$WORK/run.log"
+    status=${PIPESTATUS[0]}
+    echo "benchmarks.train_loop exit status: $status"
+    mkdir -p "$WORK/logs" && cp "$WORK"/work/*.log "$WORK/run.log" "$WORK/logs/" 2>/dev/null
+    tar -czf "$DEST/loop_logs.tar.gz" -C "$WORK/logs" . 2>/dev/null || echo "tar failed"
+    check_out
+    exit $status ;;
+  all)
+    # One device call: each part in its own budget, most needed first. The parity part writes into
+    # $OUT itself (its report is rewritten after every test); fair and loop write into a staging
+    # folder that is packed into $OUT/bench.tar.gz after each part, so that the call brings back at
+    # most 7 files and a part cut short loses nothing of the parts before it.
+    ALL_S=${ALL_S:-540}; LOOP_S=${LOOP_S:-110}
+    STAGE=$(mktemp -d /tmp/unet-all-XXXXXX) && chmod 755 "$STAGE"
+    trap 'rm -rf "$STAGE"' EXIT
+    pack_stage() {
+        rm -f "$STAGE"/*/img_per_s.png  # rebuilt from results.json by `import`
+        tar -czf "$OUT/bench.tar.gz.part" -C "$STAGE" . && mv "$OUT/bench.tar.gz.part" "$OUT/bench.tar.gz"
+        mkdir -p "$OUT/summary"
+        for f in "$STAGE"/*/results.md "$STAGE"/*/train_loop.md; do [ -f "$f" ] && cp "$f" "$OUT/summary/"; done
+    }
+    PARITY_S=${PARITY_S:-240} bash "$0" parity ${PARITY_ARGS:-}
+    parity_status=$?
+    fair_s=$(( $(left "$ALL_S") - LOOP_S ))
+    if [ "$fair_s" -ge 60 ]; then
+        OUT="$STAGE" BENCH_S=$fair_s bash "$0" fair; fair_status=$?; pack_stage
+    else
+        echo "fair skipped: ${fair_s} s left for it"; fair_status=1
+    fi
+    loop_s=$(( $(left "$ALL_S") - 5 ))
+    OUT="$STAGE" LOOP_S=$loop_s bash "$0" loop; loop_status=$?; pack_stage
+    echo "all: parity $parity_status, fair $fair_status, loop $loop_status in $(( SECONDS - START )) s"
+    check_out
+    exit $(( parity_status || fair_status || loop_status )) ;;
   import)
     src="${2:-}"
+    if [ -f "$src/bench.tar.gz" ]; then  # an `all` call: its fair and loop folders, packed
+        unpacked=$(mktemp -d) && tar -xzf "$src/bench.tar.gz" -C "$unpacked" && bash "$0" import "$unpacked" || exit 1
+        for dir in "$unpacked"/*-fair; do
+            [ -f "$dir/results.json" ] && "$PY" -m benchmarks.report "benchmarks/results/$(basename "$dir")"
+        done
+        rm -rf "$unpacked"
+    fi
     [ -d "$src" ] || { echo "usage: bash scripts/gpu_check.sh import <folder>: the folder the device tool put a call's files in (holding <slug>/system.txt)" >&2; exit 2; }
     found=0
     for info in "$src"/system.txt "$src"/*/system.txt; do
@@ -143,19 +216,24 @@ case "$MODE" in
             dest="parity_tests/results/$slug"; mkdir -p "$dest"
             cp "$dir"/parity_report.json "$dir"/parity_report.md "$dir"/system.txt "$dest"/
             [ -f "$dir/pytest.log" ] && cp "$dir/pytest.log" "$dest"/
+        elif [ -f "$dir/train_loop.json" ]; then  # beside the bench's results of the same device
+            dest="benchmarks/results/$slug"; mkdir -p "$dest"
+            cp "$dir"/train_loop.json "$dir"/train_loop.md "$dest"/
+            cp "$dir/system.txt" "$dest/train_loop_system.txt"
+            [ -f "$dir/loop_logs.tar.gz" ] && mkdir -p "$dest/logs/train_loop" && tar -xzf "$dir/loop_logs.tar.gz" -C "$dest/logs/train_loop"
         elif [ -f "$dir/results.json" ]; then
             dest="benchmarks/results/$slug"; mkdir -p "$dest"
             for f in results.json results.md img_per_s.png system.txt; do [ -f "$dir/$f" ] && cp "$dir/$f" "$dest"/; done
             [ -f "$dir/bench_logs.tar.gz" ] && tar -xzf "$dir/bench_logs.tar.gz" --no-overwrite-dir -C "$dest"
         else
-            echo "$dir holds neither parity_report.json nor results.json" >&2; exit 1
+            echo "$dir holds none of parity_report.json, results.json, train_loop.json" >&2; exit 1
         fi
         chmod -R u+w "$dest"  # the device tool's copies are read-only
         echo "imported $dir -> $dest:"; ls -la "$dest"; found=1
     done
-    [ "$found" = 1 ] || { echo "no system.txt in $src or its subfolders: is this a gpu_check.sh call's \$OUT?" >&2; exit 1; }
+    [ "$found" = 1 ] || [ -f "$src/bench.tar.gz" ] || { echo "no system.txt in $src or its subfolders: is this a gpu_check.sh call's \$OUT?" >&2; exit 1; }
     ;;
   *)
-    echo "usage: bash scripts/gpu_check.sh parity|bench|sweep|import <folder>" >&2
+    echo "usage: bash scripts/gpu_check.sh all|parity|bench|sweep|fair|loop|import <folder>" >&2
     exit 2 ;;
 esac

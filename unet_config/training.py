@@ -22,7 +22,8 @@ DTYPES = ("float32", "bfloat16")
 
 # What a resumed run may change. Bookkeeping never changes the trained weights; a new
 # learning rate does, so a run resumed with one is no longer an exact continuation.
-BOOKKEEPING_FIELDS = ("steps", "eval_every", "log_every", "checkpoint_every", "keep_checkpoints", "sampling_threads")
+BOOKKEEPING_FIELDS = ("steps", "eval_every", "log_every", "checkpoint_every", "keep_checkpoints", "sampling_threads",
+                      "profile_steps")
 TRAJECTORY_FIELDS = ("learning_rate",)
 RESUMABLE_FIELDS = BOOKKEEPING_FIELDS + TRAJECTORY_FIELDS
 
@@ -57,8 +58,8 @@ class TrainConfig:
     elastic_sigma: float = described(10.0, "standard deviation of the elastic displacements, pixels (the paper's: 10)")
     seed: int = described(0, "parameters, data order and augmentation all derive from it")
     sampling_threads: int = described(
-        4, "host threads that cut each batch's tiles while the device runs the previous step; the batch is the same "
-        "for any number (1: cut on the training thread)"
+        4, "host threads that cut each batch's tiles while the device runs earlier steps (on an accelerator two batches "
+        "are made ahead at once); the batch is the same for any number (1: one thread per batch)"
     )
     data_shards: int = described(
         0, "deal the training images into this many shards; each process of a multi-host run reads only the shard its "
@@ -80,6 +81,10 @@ class TrainConfig:
     log_every: int = described(10, "steps between records in metrics.jsonl")
     checkpoint_every: int = described(200, "steps between checkpoints")
     keep_checkpoints: int = described(3, "checkpoints kept (the newest); at least 1, so the run can be resumed")
+    profile_steps: Optional[str] = described(
+        None, "A:B: write a jax.profiler trace of training steps A to B (inclusive) into RUN_DIR/profile, for "
+        "TensorBoard/XProf or Perfetto; none: no trace"
+    )
 
     def __post_init__(self):
         if not isinstance(self.model, UNetConfig):
@@ -103,11 +108,26 @@ class TrainConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{_name(name)} must be true or false, got {getattr(self, name)!r}")
         _check_range("elastic_sigma", self.elastic_sigma, 0, math.inf, low_open=False, high_open=True)
-        for name in ("preset", "data", "val_data", "init_weights"):
+        for name in ("preset", "data", "val_data", "init_weights", "profile_steps"):
             value = getattr(self, name)
             if not (isinstance(value, str) or (value is None and name != "preset")):
                 raise ConfigError(f"{_name(name)} must be a string, got {value!r}")
+        self.profile_range  # noqa: B018 (parses the range: a bad one is refused here)
         self.model.check_input_size(self.tile_size, self.tile_size)
+
+    @property
+    def profile_range(self) -> Optional[tuple[int, int]]:
+        """(first, last) training step to trace, from `profile_steps` "A:B"; None without one."""
+        if self.profile_steps is None:
+            return None
+        first, _, last = str(self.profile_steps).partition(":")
+        try:
+            first, last = int(first), int(last)
+        except ValueError:
+            first = last = 0
+        if not 1 <= first <= last:
+            raise ConfigError(f"{_name('profile_steps')} must be A:B with 1 <= A <= B (e.g. 20:25), got {self.profile_steps!r}")
+        return first, last
 
     @property
     def label_size(self) -> int:

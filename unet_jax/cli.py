@@ -1,4 +1,4 @@
-"""`unet-jax`: train, convert, evaluate, predict. Thin: the logic lives in library modules.
+"""`unet-jax`: train, convert, evaluate, predict, export, inspect. Thin: the logic lives in library modules.
 
 Expected failures (a bad option, a file that can't be read or may not be written, a run
 directory in use) are the project's `UNetError`s: printed as one message naming the path and
@@ -122,6 +122,24 @@ def cmd_predict(args) -> int:
     predict_files(predictor, args.images, args.output, save_probabilities=args.probabilities, tile_size=args.tile_size,
                   batch_size=args.batch_size, mask_format=args.format, overwrite=args.overwrite, on_written=report)
     return 0
+
+
+def cmd_export(args) -> int:
+    from unet_jax.export import export
+
+    description = export(args.weights, args.out, args.format, tile_size=args.tile_size, config=_given(args, ARCHITECTURE_FIELDS),
+                         overwrite=args.overwrite, check=not args.no_check, report=print)
+    image, logits = description["input"]["shape"], description["output"]["shape"]
+    print(f"{args.weights} -> {args.out} ({args.format}, image {image} -> logits {logits}); described in {args.out}.json")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from unet_jax.data.inspect import describe_report, inspect_folder
+
+    report = inspect_folder(args.data)
+    print(json.dumps(report) if args.json else describe_report(report))
+    return EXIT_ERROR if report["errors"] else 0
 
 
 def _describe(record: dict) -> str:
@@ -250,6 +268,26 @@ def build_parser() -> argparse.ArgumentParser:
     _tiling_options(predict)
     _add_field_options(predict.add_argument_group("architecture"), ARCHITECTURE_FIELDS, _stored_default)
     predict.set_defaults(run=cmd_predict)
+
+    export = commands.add_parser("export", help="write trained weights as ONNX or serialised StableHLO, for other runtimes")
+    export.add_argument("weights", help="a run directory, Flax .safetensors or PyTorch weights")
+    export.add_argument("out", help="the file to write; OUT.json beside it describes input, output, sizes and normalisation")
+    export.add_argument("--format", required=True, metavar="{onnx,stablehlo}",
+                        help="onnx: NCHW, through the PyTorch reference (needs the [export] extra); stablehlo: NHWC, "
+                             "through jax.export (required)")
+    export.add_argument("--tile-size", type=int,
+                        help="the input side the file takes, a valid size for the network (default: the run's training "
+                             "tile, else the valid size nearest 572)")
+    export.add_argument("--overwrite", action="store_true", help="replace OUT and OUT.json if they exist (default: off)")
+    export.add_argument("--no-check", action="store_true",
+                        help="skip running the written file against Flax on a random batch (default: checked)")
+    _add_field_options(export.add_argument_group("architecture"), ARCHITECTURE_FIELDS, _stored_default)
+    export.set_defaults(run=cmd_export)
+
+    inspect = commands.add_parser("inspect", help="summarise a data folder and warn about what leads to all-background predictions")
+    inspect.add_argument("--data", required=True, help="DIR with images/ and masks/, or an ISBI *-volume.tif (required)")
+    inspect.add_argument("--json", action="store_true", help="print one JSON object (default: lines of text)")
+    inspect.set_defaults(run=cmd_inspect)
     return parser
 
 

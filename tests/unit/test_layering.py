@@ -1,4 +1,4 @@
-"""Imports in `unet_jax` go only downward: runtime < model < data < weights < inference < training < cli.
+"""Imports in `unet_jax` go only downward: runtime < model < data < weights < inference < training < export < cli.
 
 Read from every module's source (its function-level imports too), so a lazy import that breaks
 the layering is found as well as a top-level one.
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "unet_jax"
-FLOORS = ("runtime", "model", "data", "weights", "inference", "training")  # lowest first
+FLOORS = ("runtime", "model", "data", "weights", "inference", "training", "export")  # lowest first
 TOP = ("cli", "__main__")  # the entry points: nothing below imports them
 
 

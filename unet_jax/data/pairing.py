@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence, Union
 
-from unet_jax.data.decoding import SUFFIXES, read_image, read_mask, read_slices, stack_shape, stored_size
+from unet_jax.data.decoding import SUFFIXES, read, read_image, read_mask, read_slices, stack_shape, stored_size
 from unet_jax.data.errors import DataError
 from unet_jax.data.pixel_rules import to_image, to_mask
 from unet_jax.data.samples import Samples
@@ -33,9 +33,13 @@ def load_folder(path: Union[str, Path], in_channels: int, num_classes: int) -> S
     return index_folder(path, in_channels, num_classes).read()
 
 
-def index_folder(path: Union[str, Path], in_channels: int, num_classes: int) -> Source:
+def index_folder(path: Union[str, Path], in_channels: int, num_classes: int, as_stored: bool = False) -> Source:
     """The samples under `path`, listed, paired and sized from the files' headers; `.read(indices)`
-    reads the pixels (of those samples only), with every check of `load_folder`."""
+    reads the pixels (of those samples only), with every check of `load_folder`.
+
+    With `as_stored`, `.load(indices)` gives each (image, mask, None) as the files store them,
+    neither converted nor checked (what `unet-jax inspect` looks at); `in_channels` and
+    `num_classes` are then unused."""
     path = Path(path)
     if path.is_file():
         if "-volume" not in path.stem:
@@ -43,7 +47,7 @@ def index_folder(path: Union[str, Path], in_channels: int, num_classes: int) -> 
                 f"{path}: not an ISBI-style '*-volume.tif' stack. Fix: point at such a stack (with its "
                 "'*-labels.tif' beside it), or at a folder holding images/ and masks/"
             )
-        return _index_stack(path, path.with_name(path.name.replace("-volume", "-labels")), in_channels, num_classes)
+        return _index_stack(path, path.with_name(path.name.replace("-volume", "-labels")), in_channels, num_classes, as_stored)
     if not path.is_dir():
         raise DataError(f"{path}: no such folder. Fix: point at a folder holding images/ and masks/ subfolders")
     images_dir, masks_dir = path / "images", path / "masks"
@@ -54,8 +58,8 @@ def index_folder(path: Union[str, Path], in_channels: int, num_classes: int) -> 
                     f"{sub}: missing. Fix: put the images in {images_dir} and their masks, with the same "
                     f"file names, in {masks_dir} (or use an ISBI pair train-volume.tif + train-labels.tif)"
                 )
-        return _index_pairs(images_dir, masks_dir, in_channels, num_classes)
-    return _index_stack(path / "train-volume.tif", path / "train-labels.tif", in_channels, num_classes)
+        return _index_pairs(images_dir, masks_dir, in_channels, num_classes, as_stored)
+    return _index_stack(path / "train-volume.tif", path / "train-labels.tif", in_channels, num_classes, as_stored)
 
 
 def data_sources(path: Union[str, Path]) -> list[Path]:
@@ -80,7 +84,7 @@ def _list(folder: Path) -> dict[str, Path]:
     return by_stem
 
 
-def _index_pairs(images_dir: Path, masks_dir: Path, in_channels: int, num_classes: int) -> Source:
+def _index_pairs(images_dir: Path, masks_dir: Path, in_channels: int, num_classes: int, as_stored: bool = False) -> Source:
     images = _list(images_dir)
     masks: dict[str, Path] = {}
     for stem, p in _list(masks_dir).items():
@@ -106,6 +110,9 @@ def _index_pairs(images_dir: Path, masks_dir: Path, in_channels: int, num_classe
     def load(indices: Sequence[int]) -> list:
         loaded = []
         for stem in (stems[i] for i in indices):
+            if as_stored:
+                loaded.append((read(images[stem], palette_to_rgb=True), read(masks[stem], palette_to_rgb=False), None))
+                continue
             image = read_image(images[stem], in_channels)
             mask, ids = read_mask(masks[stem], num_classes)
             _check_sizes(images[stem], image.shape[:2], masks[stem], mask.shape)  # the pixels, as the headers said
@@ -123,7 +130,7 @@ def _check_sizes(image_path: Path, image_size: tuple, mask_path: Path, mask_size
         )
 
 
-def _index_stack(volume_path: Path, labels_path: Path, in_channels: int, num_classes: int) -> Source:
+def _index_stack(volume_path: Path, labels_path: Path, in_channels: int, num_classes: int, as_stored: bool = False) -> Source:
     """ISBI-2012 style: a multi-page image TIFF and a label TIFF with one page per slice."""
     for p in (volume_path, labels_path):
         if not p.is_file():
@@ -141,6 +148,8 @@ def _index_stack(volume_path: Path, labels_path: Path, in_channels: int, num_cla
     def load(indices: Sequence[int]) -> list:
         volume = read_slices(volume_path, indices, slices, palette_to_rgb=True)
         labels = read_slices(labels_path, indices, slices, palette_to_rgb=False)
+        if as_stored:
+            return [(image, label, None) for image, label in zip(volume, labels)]
         loaded = []
         for k, image, label in zip(indices, volume, labels):
             mask, ids = to_mask(label, f"{labels_path}[slice {k}]", num_classes)

@@ -10,7 +10,7 @@ from unet_config.architecture import described, is_integer
 from unet_config.errors import ConfigError
 
 # What the backward pass recomputes instead of keeping (`unet_jax.model.unet.UNet.remat`).
-REMAT_POLICIES = ("none", "blocks", "conv-outputs")
+REMAT_POLICIES = ("none", "blocks", "conv-outputs", "dots")
 # What a resumed run may change: batch groups change only the order in which per-image gradients
 # are summed, as --devices does.
 RESUMABLE_COMPUTE_FIELDS = ("batch_groups",)

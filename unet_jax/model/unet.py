@@ -79,7 +79,9 @@ class UNet(nn.Module):
     "none" keeps what the backward pass reads; "blocks" keeps only each conv block's input and
     recomputes the block (about one more forward pass of the 3x3 convs); "conv-outputs" keeps
     the convs' outputs and recomputes the BatchNorm and ReLU after them (for `norm="batch"`:
-    without a norm it keeps more than "none", tests/unit/test_remat.py).
+    without a norm it keeps more than "none", tests/unit/test_remat.py); "dots" is JAX's
+    `dots_saveable` policy: every convolution's and matmul's output kept, so "conv-outputs"
+    plus the up-convolutions' outputs (tests/unit/test_remat.py).
 
     `batch_groups` runs the network on that many groups of the batch (sizes differing by at most
     one), side by side in one program with the same weights, and concatenates the logits: the
@@ -174,6 +176,8 @@ def conv_block_class(remat: str):
     if remat == "conv-outputs":
         policy = jax.checkpoint_policies.save_only_these_names(CONV_OUTPUT)
         return nn.remat(ConvBlock, static_argnums=(2,), policy=policy)
+    if remat == "dots":  # JAX's own policy: every convolution's and matmul's output kept, the rest recomputed
+        return nn.remat(ConvBlock, static_argnums=(2,), policy=jax.checkpoint_policies.dots_saveable)
     raise ValueError(f"remat must be one of {REMAT_POLICIES}, got {remat!r}")
 
 

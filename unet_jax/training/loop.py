@@ -27,9 +27,11 @@ import numpy as np
 from tqdm import tqdm
 
 from unet_jax.config import TrainConfig, UNetConfig, UNetError
-from unet_jax.data import Normalization, Samples
+from unet_jax.data import DataError, Normalization, Samples, prefetch
 from unet_jax.data.augment import augment, chain
 from unet_jax.data.elastic import elastic_deform
+from unet_jax.data.inspect import training_warnings
+from unet_jax.data.prefetch import Prefetcher
 from unet_jax.data.targets import separated_targets
 from unet_jax.inference.metrics import add_counts, scores_from_counts
 from unet_jax.model.compute import Compute
@@ -40,6 +42,7 @@ from unet_jax.training.checkpoints import Checkpointer
 from unet_jax.training.errors import TrainingInterrupted
 from unet_jax.training.losses import make_loss, needs_weights
 from unet_jax.training.plan import RunPlan, plan_new_run, plan_resumed_run
+from unet_jax.training.profiling import StepProfiler
 from unet_jax.training.report import divergence_message, finish, where_to_continue
 from unet_jax.training.resume import fresh_state, restore
 from unet_jax.training.run_dir import FollowerRunDir, MetricsLog, RunDir
@@ -103,7 +106,7 @@ def run(plan: RunPlan, run_dir, progress: bool = True, log=print) -> dict:
         with directory.lock():
             return _run_steps_of(plan, _load(plan), directory, progress, log)
     directory.check_new_run()  # fail fast, before loading data; checked again under the lock
-    data = _load(plan)  # bad data fails here, in every process, before anything is written
+    data = _load(plan, log)  # bad data fails here, in every process, before anything is written
     with directory.lock():
         directory.check_no_trained_run()
         if directory.state == "unstarted":
@@ -112,8 +115,12 @@ def run(plan: RunPlan, run_dir, progress: bool = True, log=print) -> dict:
         return _run_steps_of(plan, data, directory, progress, log)
 
 
-def _load(plan: RunPlan) -> TrainingData:
-    return load_data(plan.train, plan.parallel, plan.sources)
+def _load(plan: RunPlan, log=None) -> TrainingData:
+    data = load_data(plan.train, plan.parallel, plan.sources)
+    if log is not None and plan.train.data is not None:  # `unet-jax inspect --data` tells more
+        for warning in training_warnings(data.train):
+            log(f"data: warning: {warning}")
+    return data
 
 
 def _silent(*_):
@@ -206,12 +213,19 @@ def run_steps(state, plan: RunPlan, train_samples: Samples, train_weights, eval_
                                  shardings=parallel.step_shardings(state))
     window, timer = [], _Throughput()
     bar = tqdm(total=cfg.steps, initial=start, desc="train", disable=not progress, dynamic_ncols=True)
-    with _stop_between_steps(log) as stop, contextlib.closing(bar):
+    # Batches are cut and placed on the device two steps ahead, on worker threads (unet_jax.data.prefetch).
+    feed = Prefetcher(lambda step: parallel.global_batch(
+        cfg.batch_size, functools.partial(batch_at, train_samples, cfg, step, train_weights)),
+        range(start + 1, cfg.steps + 1), workers=prefetch.workers_for(jax.local_devices()))
+    profiler = StepProfiler(cfg.profile_range if is_primary() else None, start, run.file("profile"), log)
+    with _stop_between_steps(log) as stop, contextlib.closing(bar), feed, contextlib.closing(profiler):
         for step in range(start + 1, cfg.steps + 1):
-            with timer.data():
-                batch = parallel.global_batch(cfg.batch_size, functools.partial(batch_at, train_samples, cfg, step, train_weights))
-            # Dispatch is asynchronous: the host samples the next batch while the device computes.
-            state, metrics = train_step(state, *batch)
+            with profiler.step(step):
+                with timer.data():
+                    batch = _next_batch(feed, step, checkpointer, run, cfg, position)
+                # Dispatch is asynchronous: the device computes while the workers make the next batches.
+                state, metrics = train_step(state, *batch)
+            profiler.done(step, metrics)
             window.append(metrics)
             bar.update(1)
             if step == start + 1:  # keep compilation out of the throughput figures
@@ -241,6 +255,18 @@ def run_steps(state, plan: RunPlan, train_samples: Samples, train_weights, eval_
             if stop.is_set():
                 raise KeyboardInterrupt
     return state
+
+
+def _next_batch(feed: Prefetcher, step: int, checkpointer: Checkpointer, run: RunDir, cfg: TrainConfig,
+                position: _Position) -> tuple:
+    """The batch of `step` from the prefetcher's workers; a file that fails them stops the run with one
+    message naming it and what was kept (no worker thread's traceback: the prefetcher hands its error here)."""
+    try:
+        return feed.next(step)
+    except (DataError, OSError) as error:
+        checkpointer.wait()  # so that the message names every checkpoint there is
+        raise DataError(f"the batch of step {step} could not be made: {error}. "
+                        f"{where_to_continue(run, cfg, position.started, position.step)}") from None
 
 
 @contextlib.contextmanager
