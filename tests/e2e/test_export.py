@@ -16,8 +16,8 @@ import numpy as np
 import onnx
 import onnxruntime
 import pytest
-from random_weights import random_variables
 
+from tests.helpers.random_weights import random_variables
 from unet_jax.cli import main
 from unet_jax.config import UNetConfig
 from unet_jax.data import Normalization

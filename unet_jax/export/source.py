@@ -60,7 +60,7 @@ def load_source(weights, tile_size: Optional[int] = None, config=None) -> Export
 
 def _training_tile(path: Path) -> Optional[int]:
     run = RunDir(path)
-    return run.load_config().tile_size if path.is_dir() and run.file(RunDir.CONFIG).is_file() else None
+    return run.load_config()[0].tile_size if path.is_dir() and run.file(RunDir.CONFIG).is_file() else None
 
 
 def valid_sizes(config: UNetConfig, count: int = SIZES_LISTED) -> list[int]:
