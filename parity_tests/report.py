@@ -152,7 +152,7 @@ def to_markdown(env: dict, rows: list[Row], outcomes: dict, collected: list[str]
 
 def write_study(out: Path, stem: str, rows: list[dict], started: float, title: str, method: list[str],
                 body: list[str]) -> Path:
-    """A measurement script `parity_tests.<stem>`'s results: out/stem.json (environment, seconds
+    """A study `parity_tests.studies.<stem>`'s results: out/stem.json (environment, seconds
     since `started`, rows) and out/stem.md: `title`, the machine and versions, the command with
     the `method` lines after it, then the `body` lines. Returns the markdown's path."""
     env = environment()
@@ -161,7 +161,7 @@ def write_study(out: Path, stem: str, rows: list[dict], started: float, title: s
     (out / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
     header = [f"# {title}", "", f"- Machine: {env['cpu']}, {env['cpu_count']} cores; Python {env['python']}; {versions}",
-              f"- Command: `python -m parity_tests.{stem}`; {method[0]}", *(f"- {line}" for line in method[1:]), ""]
+              f"- Command: `python -m parity_tests.studies.{stem}`; {method[0]}", *(f"- {line}" for line in method[1:]), ""]
     (out / f"{stem}.md").write_text("\n".join(header + body) + "\n")
     return out / f"{stem}.md"
 

@@ -1,0 +1,90 @@
+"""What the precision-mode tests measure, shared with the study that sets their bounds.
+
+For a training recipe (network, input, Adam's lr) in a precision mode, `measure` returns per
+quantity (Flax vs float64, torch vs float64, Flax vs torch):
+
+- "logits": the train-mode logits of the first batch (the loss's input), max|a - ref| / max|ref|;
+- "gradients": one scale for the whole network (harness.global_rel_error);
+- "step t: loss" and "step t: weights" for t = 1, 2: ONE Adam step of each framework's train step
+  (unet_torch.train_step, unet_jax's make_train_step) from the float64 run's state after t - 1
+  steps (weights and Adam moments rounded to float32), against the float64 run's step t: the
+  loss relative to the float64 loss, the weights as the root-mean-square of |w - w_ref| in units
+  of lr (training.step_error_in_lr). A one-step error, not a trajectory: float32 trajectories of
+  the seed network diverge from float64 in both frameworks (studies/float32_adam_drift), and a
+  trajectory that diverges cannot show a bug.
+
+The float64 reference is torch in float64 on `device` (the CPU, or the GPU for the seed network
+at 572 px, which costs ~7 TFLOP in float64 with its 2 Adam steps), computed once per recipe.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from parity_tests import harness, training
+from unet_config import UNetConfig
+
+CHECKED_STEPS = (1, 2)
+SMALL = training.Recipe("features8-depth2-44px", UNetConfig(features=8, depth=2), 44, 2, "adam", 1e-3, steps=2)
+SMALL_BN = training.Recipe("features8-depth2-44px-batchnorm", UNetConfig(features=8, depth=2, norm="batch"), 44, 2,
+                           "adam", 1e-3, steps=2)
+SEED_572 = training.Recipe("seed-572px-batch2", UNetConfig(), 572, 2, "adam", 1e-3, steps=2)
+SMALL_RECIPES = (SMALL, SMALL_BN)
+
+
+@functools.cache
+def reference(recipe: training.Recipe, device: str = "cpu") -> dict:
+    """Float64 train-mode logits and gradients on the first batch, and the float64 Adam run's
+    snapshots, computed on `device`; everything returned is on the host."""
+    import torch
+
+    images, masks = training.batches(recipe)[0]
+    model64 = harness.reference_model(training.start(recipe), device)
+    logits = harness.torch_forward(model64, images, train=True)
+    model64 = harness.reference_model(training.start(recipe), device)  # the forward moved BatchNorm's statistics
+    _, grads = harness.torch_loss_and_grads(model64, recipe.config, images, masks)
+    del model64
+    snapshots = training.reference_snapshots(recipe, device)
+    if device == "cuda":  # hand the float64 activations' memory back before JAX needs it
+        torch.cuda.empty_cache()
+    return {"logits": logits, "grads": grads, "snapshots": snapshots}
+
+
+def parameter_keys(recipe: training.Recipe) -> list[str]:
+    """The trained tensors (torch naming): what Adam moves by ~lr per step."""
+    return [name for name, _ in training.start(recipe).named_parameters()]
+
+
+def measure(recipe: training.Recipe, mode: str, device: str = "cpu") -> dict[str, tuple[float, float, float]]:
+    """{quantity: (Flax vs float64, torch vs float64, Flax vs torch)} in precision `mode`."""
+    ref = reference(recipe, device)
+    data = training.batches(recipe)
+    images, masks = data[0]
+    cfg = recipe.config
+    figures = {}
+    with harness.precision(mode) as prec:
+        model = training.start(recipe).to(harness.TORCH_DEVICE)
+        variables = harness.port_to_flax(model, cfg)
+        torch_logits = harness.torch_forward(model, images, True, prec)
+        model = training.start(recipe).to(harness.TORCH_DEVICE)
+        _, torch_grads = harness.torch_loss_and_grads(model, cfg, images, masks, prec)
+        _, flax_grads, flax_logits = harness.flax_loss_and_grads(cfg, variables, images, masks, prec.flax_dtype,
+                                                                 with_logits=True)
+        figures["logits"] = (harness.rel_error(flax_logits, ref["logits"]), harness.rel_error(torch_logits, ref["logits"]),
+                             harness.rel_error(flax_logits, torch_logits))
+        figures["gradients"] = (harness.global_rel_error(flax_grads, ref["grads"]),
+                                harness.global_rel_error(torch_grads, ref["grads"]),
+                                harness.global_rel_error(flax_grads, torch_grads))
+        keys = parameter_keys(recipe)
+        for step in CHECKED_STEPS:
+            before, after = ref["snapshots"][step - 1], ref["snapshots"][step]
+            torch_loss, torch_state = training.one_step_torch(recipe, before, data[step - 1], prec)
+            flax_loss, flax_state = training.one_step_flax(recipe, before, data[step - 1], prec.flax_dtype)
+            figures[f"step {step}: loss"] = (abs(flax_loss - after.loss) / abs(after.loss),
+                                             abs(torch_loss - after.loss) / abs(after.loss),
+                                             abs(flax_loss - torch_loss) / abs(after.loss))
+            lr = recipe.learning_rate
+            figures[f"step {step}: weights"] = (training.step_error_in_lr(flax_state, after.state, lr, keys)[0],
+                                                training.step_error_in_lr(torch_state, after.state, lr, keys)[0],
+                                                training.step_error_in_lr(flax_state, torch_state, lr, keys)[0])
+    return figures
