@@ -68,7 +68,9 @@ def test_adam_update_is_torchs_on_gradients_of_every_scale(parity):
     weight = torch.nn.Parameter(torch.from_numpy(start.copy()))
     optimizer = unet_torch.make_torch_optimizer([weight], "adam", lr)
     tx = make_optax_optimizer("adam", lr)
-    with jax.enable_x64(True):
+    # optax's Adam raises its decay rates to the int32 step count: standard promotion, as the
+    # train step applies it (unet_jax/train_step.py).
+    with jax.enable_x64(True), jax.numpy_dtype_promotion("standard"):
         params = jnp.asarray(start)
         opt_state = tx.init(params)
         for g in grads:
