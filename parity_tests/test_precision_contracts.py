@@ -54,7 +54,7 @@ def test_bf16_training_keeps_float32_master_weights():
     recipe = precision_checks.SMALL
     snapshots = precision_checks.reference(recipe)["snapshots"]
     with harness.precision("bf16") as prec:
-        _, state = training.one_step_flax(recipe, snapshots[1], training.batches(recipe)[1], prec.flax_dtype)
+        _, state, _ = training.one_step_flax(recipe, snapshots[1], training.batches(recipe)[1], prec.flax_dtype)
     dtypes = {k: state[k].dtype for k in precision_checks.parameter_keys(recipe)}
     assert all(d == np.float32 for d in dtypes.values()), f"master weights after a bf16 step: {dtypes}"
 

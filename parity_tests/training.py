@@ -27,7 +27,7 @@ import unet_torch
 from parity_tests import harness
 from unet_config import UNetConfig
 from unet_jax.losses import make_loss
-from unet_jax.port import flax_to_torch, torch_to_flax
+from unet_jax.port import flatten_variables, flax_to_torch, torch_to_flax
 from unet_jax.train_step import make_optax_optimizer, make_train_step, state_from_variables
 
 
@@ -79,6 +79,9 @@ def flax_train_step():
     """`unet_jax.train_step.make_train_step(make_loss("ce"))`, made once for the session: its jit
     compiles once per network, dtype, optimizer and precision mode (all part of JAX's cache key)."""
     return make_train_step(make_loss("ce"))
+
+
+ADAM_B1 = 0.9  # optax.adam's and torch.optim.Adam's default first-moment decay, which both factories keep
 
 
 @functools.cache
@@ -209,9 +212,10 @@ def reference_snapshots(recipe: Recipe, device: str = "cpu") -> list[Snapshot]:
     return snapshots
 
 
-def one_step_torch(recipe: Recipe, before: Snapshot, batch, prec: harness.Precision) -> tuple[float, dict]:
-    """(loss, state after) of one `unet_torch.train_step` in float32 (autocast per `prec`) from the
-    float64 run's state `before`, its weights and Adam moments rounded to float32."""
+def one_step_torch(recipe: Recipe, before: Snapshot, batch, prec: harness.Precision) -> tuple[float, dict, dict]:
+    """(loss, state after, the step's gradients in Flax layout) of one `unet_torch.train_step` in
+    float32 (autocast per `prec`) from the float64 run's state `before`, its weights and Adam
+    moments rounded to float32."""
     model = harness.build_torch(recipe.config)
     model.load_state_dict({k: torch.from_numpy(v) for k, v in before.state.items()})
     model = model.float().to(harness.TORCH_DEVICE)
@@ -225,13 +229,18 @@ def one_step_torch(recipe: Recipe, before: Snapshot, batch, prec: harness.Precis
     images, masks = batch
     loss = unet_torch.train_step(model, optimizer, harness.torch_input(images, model),
                                  torch.from_numpy(masks).to(harness.TORCH_DEVICE), autocast_dtype=prec.autocast_dtype)
-    return float(loss), harness.torch_state(model)
+    return float(loss), harness.torch_state(model), harness.torch_grads_as_flax(model, recipe.config)
 
 
-def one_step_flax(recipe: Recipe, before: Snapshot, batch, dtype, weights_dtype=np.float32) -> tuple[float, dict]:
-    """(loss, state after, torch naming) of one `make_train_step` step in compute `dtype` from the
-    float64 run's state `before` (weights and Adam moments as `weights_dtype`: float32, or float64
-    for the float64 comparison, which must run under jax.enable_x64)."""
+def one_step_flax(recipe: Recipe, before: Snapshot, batch, dtype, weights_dtype=np.float32) -> tuple[float, dict, dict]:
+    """(loss, state after in torch naming, the step's gradients) of one `make_train_step` step in
+    compute `dtype` from the float64 run's state `before` (weights and Adam moments as
+    `weights_dtype`: float32, or float64 for the float64 comparison, under jax.enable_x64).
+
+    The gradients are read back from Adam's first moment, which after step 1 is (1 - b1) g: so the
+    gradient check costs no compilation of its own (the seed network's at 572 px takes 10-20 s on
+    an H200), and checks the gradients the product's train step computed. Rounding of that
+    product: 1 unit of the moments' dtype. After later steps None (the moment mixes steps)."""
     config = recipe.config
 
     def ported(values: dict) -> dict:
@@ -250,7 +259,12 @@ def one_step_flax(recipe: Recipe, before: Snapshot, batch, dtype, weights_dtype=
     images, masks = batch
     state, metrics = flax_train_step()(state, jnp.asarray(images.astype(weights_dtype)), jnp.asarray(masks))
     final = {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats is not None else {})}
-    return float(metrics["loss"]), flax_to_torch(jax.tree.map(np.asarray, final), config)
+    grads = None
+    if before.step == 0:
+        decay = float(ADAM_B1)
+        grads = {f"params/{k}": np.asarray(v).astype(np.float64) / (1.0 - decay)
+                 for k, v in flatten_variables(state.opt_state[0].mu).items()}
+    return float(metrics["loss"]), flax_to_torch(jax.tree.map(np.asarray, final), config), grads
 
 
 def step_error_in_lr(state, ref, learning_rate: float, keys) -> tuple[float, float]:
