@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -96,6 +98,30 @@ def _reason(report) -> str:
 _SESSION: list = []  # the running session: pytest_runtest_logfinish is not given it
 
 
+def pytest_configure(config):
+    """A persistent compilation cache for the run (this process and the children it starts, which
+    inherit the environment): a fresh process that compiles what another already has reads it
+    back instead. Removed at the end of the session unless JAX_COMPILATION_CACHE_DIR was given."""
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        _OWN_CACHE.append(tempfile.mkdtemp(prefix="parity-xla-cache-"))
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE[-1]
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")  # only what is worth a file
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+
+
+_OWN_CACHE: list[str] = []  # the cache folder this session made (and removes)
+
+
+def pytest_unconfigure(config):
+    for folder in _OWN_CACHE:
+        shutil.rmtree(folder, ignore_errors=True)
+        if os.environ.get("JAX_COMPILATION_CACHE_DIR") == folder:
+            del os.environ["JAX_COMPILATION_CACHE_DIR"]
+
+
 def pytest_sessionstart(session):
     session.parity_started = time.perf_counter()
     _SESSION[:] = [session]
@@ -110,7 +136,16 @@ def pytest_collection_modifyitems(config, items):
 def pytest_collection_finish(session):
     """The tests the report expects (this folder's: a whole-repository run collects others too)."""
     here = Path(__file__).resolve().parent
-    parity_report.COLLECTED[:] = [item.nodeid for item in session.items if here in Path(item.path).resolve().parents]
+    ours = [item for item in session.items if here in Path(item.path).resolve().parents]
+    parity_report.COLLECTED[:] = [item.nodeid for item in ours]
+    parity_report.GPU_RUN[:] = [item.nodeid for item in ours if not item.get_closest_marker("slow")]
+    # Tests whose module can start slow work early (test_determinism's child processes) start it
+    # now, to run beside the tests before them; skipped ones are left alone.
+    for item in ours:
+        start_early = getattr(item.module, "start_early", None)
+        skipped = any(mark.args and mark.args[0] for mark in item.iter_markers("skipif"))
+        if start_early is not None and not skipped:
+            start_early(item)
 
 
 def _write_report(session, exitstatus, finished: bool):
@@ -128,6 +163,8 @@ def pytest_runtest_logfinish(nodeid, location):
 
 
 def pytest_sessionfinish(session, exitstatus):
+    for module in {item.module for item in session.items if hasattr(getattr(item, "module", None), "stop_early")}:
+        module.stop_early()  # children of tests that never ran (a -x stop, a deselection)
     path = _write_report(session, exitstatus, finished=True)
     if path:
         print(f"\nparity report written to {path / 'parity_report.md'}")

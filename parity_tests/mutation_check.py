@@ -14,6 +14,7 @@ first failing test of each mutation, and the exit status is 1 if any mutation su
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -165,6 +166,8 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these mutations (default: all)")
     parser.add_argument("--precision", action="store_true",
                         help="run only the precision mutations (parity_tests.mutations.PRECISION_MUTATIONS)")
+    parser.add_argument("--tests", nargs="+", metavar="TEST",
+                        help="run these tests against every chosen mutation instead of its own (what else catches it?)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"report folder (default: {DEFAULT_OUT})")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per mutation's test run (default: 900)")
     parser.add_argument("--list", action="store_true", help="list the mutations and exit")
@@ -179,6 +182,8 @@ def main(argv=None) -> int:
         parser.error(f"unknown mutation(s) {', '.join(unknown)}; --list shows them")
     chosen = [m for m in MUTATIONS if (not args.only or m.name in args.only)
               and (not args.precision or m in PRECISION_MUTATIONS)]
+    if args.tests:
+        chosen = [dataclasses.replace(m, tests=tuple(args.tests)) for m in chosen]
 
     start = time.perf_counter()
     records = [check(None, args.timeout, chosen=tuple(chosen))]

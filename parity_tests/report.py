@@ -44,6 +44,7 @@ class Row:
 ROWS: list[Row] = []
 OUTCOMES: dict[str, dict] = {}  # nodeid -> {"outcome": ..., "reason": ...}
 COLLECTED: list[str] = []  # every collected nodeid, in run order: those without an outcome never ran
+GPU_RUN: list[str] = []  # the collected tests a GPU call runs (not `slow`): what the GPU estimate prices
 _ENVIRONMENT: dict = {}  # environment(), taken once per session by the first write
 
 
@@ -105,7 +106,7 @@ def _fmt(value) -> str:
 
 
 def to_markdown(env: dict, rows: list[Row], outcomes: dict, collected: list[str] | None = None,
-                finished: bool = True) -> str:
+                finished: bool = True, gpu_run: list[str] | None = None) -> str:
     device = (env.get("nvidia_smi") or env["torch_device"]) if env["jax_backend"] != "cpu" else env["cpu"]
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
     not_run = [k for k in collected or () if k not in outcomes]
@@ -121,6 +122,10 @@ def to_markdown(env: dict, rows: list[Row], outcomes: dict, collected: list[str]
         lines.append(f"- CUDA (torch): {env['torch_cuda']}, cuDNN {env['cudnn']}; jax CUDA plugins: {env['jax_cuda_plugins']}")
     if env["xla_flags"]:
         lines.append(f"- XLA_FLAGS: `{env['xla_flags']}`")
+    if env["jax_backend"] == "cpu" and gpu_run:
+        from parity_tests.gpu_estimate import header_line
+
+        lines.append(header_line(gpu_run))
     lines += [
         "",
         "Errors are max|a - ref| / max|ref| unless the quantity says otherwise. \"vs f64\" is against: the",
@@ -147,6 +152,11 @@ def to_markdown(env: dict, rows: list[Row], outcomes: dict, collected: list[str]
     lines += [f"- failed: `{k}`: {_one_line(outcomes[k]['reason'])}" for k in failed]
     lines += [f"- skipped: `{k}`: {v['reason']}" for k, v in skipped.items()]
     lines += [f"- not run: `{k}`" for k in not_run]
+    timed = sorted(((v.get("seconds", 0.0), k, v["outcome"]) for k, v in outcomes.items()), reverse=True)
+    if timed:
+        lines += ["", "## Durations", "", "Seconds per test (setup, call and teardown), slowest first.", "",
+                  "| test | outcome | s |", "| --- | --- | ---: |"]
+        lines += [f"| `{k}` | {outcome} | {seconds:.2f} |" for seconds, k, outcome in timed]
     return "\n".join(lines) + "\n"
 
 
@@ -189,6 +199,10 @@ def write(directory, exitstatus: int | None, suite_seconds: float | None = None,
     payload = {"environment": env, "finished": finished,
                "exitstatus": None if exitstatus is None else int(exitstatus), "outcomes": OUTCOMES,
                "not_run": [k for k in COLLECTED if k not in OUTCOMES], "rows": [dataclasses.asdict(r) for r in ROWS]}
+    if env["jax_backend"] == "cpu" and GPU_RUN:
+        from parity_tests.gpu_estimate import estimate
+
+        payload["gpu_estimate"] = estimate(GPU_RUN)
     _replace(directory / "parity_report.json", json.dumps(payload, indent=2, default=str) + "\n")
-    _replace(directory / "parity_report.md", to_markdown(env, ROWS, OUTCOMES, COLLECTED, finished))
+    _replace(directory / "parity_report.md", to_markdown(env, ROWS, OUTCOMES, COLLECTED, finished, GPU_RUN))
     return directory

@@ -71,7 +71,8 @@ FLOAT64_TOLERANCE = 1e-10
 
 @pytest.mark.parametrize("recipe", [pytest.param(SMALL, id="small"), pytest.param(SEED_572, id="seed572", marks=GPU_ONLY)])
 def test_one_step_float64_both_frameworks(recipe, parity):
-    """One Flax step in float64 from each float64 torch state, against torch's next state."""
+    """One Flax step in float64 from each float64 torch state, against torch's next state (and
+    step 1's gradients against torch's)."""
     device = reference_device(recipe)
     ref = precision_checks.reference(recipe, device)
     keys = precision_checks.parameter_keys(recipe)
@@ -79,8 +80,12 @@ def test_one_step_float64_both_frameworks(recipe, parity):
     with jax.enable_x64(True), parity.all_recorded():
         for step in precision_checks.CHECKED_STEPS:
             before, after = ref["snapshots"][step - 1], ref["snapshots"][step]
-            loss, state, _ = training.one_step_flax(recipe, before, data[step - 1], jnp.float64, np.float64)
+            loss, state, grads = training.one_step_flax(recipe, before, data[step - 1], jnp.float64, np.float64)
             assert all(state[k].dtype == np.float64 for k in keys)
+            if grads is not None:  # step 1's, read back from Adam's first moment
+                parity.check(recipe.name, "float64", "gradients", FLOAT64_TOLERANCE,
+                             between=harness.global_rel_error(grads, ref["grads"]),
+                             note=reference_note(recipe, "Flax vs torch, one scale for all tensors"))
             parity.check(recipe.name, "float64", f"step {step}: loss", FLOAT64_TOLERANCE,
                          between=abs(loss - after.loss) / abs(after.loss), note=reference_note(recipe, "Flax vs torch"))
             parity.check(recipe.name, "float64", f"step {step}: weights", FLOAT64_TOLERANCE,
