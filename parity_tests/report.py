@@ -44,7 +44,8 @@ class Row:
 ROWS: list[Row] = []
 OUTCOMES: dict[str, dict] = {}  # nodeid -> {"outcome": ..., "reason": ...}
 COLLECTED: list[str] = []  # every collected nodeid, in run order: those without an outcome never ran
-GPU_RUN: list[str] = []  # the collected tests a GPU call runs (not `slow`): what the GPU estimate prices
+GPU_RUN: list[str] = []  # the collected tests a GPU call runs (neither `slow` nor `host`): what the GPU estimate prices
+HOST: list[str] = []  # the collected `host` tests (a GPU call leaves them out; the estimate's pool of old tests does too)
 _ENVIRONMENT: dict = {}  # environment(), taken once per session by the first write
 
 
@@ -125,7 +126,7 @@ def to_markdown(env: dict, rows: list[Row], outcomes: dict, collected: list[str]
     if env["jax_backend"] == "cpu" and gpu_run:
         from parity_tests.gpu_estimate import header_line
 
-        lines.append(header_line(gpu_run))
+        lines.append(header_line(gpu_run, HOST))
     lines += [
         "",
         "Errors are max|a - ref| / max|ref| unless the quantity says otherwise. \"vs f64\" is against: the",
@@ -202,7 +203,7 @@ def write(directory, exitstatus: int | None, suite_seconds: float | None = None,
     if env["jax_backend"] == "cpu" and GPU_RUN:
         from parity_tests.gpu_estimate import estimate
 
-        payload["gpu_estimate"] = estimate(GPU_RUN)
+        payload["gpu_estimate"] = estimate(GPU_RUN, HOST)
     _replace(directory / "parity_report.json", json.dumps(payload, indent=2, default=str) + "\n")
     _replace(directory / "parity_report.md", to_markdown(env, ROWS, OUTCOMES, COLLECTED, finished, GPU_RUN))
     return directory

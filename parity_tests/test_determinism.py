@@ -119,6 +119,7 @@ def test_same_step_twice_in_a_fresh_process(deterministic, parity):
 CE_TOLERANCE = {torch.float32: {"value": 1e-6, "gradient": 1e-6}, torch.float64: {"value": 2e-15, "gradient": 1e-14}}
 
 
+@pytest.mark.host  # torch on the CPU
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("classes", [2, 5])
 def test_deterministic_cross_entropy_is_f_cross_entropy(dtype, classes):
@@ -134,6 +135,7 @@ def test_deterministic_cross_entropy_is_f_cross_entropy(dtype, classes):
     assert harness.rel_error(got_grad.numpy(), expected_grad.numpy()) <= CE_TOLERANCE[dtype]["gradient"]
 
 
+@pytest.mark.host
 def test_deterministic_step_is_the_product_step():
     """One SGD step (its update is linear in the gradient, so differences are not amplified)
     through deterministic_train_step and unet_torch.train_step: the same loss and weights."""
@@ -190,6 +192,7 @@ def _ops_of_one_step(step) -> set[str]:
     return recorder.names
 
 
+@pytest.mark.host
 def test_deterministic_step_avoids_the_ops_that_raise_on_cuda():
     """The GPU's deterministic torch run can't be run here; what makes it raise there can be
     seen here: the aten ops of one whole step (forward, loss, backward, Adam)."""

@@ -17,6 +17,8 @@ from unet_jax.convert import convert
 from unet_jax.port import flatten_variables, flax_to_torch, torch_to_flax
 from unet_jax.weights_io import load_variables, read_weights, save_torch_state_dict
 
+pytestmark = pytest.mark.host  # the same on any machine: a GPU call leaves it out
+
 CONFIG_NAMES = list(harness.CASES)
 
 

@@ -187,6 +187,7 @@ class Snapshot:
     exp_avg: dict[str, np.ndarray]
     exp_avg_sq: dict[str, np.ndarray]
     loss: float | None
+    grads: dict[str, np.ndarray] | None = None  # the step's gradients, Flax layout (the float64 reference's)
 
 
 def reference_snapshots(recipe: Recipe, device: str = "cpu") -> list[Snapshot]:
@@ -203,7 +204,7 @@ def reference_snapshots(recipe: Recipe, device: str = "cpu") -> list[Snapshot]:
         return Snapshot(step, harness.torch_state(model),
                         {n: moments[n]["exp_avg"].cpu().numpy().copy() if n in moments else zeros[n] for n in zeros},
                         {n: moments[n]["exp_avg_sq"].cpu().numpy().copy() if n in moments else zeros[n] for n in zeros},
-                        loss)
+                        loss, harness.torch_grads_as_flax(model, recipe.config) if step else None)
 
     snapshots = [snapshot(0, None)]
     for images, masks in batches(recipe):
