@@ -217,9 +217,12 @@ def one_step_torch(recipe: Recipe, before: Snapshot, batch, prec: harness.Precis
     """(loss, state after, the step's gradients in Flax layout) of one `unet_torch.train_step` in
     float32 (autocast per `prec`) from the float64 run's state `before`, its weights and Adam
     moments rounded to float32."""
-    model = harness.build_torch(recipe.config)
-    model.load_state_dict({k: torch.from_numpy(v) for k, v in before.state.items()})
-    model = model.float().to(harness.TORCH_DEVICE)
+    with torch.device("meta"):  # no initialisation to pay for: every tensor comes from `before`
+        model = unet_torch.UNet(**dataclasses.asdict(recipe.config))
+    state = {k: torch.from_numpy(v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v)
+             for k, v in before.state.items()}
+    model.load_state_dict(state, assign=True)
+    model = model.to(harness.TORCH_DEVICE)
     optimizer = unet_torch.make_torch_optimizer(model.parameters(), "adam", recipe.learning_rate)
     if before.step:
         for name, param in model.named_parameters():
