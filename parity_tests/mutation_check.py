@@ -130,7 +130,7 @@ def merge_with_previous(records: list[dict], previous: Path) -> list[dict]:
     return [r for r in records if r["name"] == "baseline"] + mutations
 
 
-def write_report(records: list[dict], out: Path, total_seconds: float) -> None:
+def write_report(records: list[dict], out: Path, total_seconds: float, arguments: str = "") -> None:
     from parity_tests.report import environment
 
     env = environment()
@@ -145,7 +145,10 @@ def write_report(records: list[dict], out: Path, total_seconds: float) -> None:
         "# Mutation check: does the suite catch deliberate bugs?",
         "",
         f"- Machine: {env['cpu']}, {env['cpu_count']} cores; Python {env['python']}; {versions}",
-        f"- Command: `python -m parity_tests.mutation_check` (`make mutation`); {total_seconds / 60:.1f} min in all",
+        f"- Command: `python -m parity_tests.mutation_check{(' ' + arguments) if arguments else ''}`"
+        + ("" if arguments else " (`make mutation`)") + f"; {total_seconds / 60:.1f} min in all"
+        + ("; rows marked (previous run) are from the report this run updated" if any(r.get("from_previous_run") for r in records)
+           else ""),
         f"- **{caught} of {len(mutations)} mutations caught**"
         + (f" ({gpu_only} can only show on an NVIDIA GPU: not caught here, as expected)" if gpu_only else "")
         + "; each runs its tests with `pytest -x` on a mutated copy.",
@@ -198,7 +201,7 @@ def main(argv=None) -> int:
         print(f"{r['name']}: {r['outcome']} {r['caught_by']} ({r['seconds']:.0f} s)", flush=True)
     if len(chosen) < len(MUTATIONS):  # a subset: the others keep their rows from the last report
         records = merge_with_previous(records, args.out / "mutation_report.json")
-    write_report(records, args.out, time.perf_counter() - start)
+    write_report(records, args.out, time.perf_counter() - start, " ".join(sys.argv[1:] if argv is None else argv))
     print(f"report written to {args.out / 'mutation_report.md'}")
     return 0 if all(r["outcome"] == "caught" or r["outcome"].startswith("survives on CPU") for r in records[1:]) else 1
 
