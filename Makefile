@@ -27,10 +27,12 @@ test-fast: install
 parity-report: install
 	$(PY) -m parity_tests.run_report --out parity_tests/results/cpu
 
-# Deliberate bugs in both models, the port, the losses and the crops, each run against its
-# tests (~8 min on 2 cores; not part of `make test`). Report: parity_tests/results/mutation/.
+# Deliberate bugs in both models, the port, the losses and the crops, and precision bugs, each
+# run against its tests (~12 min on 2 cores; not part of `make test`). Report:
+# parity_tests/results/mutation/. A subset: make mutation MUTATION_ARGS=--precision (or --only NAME ...).
+MUTATION_ARGS ?=
 mutation: install
-	$(PY) -m parity_tests.mutation_check
+	$(PY) -m parity_tests.mutation_check $(MUTATION_ARGS)
 
 bench-quick: install
 	$(PY) -m benchmarks.run --quick --out benchmarks/results/cpu-quick

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,14 +30,17 @@ class Parity:
 
     def check(self, config: str, mode: str, quantity: str, tolerance: float | None, *,
               flax: float | None = None, torch: float | None = None, between: float | None = None,
-              note: str = "") -> None:
+              note: str = "", assert_torch: bool = True) -> None:
         """Each given error (Flax vs float64, torch vs float64, Flax vs torch) must be <= tolerance.
 
         tolerance=None records a figure without asserting it (e.g. a spread only a GPU shows).
+        assert_torch=False records torch's own error without asserting it: the bounds made from
+        it (parity_tests.bounds) hold Flax and the Flax-torch difference only.
         """
         measured = [v for v in (flax, torch, between) if v is not None]
         assert measured, "check() needs at least one measured error"
-        passed = None if tolerance is None else all(v <= tolerance for v in measured)  # NaN compares False
+        asserted = [v for v in (flax, torch if assert_torch else None, between) if v is not None]
+        passed = None if tolerance is None else all(v <= tolerance for v in asserted)  # NaN compares False
         parity_report.ROWS.append(
             parity_report.Row(self.test, config, mode, quantity, flax, torch, between, tolerance, passed, note)
         )
@@ -44,7 +49,8 @@ class Parity:
             failure = f"{config} [{mode}] {quantity}: NaN"
         elif passed is False:
             failure = (f"{config} [{mode}] {quantity}: flax vs f64 {flax}, torch vs f64 {torch}, flax vs torch "
-                       f"{between} exceed the tolerance {tolerance}" + (f" ({note})" if note else ""))
+                       f"{between}: {'a figure' if assert_torch else 'Flax or the difference'} exceeds the tolerance "
+                       f"{tolerance}" + (f" ({note})" if note else ""))
         if failure and self._failures is not None:
             self._failures.append(failure)
         else:
@@ -72,7 +78,11 @@ def pytest_runtest_logreport(report):
     report: written after every test, it is what a run killed by its time cap leaves (pytest
     prints tracebacks only at the end)."""
     if report.when == "call" or report.outcome != "passed":
-        parity_report.OUTCOMES[report.nodeid] = {"outcome": report.outcome, "reason": _reason(report)}
+        seconds = parity_report.OUTCOMES.get(report.nodeid, {}).get("seconds", 0.0)
+        parity_report.OUTCOMES[report.nodeid] = {"outcome": report.outcome, "reason": _reason(report), "seconds": seconds}
+    # Setup, call and teardown together: a test's duration as the GPU-time estimate counts it.
+    entry = parity_report.OUTCOMES.setdefault(report.nodeid, {"outcome": "passed", "reason": "", "seconds": 0.0})
+    entry["seconds"] = round(entry.get("seconds", 0.0) + report.duration, 3)
 
 
 def _reason(report) -> str:
@@ -86,6 +96,30 @@ def _reason(report) -> str:
 
 
 _SESSION: list = []  # the running session: pytest_runtest_logfinish is not given it
+
+
+def pytest_configure(config):
+    """A persistent compilation cache for the run (this process and the children it starts, which
+    inherit the environment): a fresh process that compiles what another already has reads it
+    back instead. Removed at the end of the session unless JAX_COMPILATION_CACHE_DIR was given."""
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        _OWN_CACHE.append(tempfile.mkdtemp(prefix="parity-xla-cache-"))
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE[-1]
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")  # only what is worth a file
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+
+
+_OWN_CACHE: list[str] = []  # the cache folder this session made (and removes)
+
+
+def pytest_unconfigure(config):
+    for folder in _OWN_CACHE:
+        shutil.rmtree(folder, ignore_errors=True)
+        if os.environ.get("JAX_COMPILATION_CACHE_DIR") == folder:
+            del os.environ["JAX_COMPILATION_CACHE_DIR"]
 
 
 def pytest_sessionstart(session):
@@ -102,7 +136,17 @@ def pytest_collection_modifyitems(config, items):
 def pytest_collection_finish(session):
     """The tests the report expects (this folder's: a whole-repository run collects others too)."""
     here = Path(__file__).resolve().parent
-    parity_report.COLLECTED[:] = [item.nodeid for item in session.items if here in Path(item.path).resolve().parents]
+    ours = [item for item in session.items if here in Path(item.path).resolve().parents]
+    parity_report.COLLECTED[:] = [item.nodeid for item in ours]
+    parity_report.GPU_RUN[:] = [i.nodeid for i in ours if not i.get_closest_marker("slow") and not i.get_closest_marker("host")]
+    parity_report.HOST[:] = [i.nodeid for i in ours if i.get_closest_marker("host") and not i.get_closest_marker("slow")]
+    # Tests whose module can start slow work early (test_determinism's child processes) start it
+    # now, to run beside the tests before them; skipped ones are left alone.
+    for item in ours:
+        start_early = getattr(item.module, "start_early", None)
+        skipped = any(mark.args and mark.args[0] for mark in item.iter_markers("skipif"))
+        if start_early is not None and not skipped:
+            start_early(item)
 
 
 def _write_report(session, exitstatus, finished: bool):
@@ -120,6 +164,8 @@ def pytest_runtest_logfinish(nodeid, location):
 
 
 def pytest_sessionfinish(session, exitstatus):
+    for module in {item.module for item in session.items if hasattr(getattr(item, "module", None), "stop_early")}:
+        module.stop_early()  # children of tests that never ran (a -x stop, a deselection)
     path = _write_report(session, exitstatus, finished=True)
     if path:
         print(f"\nparity report written to {path / 'parity_report.md'}")

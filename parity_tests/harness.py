@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import math
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -149,8 +150,13 @@ def torch_state(model: torch.nn.Module) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
 
 
+@functools.cache
 def flax_model(config: UNetConfig, dtype=jnp.float32) -> FlaxUNet:
-    return FlaxUNet(config, dtype=dtype, param_dtype=jnp.float32)
+    """The Flax model as `unet-jax train` builds it (unet_jax/train.py): a compute dtype, and the
+    model's own parameter dtype (float32 master weights), which the bf16 tests then check.
+    One instance per (config, dtype): a train state's `apply_fn` is part of the jitted step's
+    cache key, and a new instance would compile the step again."""
+    return FlaxUNet(config, dtype=dtype)
 
 
 def port_to_flax(model: torch.nn.Module, config: UNetConfig) -> dict:
@@ -208,14 +214,24 @@ def torch_forward(model, images: np.ndarray, train: bool, prec: Precision | None
     return to_nhwc(logits.double().cpu().numpy())
 
 
+# The jitted functions are made once per (network, compute dtype, ...) and kept for the session:
+# a new jax.jit per test compiles again (12-30 s for the seed network at 572 px on an H200). The
+# precision mode is part of JAX's own cache key (jax.default_matmul_precision is traced state), so
+# one function serves every mode, compiled once per mode.
+@functools.cache
+def jitted_apply(config: UNetConfig, dtype, train: bool, mutable: bool):
+    model = flax_model(config, dtype)
+    if mutable:
+        return jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))
+    return jax.jit(lambda v, x: model.apply(v, x, train=train))
+
+
 def flax_forward(config: UNetConfig, variables, images: np.ndarray, train: bool, dtype=jnp.float32):
     """(logits NHWC float64 numpy, updated batch_stats or None), through one jitted apply."""
-    model = flax_model(config, dtype)
     if train and "batch_stats" in variables:
-        apply = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))
-        logits, updates = apply(variables, images)
+        logits, updates = jitted_apply(config, dtype, True, True)(variables, images)
         return np.asarray(logits, np.float64), updates["batch_stats"]
-    logits = jax.jit(lambda v, x: model.apply(v, x, train=train))(variables, images)
+    logits = jitted_apply(config, dtype, train, False)(variables, images)
     return np.asarray(logits, np.float64), None
 
 
@@ -242,15 +258,25 @@ def torch_loss_and_grads(model, config, images, masks, prec: Precision | None = 
     return float(loss.detach()), torch_grads_as_flax(model, config)
 
 
-def flax_loss_and_grads(config: UNetConfig, variables, images, masks, dtype=jnp.float32):
-    """(loss, flat gradients) from `unet_jax.training.step.loss_and_logits` under jax.grad."""
+@functools.cache
+def jitted_loss_and_grads(config: UNetConfig, dtype):
+    """jit of (params, batch_stats, images, masks) -> ((loss, (logits, labels, batch_stats)), grads)
+    through `unet_jax.training.step.loss_and_logits` with the cross-entropy, in train mode."""
     from unet_jax.training.losses import cross_entropy
     from unet_jax.training.step import loss_and_logits
 
     model = flax_model(config, dtype)
 
-    def loss(params, batch_stats):
-        return loss_and_logits(params, batch_stats, model.apply, images, masks, cross_entropy)[0]
+    def loss(params, batch_stats, images, masks):
+        return loss_and_logits(params, batch_stats, model.apply, images, masks, cross_entropy)
 
-    value, grads = jax.jit(jax.value_and_grad(loss))(variables["params"], variables.get("batch_stats"))
-    return float(value), {f"params/{k}": np.asarray(v) for k, v in flatten_variables(grads).items()}
+    return jax.jit(jax.value_and_grad(loss, has_aux=True))
+
+
+def flax_loss_and_grads(config: UNetConfig, variables, images, masks, dtype=jnp.float32, with_logits: bool = False):
+    """(loss, flat gradients[, train-mode logits as returned by the model]) from
+    `unet_jax.training.step.loss_and_logits` under jax.grad."""
+    (value, (logits, _, _)), grads = jitted_loss_and_grads(config, dtype)(
+        variables["params"], variables.get("batch_stats"), images, masks)
+    flat = {f"params/{k}": np.asarray(v) for k, v in flatten_variables(grads).items()}
+    return (float(value), flat, np.asarray(logits).astype(np.float64)) if with_logits else (float(value), flat)

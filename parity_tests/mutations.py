@@ -28,6 +28,9 @@ class Mutation:
     bug: str  # what a developer would have got wrong
     edits: tuple[Edit, ...]
     tests: tuple[str, ...]  # pytest node ids or files, run in this order, first failure wins
+    # "gpu": a bug only an NVIDIA GPU can show (TF32). On a CPU the check runs it and reports it
+    # as surviving there, expected, rather than faking a catch; a GPU run must catch it.
+    shows_on: str = "any"
 
 
 FLAX_MODEL, TORCH_MODEL = "unet_jax/model/unet.py", "unet_torch/model.py"
@@ -145,3 +148,36 @@ MUTATIONS: tuple[Mutation, ...] = (
               Edit("unet_jax/training/losses.py", "truth = jax.nn.one_hot(labels, num_classes, dtype=probs.dtype)[..., 1:]",
                    "truth = jax.nn.one_hot(labels, num_classes, dtype=probs.dtype)")), TRAIN_TESTS),
 )
+
+
+# ---------------------------------------------------------------- precision bugs
+# Bugs that only precision can show: the models compute the same function, only in the wrong
+# dtype or with the wrong constant. The precision contracts test each promise directly (bounds of
+# a few float32 rounding units); the precision-mode tests then show what the bug costs beside
+# torch in the same mode. Files edited: unet_jax/training/losses.py, unet_jax/model/unet.py,
+# unet_jax/training/step.py, and the test harness's strict mode (parity_tests/harness.py).
+PRECISION_TESTS = ("parity_tests/test_precision_contracts.py", "parity_tests/test_precision_modes.py")
+PRECISION_MUTATIONS: tuple[Mutation, ...] = (
+    Mutation("cross-entropy-in-bf16", "the cross-entropy's log-softmax computed in bfloat16",
+             (Edit("unet_jax/training/losses.py", "log_probs = jax.nn.log_softmax(logits, axis=-1)  # [N, H, W, C]",
+                   "log_probs = jax.nn.log_softmax(logits.astype(jnp.bfloat16), axis=-1)  # [N, H, W, C]"),),
+             PRECISION_TESTS),
+    Mutation("logits-not-cast-up", "the logits left in the compute dtype (bf16) before the softmax",
+             (Edit(FLAX_MODEL, 'return layers["head"](x).astype(at_least_float32(self.dtype))',
+                   'return layers["head"](x)'),),
+             PRECISION_TESTS),
+    Mutation("adam-eps-changed", "Adam's eps 1e-7 (Keras's) instead of torch's and optax's 1e-8",
+             (Edit("unet_jax/training/step.py", "return optax.adam(learning_rate)", "return optax.adam(learning_rate, eps=1e-7)"),),
+             PRECISION_TESTS),
+    Mutation("bf16-master-weights", "the train state keeps the parameters in the compute dtype (bf16 master weights)",
+             (Edit("unet_jax/training/step.py",
+                   'apply_fn=model.apply, params=variables["params"], tx=tx,',
+                   'apply_fn=model.apply, params=jax.tree.map(lambda p: p.astype(model.dtype), variables["params"]), tx=tx,'),),
+             PRECISION_TESTS),
+    Mutation("tf32-on-in-strict", "strict mode leaves TF32 on: JAX's default matmul precision, torch's cuDNN TF32 flag",
+             (Edit("parity_tests/harness.py", 'stack.enter_context(jax.default_matmul_precision("highest"))',
+                   "pass  # JAX left at its default precision"),
+              Edit("parity_tests/harness.py", "torch.backends.cudnn.allow_tf32 = False", "torch.backends.cudnn.allow_tf32 = True")),
+             PRECISION_TESTS, shows_on="gpu"),
+)
+MUTATIONS = MUTATIONS + PRECISION_MUTATIONS

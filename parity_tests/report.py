@@ -44,6 +44,8 @@ class Row:
 ROWS: list[Row] = []
 OUTCOMES: dict[str, dict] = {}  # nodeid -> {"outcome": ..., "reason": ...}
 COLLECTED: list[str] = []  # every collected nodeid, in run order: those without an outcome never ran
+GPU_RUN: list[str] = []  # the collected tests a GPU call runs (neither `slow` nor `host`): what the GPU estimate prices
+HOST: list[str] = []  # the collected `host` tests (a GPU call leaves them out; the estimate's pool of old tests does too)
 _ENVIRONMENT: dict = {}  # environment(), taken once per session by the first write
 
 
@@ -105,7 +107,7 @@ def _fmt(value) -> str:
 
 
 def to_markdown(env: dict, rows: list[Row], outcomes: dict, collected: list[str] | None = None,
-                finished: bool = True) -> str:
+                finished: bool = True, gpu_run: list[str] | None = None) -> str:
     device = (env.get("nvidia_smi") or env["torch_device"]) if env["jax_backend"] != "cpu" else env["cpu"]
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
     not_run = [k for k in collected or () if k not in outcomes]
@@ -121,6 +123,10 @@ def to_markdown(env: dict, rows: list[Row], outcomes: dict, collected: list[str]
         lines.append(f"- CUDA (torch): {env['torch_cuda']}, cuDNN {env['cudnn']}; jax CUDA plugins: {env['jax_cuda_plugins']}")
     if env["xla_flags"]:
         lines.append(f"- XLA_FLAGS: `{env['xla_flags']}`")
+    if env["jax_backend"] == "cpu" and gpu_run:
+        from parity_tests.gpu_estimate import header_line
+
+        lines.append(header_line(gpu_run, HOST))
     lines += [
         "",
         "Errors are max|a - ref| / max|ref| unless the quantity says otherwise. \"vs f64\" is against: the",
@@ -147,12 +153,17 @@ def to_markdown(env: dict, rows: list[Row], outcomes: dict, collected: list[str]
     lines += [f"- failed: `{k}`: {_one_line(outcomes[k]['reason'])}" for k in failed]
     lines += [f"- skipped: `{k}`: {v['reason']}" for k, v in skipped.items()]
     lines += [f"- not run: `{k}`" for k in not_run]
+    timed = sorted(((v.get("seconds", 0.0), k, v["outcome"]) for k, v in outcomes.items()), reverse=True)
+    if timed:
+        lines += ["", "## Durations", "", "Seconds per test (setup, call and teardown), slowest first.", "",
+                  "| test | outcome | s |", "| --- | --- | ---: |"]
+        lines += [f"| `{k}` | {outcome} | {seconds:.2f} |" for seconds, k, outcome in timed]
     return "\n".join(lines) + "\n"
 
 
 def write_study(out: Path, stem: str, rows: list[dict], started: float, title: str, method: list[str],
                 body: list[str]) -> Path:
-    """A measurement script `parity_tests.<stem>`'s results: out/stem.json (environment, seconds
+    """A study `parity_tests.studies.<stem>`'s results: out/stem.json (environment, seconds
     since `started`, rows) and out/stem.md: `title`, the machine and versions, the command with
     the `method` lines after it, then the `body` lines. Returns the markdown's path."""
     env = environment()
@@ -161,7 +172,7 @@ def write_study(out: Path, stem: str, rows: list[dict], started: float, title: s
     (out / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
     header = [f"# {title}", "", f"- Machine: {env['cpu']}, {env['cpu_count']} cores; Python {env['python']}; {versions}",
-              f"- Command: `python -m parity_tests.{stem}`; {method[0]}", *(f"- {line}" for line in method[1:]), ""]
+              f"- Command: `python -m parity_tests.studies.{stem}`; {method[0]}", *(f"- {line}" for line in method[1:]), ""]
     (out / f"{stem}.md").write_text("\n".join(header + body) + "\n")
     return out / f"{stem}.md"
 
@@ -189,6 +200,10 @@ def write(directory, exitstatus: int | None, suite_seconds: float | None = None,
     payload = {"environment": env, "finished": finished,
                "exitstatus": None if exitstatus is None else int(exitstatus), "outcomes": OUTCOMES,
                "not_run": [k for k in COLLECTED if k not in OUTCOMES], "rows": [dataclasses.asdict(r) for r in ROWS]}
+    if env["jax_backend"] == "cpu" and GPU_RUN:
+        from parity_tests.gpu_estimate import estimate
+
+        payload["gpu_estimate"] = estimate(GPU_RUN, HOST)
     _replace(directory / "parity_report.json", json.dumps(payload, indent=2, default=str) + "\n")
-    _replace(directory / "parity_report.md", to_markdown(env, ROWS, OUTCOMES, COLLECTED, finished))
+    _replace(directory / "parity_report.md", to_markdown(env, ROWS, OUTCOMES, COLLECTED, finished, GPU_RUN))
     return directory

@@ -19,6 +19,7 @@ import copy
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,42 @@ from unet_config import UNetConfig
 CONFIG = determinism_child.determinism_recipe().name
 REPO = Path(__file__).resolve().parent.parent
 CHILD_TIMEOUT_S = 600
+
+
+_CHILDREN: dict[bool, tuple] = {}  # (process, stdout file, stderr file), started at most once per session
+
+
+def start_child(deterministic: bool) -> tuple:
+    """The fresh process of `test_same_step_twice_in_a_fresh_process`, started at most once; its
+    output goes to temporary files (a pipe nobody reads yet could fill up and stop it)."""
+    if deterministic not in _CHILDREN:
+        command = [sys.executable, "-m", "parity_tests.determinism_child"] + (["--deterministic"] if deterministic else [])
+        out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        process = subprocess.Popen(command, cwd=REPO, env=determinism_child.child_env(deterministic), stdout=out, stderr=err,
+                                   text=True)
+        _CHILDREN[deterministic] = (process, out, err)
+    return _CHILDREN[deterministic]
+
+
+def start_early(item) -> None:
+    """Called by conftest.py once the session's tests are collected: the children start then and
+    run beside the tests before theirs (~30 s each on the H200, most of it start-up and compiling)."""
+    if item.originalname == "test_same_step_twice_in_a_fresh_process":
+        start_child(item.callspec.params["deterministic"])
+
+
+def stop_early(*which: bool) -> None:
+    """Ends the given children (all: at the end of the session, for tests that never ran) and
+    forgets them; one still running is killed."""
+    for deterministic in which or list(_CHILDREN):
+        if deterministic not in _CHILDREN:
+            continue
+        process, out, err = _CHILDREN.pop(deterministic)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        out.close()
+        err.close()
 
 
 def tolerance(deterministic: bool):
@@ -54,11 +91,16 @@ def test_same_step_twice_in_process(parity):
         "a fresh process adds nothing there (a GPU run reports the spread)")),
 ], ids=["deterministic", "default-settings"])
 def test_same_step_twice_in_a_fresh_process(deterministic, parity):
-    command = [sys.executable, "-m", "parity_tests.determinism_child"] + (["--deterministic"] if deterministic else [])
-    completed = subprocess.run(command, check=False, cwd=REPO, env=determinism_child.child_env(deterministic),
-                               capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
-    assert completed.returncode == 0, completed.stderr[-4000:]
-    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    child, out, err = start_child(deterministic)
+    try:
+        child.wait(timeout=CHILD_TIMEOUT_S)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    finally:
+        stop_early(deterministic)
+    assert child.returncode == 0, stderr[-4000:]
+    result = json.loads(stdout.strip().splitlines()[-1])
     assert "error" not in result, result["error"]
     assert result["jax_backend"] == harness.JAX_BACKEND and result["torch_device"] == harness.TORCH_DEVICE
     assert ("--xla_gpu_deterministic_ops=true" in result["xla_flags"]) == deterministic
@@ -77,6 +119,7 @@ def test_same_step_twice_in_a_fresh_process(deterministic, parity):
 CE_TOLERANCE = {torch.float32: {"value": 1e-6, "gradient": 1e-6}, torch.float64: {"value": 2e-15, "gradient": 1e-14}}
 
 
+@pytest.mark.host  # torch on the CPU
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("classes", [2, 5])
 def test_deterministic_cross_entropy_is_f_cross_entropy(dtype, classes):
@@ -92,6 +135,7 @@ def test_deterministic_cross_entropy_is_f_cross_entropy(dtype, classes):
     assert harness.rel_error(got_grad.numpy(), expected_grad.numpy()) <= CE_TOLERANCE[dtype]["gradient"]
 
 
+@pytest.mark.host
 def test_deterministic_step_is_the_product_step():
     """One SGD step (its update is linear in the gradient, so differences are not amplified)
     through deterministic_train_step and unet_torch.train_step: the same loss and weights."""
@@ -148,6 +192,7 @@ def _ops_of_one_step(step) -> set[str]:
     return recorder.names
 
 
+@pytest.mark.host
 def test_deterministic_step_avoids_the_ops_that_raise_on_cuda():
     """The GPU's deterministic torch run can't be run here; what makes it raise there can be
     seen here: the aten ops of one whole step (forward, loss, backward, Adam)."""

@@ -63,6 +63,9 @@ class Record(importlib.abc.MetaPathFinder):
         return None
 sys.meta_path.insert(0, Record())
 import pytest
+
+# Plumbing checked on the CPU, or subprocess runs (`slow`): nothing a GPU call would add.
+pytestmark = pytest.mark.host
 sys.exit(pytest.main(sys.argv[2:]))
 """
 

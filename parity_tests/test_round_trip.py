@@ -17,6 +17,8 @@ from unet_jax.weights.convert import convert
 from unet_jax.weights.io import load_variables, read_weights, save_torch_state_dict
 from unet_jax.weights.port import flatten_variables, flax_to_torch, torch_to_flax
 
+pytestmark = pytest.mark.host  # the same on any machine: a GPU call leaves it out
+
 CONFIG_NAMES = list(harness.CASES)
 
 

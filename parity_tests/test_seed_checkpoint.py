@@ -13,6 +13,7 @@ that shares nothing with either model: a bug made the same way in both is caught
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from parity_tests import harness
@@ -37,6 +38,7 @@ SEED_TOL_STRICT = 1e-5
 SEED_SUMS_TOL_STRICT = 5e-6
 
 
+@pytest.mark.host
 def test_seed_key_list_is_the_seed_network():
     state = seed_state_dict()
     assert len(state) == 46
@@ -71,6 +73,7 @@ def test_seed_checkpoint_reproduces_the_seed_networks_golden_outputs(parity):
                  between=harness.rel_error(got_flax, got_torch))
 
 
+@pytest.mark.host
 def test_seed_naming_round_trip_is_exact():
     cfg = UNetConfig()
     seed_state = seed_state_dict(seed=1)

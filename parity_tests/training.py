@@ -16,6 +16,7 @@ whose gradient is near zero can move by up to lr per step in one framework and n
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +28,7 @@ from parity_tests import harness
 from unet_config import UNetConfig
 from unet_jax.training.losses import make_loss
 from unet_jax.training.step import make_optax_optimizer, make_train_step, state_from_variables
-from unet_jax.weights.port import flax_to_torch
+from unet_jax.weights.port import flatten_variables, flax_to_torch, torch_to_flax
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +43,7 @@ class Recipe:
     learning_rate: float
     momentum: float = 0.99  # SGD only (the paper's value)
     steps: int = 10
+    seed: int = 0  # another draw of the start weights and the batches (the bound studies repeat seeds)
 
 
 @dataclasses.dataclass
@@ -53,7 +55,8 @@ class Run:
 
 def batches(recipe: Recipe) -> list[tuple[np.ndarray, np.ndarray]]:
     """A different deterministic batch for every step, the same for every framework."""
-    return [harness.make_batch(recipe.config, recipe.size, recipe.batch, seed=100 + i) for i in range(recipe.steps)]
+    return [harness.make_batch(recipe.config, recipe.size, recipe.batch, seed=100 + 1000 * recipe.seed + i)
+            for i in range(recipe.steps)]
 
 
 def train_torch(model: torch.nn.Module, recipe: Recipe, data, prec: harness.Precision | None = None) -> Run:
@@ -71,12 +74,29 @@ def train_torch(model: torch.nn.Module, recipe: Recipe, data, prec: harness.Prec
     return Run(losses, grad_norms, harness.torch_state(model))
 
 
+@functools.cache
+def flax_train_step():
+    """`unet_jax.training.step.make_train_step(make_loss("ce"))`, made once for the session: its jit
+    compiles once per network, dtype, optimizer and precision mode (all part of JAX's cache key)."""
+    return make_train_step(make_loss("ce"))
+
+
+ADAM_B1 = 0.9  # optax.adam's and torch.optim.Adam's default first-moment decay, which both factories keep
+
+
+@functools.cache
+def flax_optimizer(name: str, learning_rate: float, momentum: float = 0.99):
+    """`make_optax_optimizer`, one object per setting: the optimizer is part of the train state's
+    static structure, so a new one (new closures) would compile the jitted step again."""
+    return make_optax_optimizer(name, learning_rate, momentum)
+
+
 def train_flax(config: UNetConfig, variables, recipe: Recipe, data, dtype=jnp.float32) -> Run:
     """`unet_jax.training.step.make_train_step(make_loss("ce"))` (jitted, state donated) per batch."""
     model = harness.flax_model(config, dtype)
-    tx = make_optax_optimizer(recipe.optimizer, recipe.learning_rate, recipe.momentum)
+    tx = flax_optimizer(recipe.optimizer, recipe.learning_rate, recipe.momentum)
     state = state_from_variables(model, tx, jax.tree.map(jnp.array, variables), jax.random.key(0))
-    step = make_train_step(make_loss("ce"))
+    step = flax_train_step()
     losses, grad_norms = [], []
     for images, masks in data:
         state, metrics = step(state, jnp.asarray(images), jnp.asarray(masks))
@@ -90,7 +110,7 @@ def train_flax(config: UNetConfig, variables, recipe: Recipe, data, dtype=jnp.fl
 
 def start(recipe: Recipe) -> torch.nn.Module:
     """The float32 torch model every run of `recipe` starts from (CPU; same seed every time)."""
-    return harness.build_torch(recipe.config, seed=1)
+    return harness.build_torch(recipe.config, seed=1 + recipe.seed)
 
 
 def run_reference(recipe: Recipe, device: str = "cpu") -> tuple[dict[str, np.ndarray], Run]:
@@ -154,3 +174,109 @@ def max_abs_error_in_steps(state, ref, learning_rate: float) -> float:
 def integer_buffers_equal(state, ref) -> bool:
     """BatchNorm's num_batches_tracked (and any integer buffer) must match exactly."""
     return all(np.array_equal(state[k], v) for k, v in ref.items() if not np.issubdtype(v.dtype, np.floating))
+
+
+# ------------------------------------------------------------------------ one step from the float64 run
+@dataclasses.dataclass
+class Snapshot:
+    """The float64 torch run after `step` Adam steps: weights and buffers (torch naming), Adam's
+    moments per parameter name, and the loss of the step that led here (None at step 0)."""
+
+    step: int
+    state: dict[str, np.ndarray]
+    exp_avg: dict[str, np.ndarray]
+    exp_avg_sq: dict[str, np.ndarray]
+    loss: float | None
+    grads: dict[str, np.ndarray] | None = None  # the step's gradients, Flax layout (the float64 reference's)
+
+
+def reference_snapshots(recipe: Recipe, device: str = "cpu") -> list[Snapshot]:
+    """[after 0 steps, after 1, ..., after recipe.steps] of the float64 torch Adam run on `device`."""
+    if recipe.optimizer != "adam":
+        raise ValueError(f"one-step checks are written for Adam, not {recipe.optimizer!r}")
+    model = harness.reference_model(start(recipe), device)
+    optimizer = unet_torch.make_torch_optimizer(model.parameters(), "adam", recipe.learning_rate)
+    names = {id(p): n for n, p in model.named_parameters()}
+
+    def snapshot(step: int, loss: float | None) -> Snapshot:
+        moments = {names[id(p)]: s for p, s in optimizer.state.items()}
+        zeros = {n: np.zeros(p.shape) for n, p in model.named_parameters()}
+        return Snapshot(step, harness.torch_state(model),
+                        {n: moments[n]["exp_avg"].cpu().numpy().copy() if n in moments else zeros[n] for n in zeros},
+                        {n: moments[n]["exp_avg_sq"].cpu().numpy().copy() if n in moments else zeros[n] for n in zeros},
+                        loss, harness.torch_grads_as_flax(model, recipe.config) if step else None)
+
+    snapshots = [snapshot(0, None)]
+    for images, masks in batches(recipe):
+        loss = unet_torch.train_step(model, optimizer, harness.torch_input(images, model), torch.from_numpy(masks).to(device))
+        snapshots.append(snapshot(len(snapshots), float(loss)))
+    return snapshots
+
+
+def one_step_torch(recipe: Recipe, before: Snapshot, batch, prec: harness.Precision) -> tuple[float, dict, dict]:
+    """(loss, state after, the step's gradients in Flax layout) of one `unet_torch.train_step` in
+    float32 (autocast per `prec`) from the float64 run's state `before`, its weights and Adam
+    moments rounded to float32."""
+    with torch.device("meta"):  # no initialisation to pay for: every tensor comes from `before`
+        model = unet_torch.UNet(**dataclasses.asdict(recipe.config))
+    state = {k: torch.from_numpy(v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v)
+             for k, v in before.state.items()}
+    model.load_state_dict(state, assign=True)
+    model = model.to(harness.TORCH_DEVICE)
+    optimizer = unet_torch.make_torch_optimizer(model.parameters(), "adam", recipe.learning_rate)
+    if before.step:
+        for name, param in model.named_parameters():
+            optimizer.state[param] = {
+                "step": torch.tensor(float(before.step)),
+                "exp_avg": torch.from_numpy(before.exp_avg[name]).to(param.device, param.dtype),
+                "exp_avg_sq": torch.from_numpy(before.exp_avg_sq[name]).to(param.device, param.dtype)}
+    images, masks = batch
+    loss = unet_torch.train_step(model, optimizer, harness.torch_input(images, model),
+                                 torch.from_numpy(masks).to(harness.TORCH_DEVICE), autocast_dtype=prec.autocast_dtype)
+    return float(loss), harness.torch_state(model), harness.torch_grads_as_flax(model, recipe.config)
+
+
+def one_step_flax(recipe: Recipe, before: Snapshot, batch, dtype, weights_dtype=np.float32) -> tuple[float, dict, dict]:
+    """(loss, state after in torch naming, the step's gradients) of one `make_train_step` step in
+    compute `dtype` from the float64 run's state `before` (weights and Adam moments as
+    `weights_dtype`: float32, or float64 for the float64 comparison, under jax.enable_x64).
+
+    The gradients are read back from Adam's first moment, which after step 1 is (1 - b1) g: so the
+    gradient check costs no compilation of its own (the seed network's at 572 px takes 10-20 s on
+    an H200), and checks the gradients the product's train step computed. Rounding of that
+    product: 1 unit of the moments' dtype. After later steps None (the moment mixes steps)."""
+    config = recipe.config
+
+    def ported(values: dict) -> dict:
+        state = {k: v.astype(weights_dtype) if np.issubdtype(v.dtype, np.floating) else v for k, v in values.items()}
+        return jax.tree.map(jnp.asarray, torch_to_flax(state, config))
+
+    variables = ported(before.state)
+    tx = flax_optimizer("adam", recipe.learning_rate)
+    state = state_from_variables(harness.flax_model(config, dtype), tx, variables, jax.random.key(0))
+    if before.step:
+        adam = state.opt_state[0]
+        mu, nu = (ported({**before.state, **moments})["params"] for moments in (before.exp_avg, before.exp_avg_sq))
+        state = state.replace(step=before.step,
+                              opt_state=(adam._replace(count=jnp.asarray(before.step, jnp.int32), mu=mu, nu=nu),
+                                         *state.opt_state[1:]))
+    images, masks = batch
+    state, metrics = flax_train_step()(state, jnp.asarray(images.astype(weights_dtype)), jnp.asarray(masks))
+    final = {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats is not None else {})}
+    grads = None
+    if before.step == 0:
+        decay = float(ADAM_B1)
+        grads = {f"params/{k}": np.asarray(v).astype(np.float64) / (1.0 - decay)
+                 for k, v in flatten_variables(state.opt_state[0].mu).items()}
+    return float(metrics["loss"]), flax_to_torch(jax.tree.map(np.asarray, final), config), grads
+
+
+def step_error_in_lr(state, ref, learning_rate: float, keys) -> tuple[float, float]:
+    """(root-mean-square, largest) of |w - w_ref| over every entry of `keys`, in units of lr.
+
+    Adam's step is ~lr per weight whatever the gradient's size, so lr is the natural unit: a
+    weight whose (tiny) gradient's sign rounding flips is off by 2 lr, whatever the network."""
+    squares = sum(float(((state[k].astype(np.float64) - ref[k]) ** 2).sum()) for k in keys)
+    count = sum(ref[k].size for k in keys)
+    largest = max(float(np.abs(state[k].astype(np.float64) - ref[k]).max()) for k in keys)
+    return (squares / count) ** 0.5 / learning_rate, largest / learning_rate

@@ -1,6 +1,6 @@
 """How far 10 float32 Adam steps drift from float64, step by step, and that float64 does not.
 
-    python -m parity_tests.float32_adam_drift --out parity_tests/results/cpu
+    python -m parity_tests.studies.float32_adam_drift --out parity_tests/results/cpu
 
 The first GPU run measured the seed network at 572 px, strict float32, 10 Adam steps: both
 frameworks' losses 1e-3 from the float64 run, while agreeing with each other to 2e-4. This

@@ -1,6 +1,6 @@
 """How far float32 gradients are from float64 in each framework, over several data draws.
 
-    python -m parity_tests.float32_gradient_noise --out parity_tests/results/cpu
+    python -m parity_tests.studies.float32_gradient_noise --out parity_tests/results/cpu
 
 The loss is piecewise smooth, so float32 rounding that moves a pre-activation across a ReLU
 or max-pool kink moves a per-channel gradient sum (test_gradients' docstring). How big that
