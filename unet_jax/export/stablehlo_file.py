@@ -4,7 +4,7 @@ of a compatible serialisation version, without this project.
 
 The function is NHWC, as the Flax model: image [batch, T, T, C] -> logits [batch, T', T', K],
 the batch a symbolic dimension. It is lowered for CPU and CUDA GPUs (the CUDA lowering has not
-yet been run on a GPU: tests/test_export.py runs the CPU one).
+yet been run on a GPU: tests/e2e/test_export.py runs the CPU one).
 """
 
 from __future__ import annotations
