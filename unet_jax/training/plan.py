@@ -11,6 +11,7 @@ may make. Nothing the plan holds is decided again later; `config.json` records a
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import jax
@@ -21,7 +22,7 @@ from unet_jax.model.compute import RESUMABLE_COMPUTE_FIELDS, Compute
 from unet_jax.model.unet import default_batch_groups
 from unet_jax.runtime.mesh import DataParallel, check_batch_size
 from unet_jax.training.presets import resolve
-from unet_jax.training.run_dir import RunDir
+from unet_jax.training.run_dir import PATH_FIELDS, RunDir
 from unet_jax.training.sampling import settle_shards, sources_of
 from unet_jax.weights.io import WeightsFile, read_weights_file
 from unet_jax.weights.start_from import with_init_architecture
@@ -51,6 +52,7 @@ def plan_new_run(train: TrainConfig, compute: Optional[Compute] = None, parallel
                  init_weights: Optional[WeightsFile] = None) -> RunPlan:
     """The plan of a new run of `train`; `parallel`: the devices (default: all). `init_weights`:
     the file of `train.init_weights`, if already read (read here otherwise)."""
+    train = with_absolute_paths(train, Path.cwd())
     if train.init_weights is not None and init_weights is None:
         init_weights = read_weights_file(train.init_weights)
     return _settle(train, compute or Compute(), parallel or DataParallel.create(), init_weights, changes=None)
@@ -72,7 +74,7 @@ def plan_resumed_run(run_dir, options: Optional[Mapping[str, Mapping[str, Any]]]
     run.check_resumable()
     train, compute = run.load_config()
     options = options or {}
-    requested = {**options.get("model", {}), **options.get("training", {})}
+    requested = _absolute_options({**options.get("model", {}), **options.get("training", {})}, Path.cwd())
     train, changes = train.resumed_with(requested)
     asked = dict(options.get("compute", {}))
     refused = sorted(k for k, v in asked.items() if k not in RESUMABLE_COMPUTE_FIELDS and getattr(compute, k) != v)
@@ -82,6 +84,18 @@ def plan_resumed_run(run_dir, options: Optional[Mapping[str, Mapping[str, Any]]]
     changes.update({k: (getattr(compute, k), v) for k, v in asked.items() if getattr(compute, k) != v})
     compute = dataclasses.replace(compute, **asked)
     return _settle(train, compute, parallel or DataParallel.create(), None, changes)
+
+
+def with_absolute_paths(train: TrainConfig, base: Path) -> TrainConfig:
+    """`train` with its file and folder options (`PATH_FIELDS`) made absolute against `base`: what
+    config.json records, so that a resume started from another folder reads the same files."""
+    return dataclasses.replace(train, **_absolute_options({k: getattr(train, k) for k in PATH_FIELDS}, base))
+
+
+def _absolute_options(options: Mapping[str, Any], base: Path) -> dict:
+    """`options` with the values of `PATH_FIELDS` resolved against `base`: the same folder given once
+    relative and once absolute is then the same value, not a change."""
+    return {k: str((base / v).resolve()) if k in PATH_FIELDS and v is not None else v for k, v in options.items()}
 
 
 def _settle(train: TrainConfig, compute: Compute, parallel: DataParallel, init_weights: Optional[WeightsFile],

@@ -4,7 +4,10 @@
                          the TrainConfig's fields, "compute" (the JAX options as asked: remat, batch_groups)
                          and "settled" (what the run made of them: batch_groups, devices, fsdp, processes).
                          A config.json from before the plan holds remat and batch_groups among the
-                         TrainConfig fields; they are read as its "compute"
+                         TrainConfig fields; they are read as its "compute". --data, --val-data and
+                         --init-weights are recorded as absolute paths, and "cwd" the folder the run
+                         was started from: a relative path in an older config.json is read against it,
+                         and refused where it is not recorded (it could name other data from elsewhere)
     normalization.json   the intensity normalisation fitted on the training images
     metrics.jsonl        one JSON record per logged train window and per validation
     resumes.jsonl        one JSON record per --resume: the step it continued from, what changed
@@ -46,6 +49,7 @@ from unet_jax.weights import run_outputs
 from unet_jax.weights.run_outputs import read_normalization
 
 COMPUTE_FIELDS = tuple(f.name for f in dataclasses.fields(Compute))
+PATH_FIELDS = ("data", "val_data", "init_weights")  # TrainConfig's files and folders, recorded as absolute paths
 
 
 class RunDir:
@@ -167,12 +171,30 @@ class RunDir:
             compute = values.pop("compute", None) or {k: values[k] for k in COMPUTE_FIELDS if k in values}
             for name in (*COMPUTE_FIELDS, "settled"):  # the settled choices are the plan's; a resume settles its own
                 values.pop(name, None)
-            return TrainConfig.from_dict(values), Compute(**compute)
+            started_in = values.pop("cwd", None)
+            train, compute = TrainConfig.from_dict(values), Compute(**compute)
         except (OSError, ValueError, TypeError, AttributeError) as error:
             raise ConfigError(f"{path}: not a readable training config ({error})") from None
+        return dataclasses.replace(train, **self._absolute_paths(train, started_in)), compute
+
+    def _absolute_paths(self, train: TrainConfig, started_in: Optional[str]) -> dict:
+        """config.json's path options as absolute paths: a relative one (written before they were
+        recorded absolute) is read against the folder the run started in, or refused where that is not
+        recorded: read against today's working folder it could name other data."""
+        values = {k: getattr(train, k) for k in PATH_FIELDS}
+        relative = {k: v for k, v in values.items() if v is not None and not Path(v).is_absolute()}
+        if relative and started_in is None:
+            name, value = next(iter(relative.items()))
+            raise ConfigError(
+                f"{self.file(self.CONFIG)} records --{name.replace('_', '-')} as the relative path {value!r} and not the "
+                f"folder the run was started from, so it can't tell which {value!r} is meant. Fix: write the absolute "
+                f"path into {self.file(self.CONFIG)} (\"{name}\": \"/.../{value}\") and resume again"
+            )
+        return {k: str(Path(started_in, v).resolve()) for k, v in relative.items()}
 
     def save_config(self, cfg: TrainConfig, compute: Optional[Compute] = None, settled: Optional[dict] = None) -> None:
-        self._write_json(self.CONFIG, {**cfg.to_dict(), "compute": dataclasses.asdict(compute or Compute()), "settled": settled or {}})
+        self._write_json(self.CONFIG, {**cfg.to_dict(), "compute": dataclasses.asdict(compute or Compute()), "settled": settled or {},
+                                       "cwd": os.getcwd()})
 
     def load_normalization(self) -> Optional[Normalization]:
         path = self.file(self.NORMALIZATION)
