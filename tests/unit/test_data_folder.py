@@ -8,6 +8,7 @@ import tifffile
 from PIL import Image
 
 from unet_jax.data import DataError, Normalization, image_pages, load_folder, make_cells, read_image, split_validation
+from unet_jax.data.decoding import read_image_pages
 
 
 def _write(path, array):
@@ -222,3 +223,25 @@ def test_planar_rgb_is_one_image_not_a_stack(tmp_path):
     assert image_pages(tmp_path / "rgb.tif") == 1 and read_image(tmp_path / "rgb.tif", 3).shape == (8, 9, 3)
     tifffile.imwrite(tmp_path / "pages.tif", np.zeros((5, 8, 9, 3), np.uint8), photometric="rgb")
     assert image_pages(tmp_path / "pages.tif") == 5
+
+
+def test_a_tiff_declaring_more_pixels_than_pil_takes_is_refused_before_decoding(tmp_path, monkeypatch):
+    # A 1.6 MB zlib TIFF of 40960x40960 was decoded whole (8.4 GB) where PIL refuses such a PNG.
+    # Here the cap is lowered to PIL's for a 100x100 image instead of writing gigabytes.
+    image = _write(tmp_path / "big.tif", np.zeros((100, 100), np.uint8))
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, np.zeros((3, 100, 100), np.uint8), photometric="minisblack")
+    assert read_image(image, 1).shape == (100, 100, 1)  # under PIL's cap, as usual
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100 * 100 // 2 - 1)
+
+    def decoded(*_, **__):
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(tifffile.TiffFile, "asarray", decoded)
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", decoded)
+    with pytest.raises(DataError, match=r"big.tif: page 0 declares 100x100 = 10000 pixels, more than the 9998 that PIL "):
+        read_image(image, 1)
+    with pytest.raises(DataError, match="Fix: cut it into smaller images"):
+        read_image_pages(stack, 1)
+    with pytest.raises(Image.DecompressionBombError):  # PIL's own rule for a PNG of that size
+        Image.open(_write(tmp_path / "big.png", np.zeros((100, 100), np.uint8)))
