@@ -265,8 +265,19 @@ def _scale_out_options(parser) -> None:
                        help="process 0's host and a free port, the same for every process (default: $JAX_COORDINATOR_ADDRESS)")
     group.add_argument("--num-processes", type=int, help="how many processes take part (default: $JAX_NUM_PROCESSES)")
     group.add_argument("--process-id", type=int, help="this process's number, 0 .. N-1 (default: $JAX_PROCESS_ID)")
-    group.add_argument("--coordinator-timeout", type=int, default=300, metavar="SECONDS",
+    group.add_argument("--coordinator-timeout", type=_positive_int, default=300, metavar="SECONDS",
                        help="how long to wait for the coordinator and the other processes (default: %(default)s)")
+
+
+def _positive_int(text: str) -> int:
+    """argparse's type for a count that must be at least 1 (0 or less would wait for ever)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
 
 
 def _tiling_options(parser) -> None:

@@ -45,6 +45,8 @@ def initialize(
     process_id = process_id if process_id is not None else _env_int(ENV_PROCESS_ID)
     if num_processes is not None and num_processes < 1:
         raise DistributedError(f"--num-processes must be at least 1, got {num_processes}")
+    if timeout_s <= 0:  # JAX waited for ever
+        raise DistributedError(f"--coordinator-timeout must be a positive number of seconds, got {timeout_s}")
     if num_processes is not None and process_id is not None and not 0 <= process_id < num_processes:
         raise DistributedError(
             f"--process-id {process_id} is outside 0..{num_processes - 1} (--num-processes {num_processes}). "
@@ -52,6 +54,8 @@ def initialize(
         )
     if coordinator_address is not None and process_id not in (None, 0):
         _wait_for_coordinator(coordinator_address, timeout_s)
+    if coordinator_address is not None and process_id == 0:
+        _check_port_free(coordinator_address)
     # A process id that process 0's count has no room for ends this process inside JAX's C++
     # client (a fatal log, "Unexpected task registered"), which Python cannot catch: say first
     # what that message will mean.
@@ -89,13 +93,12 @@ def _wait_for_coordinator(address: str, timeout_s: float) -> None:
     JAX's own client aborts the process from C++ when the coordinator stays away; this check
     turns the common cause (process 0 not started, a wrong address or port) into a message.
     """
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise DistributedError(f"--coordinator-address {address!r} is not HOST:PORT (e.g. 10.0.0.1:1234)")
+    port = _port_of(address)
+    host = address.rpartition(":")[0]
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            with socket.create_connection((host.strip("[]"), int(port)), timeout=min(5.0, timeout_s)):
+            with socket.create_connection((host.strip("[]"), port), timeout=min(5.0, timeout_s)):
                 return
         except OSError as error:
             if time.monotonic() >= deadline:
@@ -104,6 +107,28 @@ def _wait_for_coordinator(address: str, timeout_s: float) -> None:
                     "(it serves the coordinator) on that host and port, check the address and that the port is open"
                 ) from None
             time.sleep(0.2)
+
+
+def _check_port_free(address: str) -> None:
+    """DistributedError if the coordinator's port is taken on this host: JAX's coordination service
+    would fail to serve it and end the process from C++ ("Failed to add port to server", a segfault)."""
+    port = _port_of(address)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port a finished run left in TIME_WAIT is free
+        try:
+            probe.bind(("", port))
+        except OSError as error:
+            raise DistributedError(
+                f"the coordinator's port {port} (--coordinator-address {address}) is taken on this host ({error.strerror}); "
+                "process 0 serves the coordinator there. Fix: give every process another free port, or stop what holds it"
+            ) from None
+
+
+def _port_of(address: str) -> int:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise DistributedError(f"--coordinator-address {address!r} is not HOST:PORT (e.g. 10.0.0.1:1234)")
+    return int(port)
 
 
 def _check_process_count(timeout_s: int) -> None:
