@@ -24,6 +24,9 @@ What a directory holds decides what may happen to it (`RunDir.state`):
                first checkpoint. Nothing trained exists, so a new run may replace it, and
                --resume starts it again from step 0.
   "run"        a checkpoint or final weights: only --resume may continue it.
+A new run starts only in a new folder, an empty one, or one that holds nothing but a run's own
+files (`check_holds_only_run_files`): a run writes weights.safetensors, summary.json, loss.png
+and more, and a folder of the user's own files is no place for them.
 """
 
 from __future__ import annotations
@@ -65,6 +68,8 @@ class RunDir:
     PREDICTIONS_PLOT = "predictions.png"
     WEIGHT_MAP_PLOT = "weight_map.png"  # runs with --loss weighted-ce
     LOCK = "run.lock"
+    FILES = (CONFIG, NORMALIZATION, METRICS, RESUMES, CHECKPOINTS, UNUSABLE_CHECKPOINTS, WEIGHTS, SUMMARY, LOSS_PLOT,
+             PREDICTIONS_PLOT, WEIGHT_MAP_PLOT, LOCK)
 
     def __init__(self, path):
         self.path = Path(path)
@@ -107,6 +112,30 @@ class RunDir:
                 f"{self.path} already holds a run. Fix: continue it with `unet-jax train --resume {self.path}`, "
                 "or choose another --run-dir"
             )
+        self.check_holds_only_run_files()
+
+    def check_holds_only_run_files(self) -> None:
+        """RunDirError if the folder holds anything but what a run that never got going leaves (its
+        files, their temporary forms): a new run would write its files among, and over, the user's."""
+        if not self.path.is_dir():
+            return
+        allowed = set(self.FILES) if self.state == "unstarted" and self._config_is_a_runs() else {self.LOCK}
+        foreign = sorted(p.name for p in self.path.iterdir() if p.name not in allowed and not _temporary_form(p.name, allowed))
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise RunDirError(
+                f"{self.path} is a folder that holds files of its own ({shown}) and no run; a new run would write "
+                f"{self.WEIGHTS}, {self.SUMMARY}, {self.LOSS_PLOT} and more there, over any of the same name. "
+                "Fix: give --run-dir a new or empty folder"
+            )
+
+    def _config_is_a_runs(self) -> bool:
+        """Whether config.json is one a run wrote (and not the user's own file of that name)."""
+        try:
+            values = json.loads(self.file(self.CONFIG).read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(values, dict) and {"preset", "model", "tile_size"} <= values.keys()
 
     def check_resumable(self) -> None:
         self.check_not_in_use()
@@ -255,6 +284,12 @@ class FollowerRunDir(RunDir):
 
     def set_aside(self, step: int) -> Path:
         return self.file(self.UNUSABLE_CHECKPOINTS) / str(step)  # process 0 moves it
+
+
+def _temporary_form(name: str, allowed: set) -> bool:
+    """Whether `name` is what `write_atomically` writes before renaming into one of the `allowed`
+    names (".config.json.x1y2.tmp"), left where a crash interrupted it."""
+    return name.startswith(".") and name.endswith(".tmp") and any(name.startswith(f".{a}.") for a in allowed)
 
 
 def _holder() -> dict:
