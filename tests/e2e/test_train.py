@@ -138,6 +138,35 @@ def test_a_resume_that_can_restore_nothing_changes_nothing(straight, tmp_path, c
     assert files() == before  # config.json and the metrics untouched
 
 
+def test_a_metrics_line_cut_mid_write_is_dropped_with_a_note_on_resume(straight, tmp_path, capsys):
+    run_dir = copy_of(straight, tmp_path)
+    with open(run_dir / "metrics.jsonl", "a") as metrics, open(run_dir / "resumes.jsonl", "a") as resumes:
+        metrics.write('{"step": 7, "split": "tr')  # what a crash in the middle of an append leaves
+        resumes.write('{"at": "2026-')
+    assert main(["train", "--resume", str(run_dir), "--no-progress"]) == 0
+    assert f"{run_dir / 'metrics.jsonl'}: dropped its last line, cut mid-write" in capsys.readouterr().out
+    assert losses(run_dir) == losses(straight)
+    assert [r["from_step"] for r in RunDir(run_dir).resumes()] == [6]
+
+
+def test_metrics_damaged_in_the_middle_are_refused_before_anything_is_written(straight, tmp_path, capsys):
+    run_dir = copy_of(straight, tmp_path)
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    (run_dir / "metrics.jsonl").write_text("\n".join([lines[0], "not json", *lines[1:]]) + "\n")
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name != RunDir.LOCK}
+    assert main(["train", "--resume", str(run_dir), "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"{run_dir / 'metrics.jsonl'}, line 2, is not a JSON record" in error
+    assert f"mv {run_dir / 'metrics.jsonl'} " in error
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name != RunDir.LOCK} == before
+
+    new = tmp_path / "new"  # a non-JSON metrics.jsonl in a new --run-dir: refused, nothing written
+    new.mkdir()
+    (new / "metrics.jsonl").write_text("not json\n")
+    assert main(["train", "--run-dir", str(new), "--steps", "1", "--no-progress"]) == 2
+    assert "metrics.jsonl" in capsys.readouterr().err and [p.name for p in new.iterdir()] == ["metrics.jsonl"]
+
+
 def test_resume_refuses_changes_to_the_network_and_writes_nothing(straight, tmp_path, capsys):
     run_dir = copy_of(straight, tmp_path, drop_results=False)
     before = (run_dir / "config.json").read_bytes()

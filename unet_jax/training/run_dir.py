@@ -144,6 +144,8 @@ class RunDir:
                 f"{self.path} holds no run to resume (no {self.CONFIG}). Fix: start one with "
                 f"`unet-jax train --run-dir {self.path}`, or give the folder of an existing run"
             )
+        for name in (self.METRICS, self.RESUMES):  # damaged in the middle: refused before anything is written
+            read_records(self.file(name))
 
     # ------------------------------------------------------------------ lock
     def check_not_in_use(self) -> None:
@@ -236,12 +238,12 @@ class RunDir:
         self._write_json(self.SUMMARY, summary)
 
     def resumes(self) -> list[dict]:
-        path = self.file(self.RESUMES)
-        return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+        return read_records(self.file(self.RESUMES))[0]
 
     def record_resume(self, record: dict) -> None:
-        with output_errors(self.file(self.RESUMES)), self.file(self.RESUMES).open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        """Add `record` to resumes.jsonl, written whole (a last line a crash cut is dropped, not appended to)."""
+        records = [*self.resumes(), record]
+        write_atomically(self.file(self.RESUMES), "".join(json.dumps(r) + "\n" for r in records).encode(), overwrite=True)
 
     def clear(self) -> None:
         """Remove what a run that never reached its first checkpoint left behind (state "unstarted")."""
@@ -301,15 +303,44 @@ def _holder() -> dict:
     }
 
 
+def read_records(path: Path) -> tuple[list[dict], Optional[str]]:
+    """The records of a JSON-lines file the run appends to (metrics.jsonl, resumes.jsonl), none if it
+    is missing, and its last line where a crash cut it mid-write (dropped: it was never a record).
+    A RunDirError naming the file and line if any other line is not a record."""
+    try:
+        lines = path.read_text().splitlines() if path.is_file() else []
+    except (OSError, UnicodeDecodeError) as error:
+        raise RunDirError(f"{path} can't be read ({error}). Fix: move it aside (mv {path} {path}.damaged) and run again") from None
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("step", 0), int):
+            records.append(record)
+        elif number == len(lines):
+            return records, line
+        else:
+            raise RunDirError(
+                f"{path}, line {number}, is not a JSON record ({line[:60]!r}); the run writes one per line. Fix: move "
+                f"the file aside (mv {path} {path}.damaged); the run's checkpoints do not depend on it, and it is written anew"
+            )
+    return records, None
+
+
 class MetricsLog:
     """metrics.jsonl, appended as the run goes. On resume from step k, records past k are dropped,
-    so that the file reads as one uninterrupted run."""
+    so that the file reads as one uninterrupted run; so is a last line a crash cut mid-write, with a note."""
 
-    def __init__(self, path: Path, keep_until: Optional[int] = None, write: bool = True):
+    def __init__(self, path: Path, keep_until: Optional[int] = None, write: bool = True, log=print):
         self.path, self.writes = path, write  # write=False: kept in memory (processes after process 0)
         self.records: list[dict] = []
-        if keep_until is not None and path.exists():
-            self.records = [r for r in map(json.loads, path.read_text().splitlines()) if r["step"] <= keep_until]
+        if keep_until is not None:
+            records, cut = read_records(path)
+            self.records = [r for r in records if r.get("step", 0) <= keep_until]
+            if cut is not None:
+                log(f"{path}: dropped its last line, cut mid-write ({cut[:60]!r})")
         if write:
             write_atomically(path, "".join(json.dumps(r) + "\n" for r in self.records).encode(), overwrite=True)
 
