@@ -246,7 +246,7 @@ def test_divergence_before_the_first_checkpoint_can_be_restarted_in_place(tmp_pa
     "option, value",
     [("--checkpoint-every", "0"), ("--log-every", "0"), ("--eval-every", "0"), ("--val-tiles-per-image", "0"),
      ("--keep-checkpoints", "0"), ("--learning-rate", "-1"), ("--momentum", "5"), ("--learning-rate", "nan"),
-     ("--seed", str(2**63))],
+     ("--seed", str(2**63)), ("--depth", "30")],
 )
 def test_bad_options_are_refused_before_anything_is_written(tmp_path, capsys, option, value):
     run_dir = tmp_path / "run"
