@@ -33,7 +33,7 @@ from unet_jax.inference.formats import MASK_FORMATS
 from unet_jax.inference.tile_plan import DEFAULT_BATCH_SIZE
 from unet_jax.model.compute import REMAT_POLICIES, Compute
 from unet_jax.runtime import hugepages, xla_cpu
-from unet_jax.training.errors import TrainingInterrupted
+from unet_jax.training.errors import OutOfMemory, TrainingInterrupted
 from unet_jax.training.presets import PRESETS
 from unet_jax.weights.namings import DIRECTIONS, NAMINGS
 
@@ -72,7 +72,15 @@ def cmd_train(args) -> int:
     else:
         plan = plan_from_options(args.preset or "demo", options, _data_parallel(args))
         run_dir = args.run_dir or default_run_dir(plan.train)
-    run(plan, run_dir, progress=not args.no_progress)
+    try:
+        run(plan, run_dir, progress=not args.no_progress)
+    except (MemoryError, RuntimeError) as error:
+        from unet_jax.training.report import is_out_of_memory, out_of_memory_message
+        from unet_jax.training.run_dir import RunDir
+
+        if not is_out_of_memory(error):
+            raise
+        raise OutOfMemory(out_of_memory_message(error, RunDir(run_dir))) from None
     return 0
 
 

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import shutil
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -165,6 +166,27 @@ def test_metrics_damaged_in_the_middle_are_refused_before_anything_is_written(st
     (new / "metrics.jsonl").write_text("not json\n")
     assert main(["train", "--run-dir", str(new), "--steps", "1", "--no-progress"]) == 2
     assert "metrics.jsonl" in capsys.readouterr().err and [p.name for p in new.iterdir()] == ["metrics.jsonl"]
+
+
+@pytest.mark.parametrize("error", [
+    MemoryError("Unable to allocate 1.46 TiB for an array with shape (1000000, 1, 604, 604) and data type float32"),
+    jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 76444053760 bytes."),
+])
+def test_running_out_of_memory_is_one_message_naming_what_was_kept(straight, tmp_path, monkeypatch, capsys, error):
+    def out_of_memory(*_, **__):
+        raise error
+
+    monkeypatch.setattr(train_module, "run", out_of_memory)
+    run_dir = copy_of(straight, tmp_path)
+    assert main(["train", "--resume", str(run_dir), "--steps", "8", "--no-progress"]) == 2
+    message = capsys.readouterr().err
+    assert message.count("\n") == 1 and f"training ran out of memory ({str(error)[:40]}" in message
+    assert f"Kept: the checkpoints up to step 6 in {run_dir / 'checkpoints'}" in message and "smaller --batch-size" in message
+    assert main(["train", "--run-dir", str(tmp_path / "new"), "--steps", "2", "--no-progress"]) == 2
+    assert f"Kept: nothing trained ({tmp_path / 'new'} holds no checkpoint)" in capsys.readouterr().err
+    monkeypatch.setattr(train_module, "run", lambda *_, **__: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):  # any other error keeps its traceback
+        main(["train", "--resume", str(run_dir), "--no-progress"])
 
 
 def test_resume_refuses_changes_to_the_network_and_writes_nothing(straight, tmp_path, capsys):
