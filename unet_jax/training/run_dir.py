@@ -56,7 +56,7 @@ PATH_FIELDS = ("data", "val_data", "init_weights")  # TrainConfig's files and fo
 
 
 class RunDir:
-    CONFIG = "config.json"
+    CONFIG = run_outputs.CONFIG
     NORMALIZATION = run_outputs.NORMALIZATION
     METRICS = "metrics.jsonl"
     RESUMES = "resumes.jsonl"
