@@ -117,6 +117,26 @@ def test_all_unpaired_files_are_reported_at_once(tmp_path):
     assert "lonely.png: no mask" in message and "alone.tif: no mask" in message and "orphan.png: no image" in message
 
 
+def test_links_to_nothing_and_folders_named_as_images_are_named_not_dropped(tmp_path):
+    # They were skipped without a word: summary.json showed fewer images, or "no mask" for masks/0.png.
+    _pair(tmp_path, "a", _grey8(), _binary())
+    _pair(tmp_path, "b", _grey8(), _binary())
+    (tmp_path / "images" / "b.png").rename(tmp_path / "b.png")
+    (tmp_path / "images" / "b.png").symlink_to(tmp_path / "b.png")
+    assert len(load_folder(tmp_path, in_channels=1, num_classes=2).images) == 2  # a link to a file is a file
+    (tmp_path / "b.png").unlink()
+    assert "images: ['b.png'] link to nothing (a missing file, or a loop of links). Fix: " in _error(tmp_path)
+    (tmp_path / "images" / "b.png").unlink()
+    (tmp_path / "images" / "b.png").symlink_to(tmp_path / "images" / "c.png")
+    (tmp_path / "images" / "c.png").symlink_to(tmp_path / "images" / "b.png")  # a loop
+    assert "['b.png', 'c.png'] link to nothing" in _error(tmp_path)
+    for name in ("b.png", "c.png"):
+        (tmp_path / "images" / name).unlink()
+    (tmp_path / "masks" / "b.png").unlink()
+    (tmp_path / "masks" / "b.png").mkdir()
+    assert "masks: ['b.png'] are folders, not image files" in _error(tmp_path)
+
+
 def test_size_mismatch_names_both_files(tmp_path):
     _pair(tmp_path, "a", _grey8(6, 8), _binary(6, 9))
     message = _error(tmp_path)

@@ -67,8 +67,17 @@ def data_sources(path: Union[str, Path]) -> list[Path]:
 
 
 def _list(folder: Path) -> dict[str, Path]:
-    """Supported files in `folder` by stem; hidden files are skipped, anything else is an error."""
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    """Supported files in `folder` by stem; hidden files and sub-folders are skipped, anything else is
+    an error: links to nothing and folders named as images too (they were dropped without a word)."""
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    broken = [p.name for p in entries if p.is_symlink() and not p.exists()]  # exists() follows the link: False at a loop
+    if broken:
+        raise DataError(f"{folder}: {broken} link to nothing (a missing file, or a loop of links). Fix: point each at "
+                        "its file, or remove it")
+    folders = [p.name for p in entries if p.is_dir() and p.suffix.lower() in SUFFIXES]
+    if folders:
+        raise DataError(f"{folder}: {folders} are folders, not image files. Fix: put the image files there in their place")
+    files = [p for p in entries if p.is_file()]
     unsupported = [p.name for p in files if p.suffix.lower() not in SUFFIXES]
     if unsupported:
         raise DataError(f"{folder}: unsupported file types {unsupported}. Fix: use PNG or TIFF, or move these files out")
