@@ -201,7 +201,7 @@ def save_torch_state_dict(state_dict: Mapping[str, np.ndarray], config: UNetConf
         metadata = {"format": "pt", "unet_config": config_to_json(config), "naming": naming, **_extras_metadata(extras)}
         return _write_atomically(path, save(dict(state_dict), metadata=metadata), (SAFETENSORS_SUFFIX,), overwrite)
     if path.suffix not in TORCH_SUFFIXES:
-        raise WeightsFileError(f"{path}: expected a file name ending in {' or '.join(TORCH_SUFFIXES)}")
+        raise WeightsFileError(f"{path}: expected a file name ending in {' or '.join((*TORCH_SUFFIXES, SAFETENSORS_SUFFIX))}")
     description = {"unet_config": dataclasses.asdict(config), "naming": naming, "extras": dict(extras or {})}
     return save_torch_file(state_dict, description, path, overwrite)
 
