@@ -223,6 +223,8 @@ def test_predict_files_refuses_clashes_and_names_bad_files(tmp_path, predictor):
         predict_files(predictor, [tmp_path / "a.png", tmp_path / "x" / "a.png"], tmp_path / "out")
     with pytest.raises(FileNotFoundError, match="nope.png"):
         predict_files(predictor, [tmp_path / "nope.png"], tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match=rf"{tmp_path / 'x'}: a folder, not an image\. Fix: give its image files"):
+        predict_files(predictor, [tmp_path / "x"], tmp_path / "out")  # it was "not found"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8) + np.arange(3, dtype=np.uint8)).save(tmp_path / "rgb.png")
     with pytest.raises(DataError, match="rgb.png: has 3 channel"):
         predict_files(predictor, [tmp_path / "rgb.png"], tmp_path / "out")
