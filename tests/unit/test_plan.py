@@ -9,14 +9,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from unet_jax.cli import main
 from unet_jax.config import ConfigError, UNetConfig
 from unet_jax.data import make_cells
 from unet_jax.model.compute import Compute
 from unet_jax.model.unet import UNet
 from unet_jax.runtime.mesh import DataParallel
+from unet_jax.training import loop
 from unet_jax.training import resume as resume_module
 from unet_jax.training.loop import due, nest
-from unet_jax.training.plan import plan_from_options, plan_new_run, plan_resumed_run
+from unet_jax.training.plan import plan_from_options, plan_new_run, plan_resumed_run, unused_options
 from unet_jax.training.presets import resolve
 from unet_jax.training.run_dir import RunDir
 from unet_jax.training.step import create_train_state, make_optax_optimizer
@@ -131,3 +133,19 @@ def test_a_relative_data_path_in_an_old_config_is_read_where_the_run_started_or_
     config.write_text(json.dumps(cfg.to_dict()))  # written before the folder a run starts in was recorded
     with pytest.raises(ConfigError, match=r"records --data as the relative path 'd/good'.*Fix: write the absolute path"):
         plan_resumed_run(config.parent, parallel=DataParallel.create(1))
+
+
+def test_options_the_run_will_not_use_are_noted(tmp_path, monkeypatch, capsys):
+    data = str(write_folder(tmp_path / "d", seed=1))
+    adam = resolve("demo", {**TINY, "data": data, "val_data": data})
+    given = {"momentum": 0.9, "elastic_sigma": 5.0, "cells_image_size": 64, "val_fraction": 0.3, "data": data, "val_data": data}
+    assert unused_options(given, adam) == [
+        "--momentum is used by --optimizer sgd only; this run uses adam", "--elastic-sigma has no effect without --elastic",
+        "--cells-image-size: options of the built-in cells, unused with --data", "--val-fraction is unused with --val-data",
+        "--val-data is --data: the validation scores will measure the training images, not held-out ones"]
+    sgd = resolve("demo", {**TINY, "optimizer": "sgd", "elastic": True})
+    assert unused_options({"momentum": 0.9, "elastic_sigma": 5.0, "cells_image_size": 64}, sgd) == []
+
+    monkeypatch.setattr(loop, "run", lambda *_, **__: None)  # what the command line says before the run
+    assert main(["train", "--run-dir", str(tmp_path / "run"), "--momentum", "0.5", "--no-progress"]) == 0
+    assert capsys.readouterr().err == "unet-jax train: note: --momentum is used by --optimizer sgd only; this run uses adam\n"

@@ -86,6 +86,24 @@ def plan_resumed_run(run_dir, options: Optional[Mapping[str, Mapping[str, Any]]]
     return _settle(train, compute, parallel or DataParallel.create(), None, changes)
 
 
+def unused_options(given: Mapping[str, Any], train: TrainConfig) -> list[str]:
+    """Notes on the training options `given` (by field name) that the run of `train` will not use, or
+    that measure nothing: each was accepted without a word."""
+    notes = []
+    if "momentum" in given and train.optimizer != "sgd":
+        notes.append(f"--momentum is used by --optimizer sgd only; this run uses {train.optimizer}")
+    if "elastic_sigma" in given and not train.elastic:
+        notes.append("--elastic-sigma has no effect without --elastic")
+    cells = sorted("--" + k.replace("_", "-") for k in given if k.startswith("cells_"))
+    if cells and train.data is not None:
+        notes.append(f"{', '.join(cells)}: options of the built-in cells, unused with --data")
+    if "val_fraction" in given and train.val_data is not None:
+        notes.append("--val-fraction is unused with --val-data")
+    if train.data is not None and train.val_data is not None and Path(train.data).resolve() == Path(train.val_data).resolve():
+        notes.append("--val-data is --data: the validation scores will measure the training images, not held-out ones")
+    return notes
+
+
 def with_absolute_paths(train: TrainConfig, base: Path) -> TrainConfig:
     """`train` with its file and folder options (`PATH_FIELDS`) made absolute against `base`: what
     config.json records, so that a resume started from another folder reads the same files."""
