@@ -5,12 +5,14 @@ Only process 0 (`is_primary`) writes the run directory.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import socket
 import sys
+import threading
 import time
-from typing import Optional
+from typing import Iterator, Optional
 
 import jax
 
@@ -66,8 +68,9 @@ def initialize(
     try:
         # A process that stops waits at most timeout_s for the others, and one that died is noticed
         # within JAX's default heartbeat of 100 s, or timeout_s if shorter.
-        jax.distributed.initialize(coordinator_address, num_processes, process_id, initialization_timeout=timeout_s,
-                                   shutdown_timeout_seconds=timeout_s, heartbeat_timeout_seconds=min(100, timeout_s))
+        with _leave_after(timeout_s, _join_timeout_message(coordinator_address, num_processes, process_id, timeout_s)):
+            jax.distributed.initialize(coordinator_address, num_processes, process_id, initialization_timeout=timeout_s,
+                                       shutdown_timeout_seconds=timeout_s, heartbeat_timeout_seconds=min(100, timeout_s))
     except (ValueError, TypeError, RuntimeError) as error:
         raise DistributedError(
             f"could not join the multi-process run: {error}. Fix: pass --coordinator-address HOST:PORT, --num-processes "
@@ -75,6 +78,37 @@ def initialize(
             "Open MPI / a Cloud TPU slice"
         ) from None
     _check_process_count(timeout_s)
+
+
+@contextlib.contextmanager
+def _leave_after(timeout_s: float, message: str) -> Iterator[None]:
+    """End the process with `message` (exit status 2, the command line's for an error) if the block
+    has not finished within `timeout_s`. JAX's client, when its own wait runs out, ends the process
+    from C++ (a "Check failure" abort) some seconds later, and Python cannot catch that: this comes first.
+    The wait inside JAX releases the GIL, so the timer's thread runs."""
+    def leave():
+        print(f"unet-jax: error: {message}", file=sys.stderr, flush=True)
+        os._exit(2)
+
+    timer = threading.Timer(timeout_s, leave)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def _join_timeout_message(address: Optional[str], num_processes: Optional[int], process_id: Optional[int], timeout_s: float) -> str:
+    where = f" at {address}" if address else ""
+    if process_id == 0:
+        return (f"the other processes did not join the coordinator{where} within --coordinator-timeout {timeout_s:g} s "
+                f"(process 0 waits for all {num_processes or 'of them'}). Fix: start every process, each with the same "
+                "--coordinator-address and --num-processes, within that time of each other")
+    return (f"this process could not join the coordinator{where} within --coordinator-timeout {timeout_s:g} s: its port "
+            "accepted the connection but no JAX coordinator let this process in (another program on that port, or process 0 "
+            "started with another --num-processes). Fix: give the --coordinator-address of process 0, and the same "
+            "--num-processes to every process")
 
 
 def _env_int(name: str) -> Optional[int]:
