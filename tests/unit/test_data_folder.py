@@ -171,6 +171,16 @@ def test_isbi_volume_without_labels(tmp_path):
     assert "train-labels.tif: missing" in _error(tmp_path / "train-volume.tif")
 
 
+def test_isbi_labels_saved_as_the_samples_of_one_page_are_described_so(tmp_path):
+    # They were described as "(1, 64, 64)" only: one page, its 4 samples per pixel read as colours.
+    tifffile.imwrite(tmp_path / "train-volume.tif", np.zeros((4, 64, 64), np.uint8), photometric="minisblack")
+    tifffile.imwrite(tmp_path / "train-labels.tif", np.zeros((64, 64, 4), np.uint8), photometric="rgb", extrasamples=[0])
+    message = _error(tmp_path)
+    assert "train-labels.tif holds (1, 64, 64), with 4 samples per pixel in each page (read as colour channels, " in message
+    tifffile.imwrite(tmp_path / "train-labels.tif", np.zeros((3, 64, 64), np.uint8), photometric="minisblack")
+    assert "train-labels.tif holds (3, 64, 64). Fix: use matching stacks" in _error(tmp_path)  # no note where it does not apply
+
+
 def test_truncated_png_names_the_file(tmp_path):
     _pair(tmp_path, "a", np.random.default_rng(4).integers(0, 256, (64, 64)).astype(np.uint8), np.zeros((64, 64), np.uint8))
     path = tmp_path / "images" / "a.png"

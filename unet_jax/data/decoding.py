@@ -43,6 +43,12 @@ def stack_shape(path: Path) -> tuple[int, ...]:
     return image_pages(path), int(height), int(width)
 
 
+def samples_per_pixel(path: Path) -> int:
+    """The TIFF's samples per pixel (its S axis: colour channels, or slices wrongly saved as them), 1 without."""
+    series = _tiff_series(path)
+    return int(series.shape[series.axes.index("S")]) if "S" in series.axes else 1
+
+
 def read_slices(path: Path, indices: Sequence[int], slices: int, palette_to_rgb: bool) -> list[np.ndarray]:
     """Slices `indices` of a stack: only their pages where each slice is one page, else the whole stack."""
     try:

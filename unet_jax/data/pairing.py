@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence, Union
 
-from unet_jax.data.decoding import SUFFIXES, read_image, read_mask, read_slices, stack_shape, stored_size
+from unet_jax.data.decoding import SUFFIXES, read_image, read_mask, read_slices, samples_per_pixel, stack_shape, stored_size
 from unet_jax.data.errors import DataError
 from unet_jax.data.pixel_rules import to_image, to_mask
 from unet_jax.data.samples import Samples
@@ -132,6 +132,12 @@ def _check_sizes(image_path: Path, image_size: tuple, mask_path: Path, mask_size
         )
 
 
+def _samples_note(path: Path) -> str:
+    """Where a stack's slices were saved as the samples of one page (read as colour channels), say so."""
+    samples = samples_per_pixel(path) if path.suffix.lower() in (".tif", ".tiff") else 1
+    return f", with {samples} samples per pixel in each page (read as colour channels, not as slices)" if samples > 1 else ""
+
+
 def _index_stack(volume_path: Path, labels_path: Path, in_channels: int, num_classes: int) -> Source:
     """ISBI-2012 style: a multi-page image TIFF and a label TIFF with one page per slice."""
     for p in (volume_path, labels_path):
@@ -142,8 +148,8 @@ def _index_stack(volume_path: Path, labels_path: Path, in_channels: int, num_cla
     volume_shape, labels_shape = stack_shape(volume_path), stack_shape(labels_path)
     if volume_shape[0] != labels_shape[0] or volume_shape[1:3] != labels_shape[1:3]:
         raise DataError(
-            f"{volume_path} holds {volume_shape[:3]} (slices, H, W) but {labels_path} holds {labels_shape[:3]}. "
-            "Fix: use matching stacks, one label page per image page"
+            f"{volume_path} holds {volume_shape[:3]} (slices, H, W) but {labels_path} holds {labels_shape[:3]}"
+            f"{_samples_note(labels_path)}. Fix: use matching stacks, one label page per image page"
         )
     slices = volume_shape[0]
 
