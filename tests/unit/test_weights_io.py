@@ -253,7 +253,7 @@ def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch, variables):
     def crash(src, dst):
         raise OSError("disk full")
 
-    fake_os = types.SimpleNamespace(fdopen=os.fdopen, replace=crash)
+    fake_os = types.SimpleNamespace(fdopen=os.fdopen, replace=crash, access=os.access, W_OK=os.W_OK, X_OK=os.X_OK)
     monkeypatch.setattr(files, "os", fake_os)
     existing = tmp_path / "old.safetensors"
     existing.write_bytes(b"precious")
