@@ -13,6 +13,7 @@ from unet_jax.weights.io import (
     WeightsFileError,
     load_variables,
     read_weights,
+    read_weights_file,
     save_flax_weights,
     save_torch_state_dict,
 )
@@ -325,4 +326,16 @@ def test_weights_with_nan_values_are_refused(tmp_path, variables):
     variables["params"]["up1"]["conv2"]["kernel"][0, 0, 0, 0] = np.nan
     path = save_flax_weights(variables, CFG, tmp_path / "diverged.safetensors")
     with pytest.raises(WeightsFileError, match=r"diverged.safetensors: 1 tensor\(s\) hold NaN.*params/up1/conv2/kernel"):
+        load_variables(path)
+
+
+def test_integer_tensors_in_a_flax_file_are_refused_and_float64_ones_noted(tmp_path, variables):
+    # Both were accepted without a word.
+    head = variables["params"]["head"]
+    wide = {**variables, "params": {**variables["params"], "head": {k: v.astype(np.float64) for k, v in head.items()}}}
+    notes = read_weights_file(save_flax_weights(wide, CFG, tmp_path / "wide.safetensors")).notes
+    assert notes[0].startswith("2 float64 tensor(s) (params/head/") and notes[0].endswith("read as float32")
+    variables["params"]["up1"]["conv2"]["kernel"] = variables["params"]["up1"]["conv2"]["kernel"].astype(np.int8)
+    path = save_flax_weights(variables, CFG, tmp_path / "quantised.safetensors")
+    with pytest.raises(WeightsFileError, match=r"1 tensor\(s\) are not floating point \(params/up1/conv2/kernel \(int8\)\)"):
         load_variables(path)

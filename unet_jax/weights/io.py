@@ -90,6 +90,8 @@ def read_weights_file(path) -> WeightsFile:
             f"{path}: unknown weights format {path.suffix!r}; use .safetensors (Flax or PyTorch) or .pt/.pth (PyTorch)"
         )
     _check_finite(weights.tensors, path)
+    if weights.kind == "flax":
+        _check_floating(weights, path)
     if weights.kind == "torch":
         check_supported(weights.tensors, str(path))
         naming = detect_naming(weights.tensors)
@@ -159,6 +161,23 @@ def _check_finite(tensors: Mapping[str, np.ndarray], path: Path) -> None:
             f"{path}: {len(bad)} tensor(s) hold NaN or infinite values ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): "
             "these weights come from a diverged run and would predict nothing. Fix: use weights saved before it diverged"
         )
+
+
+def _check_floating(weights: WeightsFile, path: Path) -> None:
+    """A Flax file's tensors are floating point (this project writes float32; BatchNorm's step counter
+    aside): integer ones (int8: quantised weights, or another model's) are refused, float64 ones
+    noted, since they are read as float32."""
+    integer = [f"{k} ({v.dtype})" for k, v in weights.tensors.items()
+               if not np.issubdtype(v.dtype, np.floating) and not k.endswith("num_batches_tracked")]
+    if integer:
+        listed = ", ".join(integer[:3]) + (", ..." if len(integer) > 3 else "")
+        raise WeightsFileError(
+            f"{path}: {len(integer)} tensor(s) are not floating point ({listed}), where a U-Net's weights are "
+            "(quantised weights, or another model's?). Fix: save the weights as float32"
+        )
+    wide = [k for k, v in weights.tensors.items() if v.dtype == np.float64]
+    if wide:
+        weights.notes.append(f"{len(wide)} float64 tensor(s) ({wide[0]}, ...), read as float32")
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
