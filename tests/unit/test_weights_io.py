@@ -1,5 +1,6 @@
 """Weight files: safe .pt reading, clear errors on bad files, atomic and non-clobbering writes."""
 
+import dataclasses
 import os
 import types
 
@@ -11,6 +12,7 @@ from unet_jax.runtime import safe_files as files
 from unet_jax.runtime.safe_files import OutputError
 from unet_jax.weights.io import (
     WeightsFileError,
+    config_to_json,
     load_variables,
     read_weights,
     read_weights_file,
@@ -339,3 +341,17 @@ def test_integer_tensors_in_a_flax_file_are_refused_and_float64_ones_noted(tmp_p
     path = save_flax_weights(variables, CFG, tmp_path / "quantised.safetensors")
     with pytest.raises(WeightsFileError, match=r"1 tensor\(s\) are not floating point \(params/up1/conv2/kernel \(int8\)\)"):
         load_variables(path)
+
+
+def test_a_flax_file_without_or_with_lying_metadata_gets_what_its_shapes_say(tmp_path, variables):
+    from safetensors.numpy import save_file
+
+    flat = flatten_variables(variables)
+    save_file(flat, str(tmp_path / "bare.safetensors"), metadata={"format": "flax"})  # no architecture: the seed's is assumed
+    said = r"The weights' shapes say features=4, depth=2, norm='batch' .* Fix: pass --features 4 --depth 2 --norm batch"
+    with pytest.raises(PortError, match=said):
+        load_variables(tmp_path / "bare.safetensors")
+    lying = dataclasses.replace(CFG, features=8)
+    save_file(flat, str(tmp_path / "lying.safetensors"), metadata={"format": "flax", "unet_config": config_to_json(lying)})
+    with pytest.raises(PortError, match=r"(?s)shapes say features=4 .*the metadata is wrong\. Fix: save the weights again"):
+        load_variables(tmp_path / "lying.safetensors")

@@ -19,7 +19,7 @@ import numpy as np
 from unet_jax.config import ConfigError, MissingFileError, UNetConfig
 from unet_jax.runtime.safe_files import write_atomically
 from unet_jax.weights.namings import check_supported, detect_naming
-from unet_jax.weights.port import flatten_variables, flax_to_torch, torch_to_flax, unflatten_variables
+from unet_jax.weights.port import PortError, flatten_variables, flax_to_torch, torch_to_flax, unflatten_variables
 from unet_jax.weights.shapes import config_from_shapes
 from unet_jax.weights.torch_checkpoint import WeightsFileError
 from unet_jax.weights.torch_files import read_sidecar, read_torch_file, save_torch_file, sidecar_path
@@ -120,7 +120,15 @@ def variables_of(weights: WeightsFile, config: UNetConfig) -> dict:
     if weights.kind == "torch":
         return torch_to_flax(weights.tensors, config)
     variables = unflatten_variables(weights.tensors)
-    flax_to_torch(variables, config)  # validates against the table: PortError lists every mismatch
+    try:
+        flax_to_torch(variables, config)  # validates against the table: PortError lists every mismatch
+    except PortError as error:
+        if weights.config is None or weights.config != config:
+            raise
+        # The architecture came from the file's own metadata, which the options may not contradict: it lies.
+        raise PortError(f"{error}\nThat architecture is the one the file's metadata states, and its tensors say otherwise: "
+                        "the metadata is wrong. Fix: save the weights again with the architecture they were trained with "
+                        "(`save_flax_weights(variables, config, path)`)") from None
     return variables
 
 
