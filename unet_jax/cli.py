@@ -61,7 +61,7 @@ CHOICES = {
 def cmd_train(args) -> int:
     """The options, nested as the plan takes them, settled into one plan before any work; then the run."""
     from unet_jax.training.loop import default_run_dir, run
-    from unet_jax.training.plan import plan_from_options, plan_resumed_run, unused_options
+    from unet_jax.training.plan import plan_from_options, plan_resumed_run, small_images, unused_options
 
     options = {"model": _given(args, ARCHITECTURE_FIELDS), "training": _given(args, TRAINING_FIELDS),
                "compute": _given(args, COMPUTE_FIELDS)}
@@ -72,7 +72,7 @@ def cmd_train(args) -> int:
     else:
         plan = plan_from_options(args.preset or "demo", options, _data_parallel(args))
         run_dir = args.run_dir or default_run_dir(plan.train)
-        for note in unused_options(options["training"], plan.train):
+        for note in [*unused_options(options["training"], plan.train), *small_images(plan)]:
             print(f"unet-jax train: note: {note}", file=sys.stderr)
     try:
         run(plan, run_dir, progress=not args.no_progress)

@@ -18,7 +18,7 @@ from unet_jax.runtime.mesh import DataParallel
 from unet_jax.training import loop
 from unet_jax.training import resume as resume_module
 from unet_jax.training.loop import due, nest
-from unet_jax.training.plan import plan_from_options, plan_new_run, plan_resumed_run, unused_options
+from unet_jax.training.plan import plan_from_options, plan_new_run, plan_resumed_run, small_images, unused_options
 from unet_jax.training.presets import resolve
 from unet_jax.training.run_dir import RunDir
 from unet_jax.training.step import create_train_state, make_optax_optimizer
@@ -149,3 +149,15 @@ def test_options_the_run_will_not_use_are_noted(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(loop, "run", lambda *_, **__: None)  # what the command line says before the run
     assert main(["train", "--run-dir", str(tmp_path / "run"), "--momentum", "0.5", "--no-progress"]) == 0
     assert capsys.readouterr().err == "unet-jax train: note: --momentum is used by --optimizer sgd only; this run uses adam\n"
+
+
+def test_images_smaller_than_the_label_tile_are_noted(tmp_path):
+    data = write_folder(tmp_path / "d", seed=1)  # 64x64 images; the label tile of TINY is 20x20
+    on_data = {k: v for k, v in TINY.items() if not k.startswith("cells_")}
+    assert small_images(plan_new_run(resolve("demo", {**on_data, "data": str(data)}), parallel=DataParallel.create(1))) == []
+    Image.fromarray(np.zeros((1, 1), np.uint8)).save(data / "images" / "dot.png")
+    Image.fromarray(np.zeros((1, 1), np.uint8)).save(data / "masks" / "dot.png")
+    plan = plan_new_run(resolve("demo", {**on_data, "data": str(data)}), parallel=DataParallel.create(1))
+    dot = data.resolve() / "images" / "dot.png"
+    assert small_images(plan) == [f"1 image(s) are smaller than the label tile of 20x20 (the smallest: {dot}, 1x1); "
+                                  "their tiles are mostly mirrored copies of them"]

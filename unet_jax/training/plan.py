@@ -104,6 +104,18 @@ def unused_options(given: Mapping[str, Any], train: TrainConfig) -> list[str]:
     return notes
 
 
+def small_images(plan: RunPlan) -> list[str]:
+    """A note where images are smaller than the label tile (a 1x1 image was taken without a word): each
+    tile of one is mostly its mirror image."""
+    label = plan.train.label_size
+    small = [(name, size) for source in plan.sources for name, size in zip(source.names, source.sizes) if min(size) < label]
+    if not small:
+        return []
+    name, (height, width) = min(small, key=lambda item: min(item[1]))
+    return [f"{len(small)} image(s) are smaller than the label tile of {label}x{label} (the smallest: {name}, {height}x{width}); "
+            "their tiles are mostly mirrored copies of them"]
+
+
 def with_absolute_paths(train: TrainConfig, base: Path) -> TrainConfig:
     """`train` with its file and folder options (`PATH_FIELDS`) made absolute against `base`: what
     config.json records, so that a resume started from another folder reads the same files."""
