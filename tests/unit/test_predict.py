@@ -1,5 +1,6 @@
 """Overlap-tile prediction: tiling changes memory and speed, never the answer, on any image size."""
 
+import itertools
 import json
 
 import jax
@@ -12,7 +13,14 @@ from tests.helpers.random_weights import random_variables
 from unet_jax.config import ConfigError, UNetConfig
 from unet_jax.data import DataError, Normalization, mirror_crop, mirror_pad
 from unet_jax.inference.predictor import Predictor, predict_files, predict_probabilities
-from unet_jax.inference.tile_plan import activation_bytes, default_margin, default_tile_size, tile_geometry, usable_tile_size
+from unet_jax.inference.tile_plan import (
+    activation_bytes,
+    default_margin,
+    default_tile_size,
+    tile_geometry,
+    tile_sizes,
+    usable_tile_size,
+)
 from unet_jax.runtime.safe_files import OutputError
 from unet_jax.weights.io import load_variables, save_flax_weights
 
@@ -153,6 +161,21 @@ def test_same_padding_tiles_without_margin_equal_per_tile_passes():
     assert tile_geometry(config, 16).stride == 8
     probs = predict_probabilities(predictor, _image(21, 13), tile_size=16)
     assert probs.shape == (21, 13, 2)
+
+
+@pytest.mark.parametrize("config", [CONFIG, UNetConfig(depth=1), UNetConfig(padding="same", depth=3),
+                                    UNetConfig(upsample="bilinear", depth=3)], ids=str)
+def test_tile_sizes_are_every_valid_size_that_leaves_a_stride(config):
+    sizes = itertools.islice(tile_sizes(config), 12)
+    expected = (s for s in range(1, 10**4) if config.is_valid_input_size(s) and tile_geometry_or_none(config, s) is not None)
+    assert list(sizes) == list(itertools.islice(expected, 12))
+
+
+def tile_geometry_or_none(config, size):
+    try:
+        return tile_geometry(config, size)
+    except ConfigError:
+        return None
 
 
 def test_invalid_tile_sizes_name_the_valid_ones(predictor):
