@@ -10,6 +10,9 @@ from unet_config.errors import ConfigError
 PADDINGS = ("valid", "same")
 UPSAMPLES = ("transpose", "bilinear")
 NORMS = (None, "batch")
+# No image is this wide: a network whose smallest input is wider is a typo (--depth 30), refused
+# when built instead of searched for a size to suggest.
+MAX_SMALLEST_INPUT = 2**16
 
 
 def described(default, help: str):
@@ -47,6 +50,13 @@ class UNetConfig:
         for name, allowed in (("padding", PADDINGS), ("upsample", UPSAMPLES), ("norm", NORMS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"UNetConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.smallest_input_size > MAX_SMALLEST_INPUT:
+            deepest = max(d for d in range(1, self.depth) if _smallest_input(d, 2 * self.conv_shrink) <= MAX_SMALLEST_INPUT)
+            raise ConfigError(
+                f"UNetConfig.depth (--depth) {self.depth}: the smallest input this network takes is {self.smallest_input_size} "
+                f"pixels a side, beyond any image (at most {MAX_SMALLEST_INPUT} here). Fix: choose a depth of at most {deepest} "
+                f"(the paper's: 4)"
+            )
 
     # ----------------------------------------------------------------- channels
     def channels(self, level: int) -> int:
@@ -69,14 +79,22 @@ class UNetConfig:
     def is_valid_input_size(self, input_size: int) -> bool:
         return self._trace_size(input_size) is not None
 
+    @property
+    def smallest_input_size(self) -> int:
+        """The smallest valid input side; the valid sides are it + k * 2**depth (`_smallest_input`)."""
+        return _smallest_input(self.depth, 2 * self.conv_shrink)
+
     def nearest_valid_input_sizes(self, input_size: int) -> tuple[Optional[int], Optional[int]]:
-        """The largest valid size <= `input_size` and the smallest valid size >= it.
+        """The largest valid size <= `input_size` and the smallest valid size >= it, computed from
+        `smallest_input_size` and the step 2**depth (a search one size at a time took seconds at depth 20).
 
         The lower one is None when no valid size is that small.
         """
-        lower = next((s for s in range(input_size, 0, -1) if self.is_valid_input_size(s)), None)
-        upper = next(s for s in range(max(input_size, 1), 2**31) if self.is_valid_input_size(s))
-        return lower, upper
+        smallest, step = self.smallest_input_size, 2**self.depth
+        if input_size <= smallest:
+            return (smallest if input_size == smallest else None), smallest
+        lower = smallest + (input_size - smallest) // step * step
+        return lower, (lower if lower == input_size else lower + step)
 
     def check_input_size(self, height: int, width: int) -> None:
         """Raise a ConfigError naming the nearest valid sizes if (height, width) can't be fed."""
@@ -116,3 +134,23 @@ class UNetConfig:
             f"input size {size} is not valid for this U-Net (padding={self.padding!r}, depth={self.depth}): "
             f"{rule}. Nearest valid input sizes: {near}."
         )
+
+
+def _smallest_input(depth: int, shrink: int) -> int:
+    """The smallest valid input side of a U-Net of `depth` whose levels' two convs remove `shrink`
+    pixels. Every map on the way down is the one below it doubled plus `shrink`, so one more pixel at
+    the bottleneck is 2**depth more at the input: the valid sides are this + k * 2**depth. Built up
+    from the bottleneck's output `bottom`, the smallest whose maps on the way up stay non-empty (from
+    `bottom` = `shrink` on they never shrink, so the search is short)."""
+    for bottom in range(1, shrink + 2):
+        up = bottom
+        for _ in range(depth):
+            up = 2 * up - shrink
+            if up < 1:
+                break
+        else:
+            size = bottom + shrink
+            for _ in range(depth):
+                size = 2 * size + shrink
+            return size
+    raise AssertionError("unreachable: a bottleneck output of `shrink` + 1 only grows on the way up")

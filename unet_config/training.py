@@ -32,6 +32,7 @@ _POSITIVE_INTEGERS = (
     "eval_every", "val_tiles_per_image", "log_every", "checkpoint_every", "keep_checkpoints", "sampling_threads",
 )
 _MIN_CELLS_IMAGE_SIZE = 8  # the synthetic cells need room for one cell
+MAX_SEED = 2**63 - 1  # JAX's random keys take a signed 64-bit seed; a larger one failed mid-run with an OverflowError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +99,9 @@ class TrainConfig:
         for name in ("seed", "data_shards"):
             if not is_integer(getattr(self, name)) or getattr(self, name) < 0:
                 raise ConfigError(f"{_name(name)} must be a non-negative integer, got {getattr(self, name)!r}")
+        if self.seed > MAX_SEED:
+            raise ConfigError(f"{_name('seed')} must be at most 2**63 - 1 = {MAX_SEED} (JAX's random keys take a signed "
+                              f"64-bit seed), got {self.seed}. Fix: choose a smaller seed")
         for name, allowed in (("optimizer", OPTIMIZERS), ("loss", LOSSES), ("dtype", DTYPES), ("cells_layout", CELLS_LAYOUTS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{_name(name)} must be one of {allowed}, got {getattr(self, name)!r}")

@@ -33,7 +33,7 @@ from unet_jax.inference.formats import MASK_FORMATS
 from unet_jax.inference.tile_plan import DEFAULT_BATCH_SIZE
 from unet_jax.model.compute import REMAT_POLICIES, Compute
 from unet_jax.runtime import hugepages, xla_cpu
-from unet_jax.training.errors import TrainingInterrupted
+from unet_jax.training.errors import OutOfMemory, TrainingInterrupted
 from unet_jax.training.presets import PRESETS
 from unet_jax.weights.namings import DIRECTIONS, NAMINGS
 
@@ -61,7 +61,7 @@ CHOICES = {
 def cmd_train(args) -> int:
     """The options, nested as the plan takes them, settled into one plan before any work; then the run."""
     from unet_jax.training.loop import default_run_dir, run
-    from unet_jax.training.plan import plan_from_options, plan_resumed_run
+    from unet_jax.training.plan import plan_from_options, plan_resumed_run, small_images, unused_options
 
     options = {"model": _given(args, ARCHITECTURE_FIELDS), "training": _given(args, TRAINING_FIELDS),
                "compute": _given(args, COMPUTE_FIELDS)}
@@ -72,7 +72,17 @@ def cmd_train(args) -> int:
     else:
         plan = plan_from_options(args.preset or "demo", options, _data_parallel(args))
         run_dir = args.run_dir or default_run_dir(plan.train)
-    run(plan, run_dir, progress=not args.no_progress)
+        for note in [*unused_options(options["training"], plan.train), *small_images(plan)]:
+            print(f"unet-jax train: note: {note}", file=sys.stderr)
+    try:
+        run(plan, run_dir, progress=not args.no_progress)
+    except (MemoryError, RuntimeError) as error:
+        from unet_jax.training.report import is_out_of_memory, out_of_memory_message
+        from unet_jax.training.run_dir import RunDir
+
+        if not is_out_of_memory(error):
+            raise
+        raise OutOfMemory(out_of_memory_message(error, RunDir(run_dir))) from None
     return 0
 
 
@@ -303,8 +313,19 @@ def _scale_out_options(parser) -> None:
                        help="process 0's host and a free port, the same for every process (default: $JAX_COORDINATOR_ADDRESS)")
     group.add_argument("--num-processes", type=int, help="how many processes take part (default: $JAX_NUM_PROCESSES)")
     group.add_argument("--process-id", type=int, help="this process's number, 0 .. N-1 (default: $JAX_PROCESS_ID)")
-    group.add_argument("--coordinator-timeout", type=int, default=300, metavar="SECONDS",
+    group.add_argument("--coordinator-timeout", type=_positive_int, default=300, metavar="SECONDS",
                        help="how long to wait for the coordinator and the other processes (default: %(default)s)")
+
+
+def _positive_int(text: str) -> int:
+    """argparse's type for a count that must be at least 1 (0 or less would wait for ever)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
 
 
 def _tiling_options(parser) -> None:

@@ -2,6 +2,8 @@
 
 import argparse
 import json
+import os
+import subprocess
 from importlib.metadata import version
 from pathlib import Path
 
@@ -203,6 +205,31 @@ def test_unwritable_destinations_are_one_line_in_every_command(run_dir, folder, 
         error = capsys.readouterr().err
         assert error.count("\n") == 1 and "Fix:" in error and "Traceback" not in error, command
     assert (tmp_path / "a-file").read_text() == ""
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A folder no one may write into: its mode where permissions bind, a read-only tmpfs for root."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("root writes into read-only folders, and may not mount a read-only one here")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_an_unwritable_output_folder_is_refused_before_the_work(read_only_folder, tmp_path, capsys):
+    # evaluate --output into a folder that can't be written failed only after the whole evaluation.
+    output = read_only_folder / "m.json"
+    assert main(["evaluate", "--weights", str(tmp_path / "no-weights.safetensors"), "--data", str(tmp_path),
+                 "--output", str(output)]) == 2
+    assert capsys.readouterr().err == (f"unet-jax evaluate: error: {output}: permission denied. Fix: choose a location you can "
+                                       f"write to ({read_only_folder} is not writable)\n")  # not the missing weights, found later
 
 
 def test_a_plain_pickle_is_refused_in_one_line_without_unsafe_advice(folder, tmp_path, capsys):

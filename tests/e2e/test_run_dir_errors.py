@@ -1,4 +1,4 @@
-"""A run directory that can't be written: one line, before any work."""
+"""A run directory that can't be written, or holds the user's own files: one line, before any work."""
 
 import os
 
@@ -26,3 +26,17 @@ def test_a_read_only_parent_fails_in_one_line(tmp_path, capsys):
     (tmp_path / "locked").mkdir(mode=0o555)
     assert main(["train", "--run-dir", str(tmp_path / "locked" / "run"), *TINY]) == 2
     assert "permission denied" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("theirs", [("notes.txt", "loss.png"), ("config.json",)])
+def test_a_folder_of_the_users_own_files_is_refused_and_left_as_it_was(tmp_path, capsys, theirs):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for name in theirs:
+        (folder / name).write_text(f"the user's {name}")
+    assert main(["train", "--run-dir", str(folder), *TINY]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and str(folder) in error and theirs[0] in error
+    assert "Fix: give --run-dir a new or empty folder" in error
+    assert sorted(p.name for p in folder.iterdir()) == sorted(theirs)  # nothing written, no lock left behind
+    assert all((folder / name).read_text() == f"the user's {name}" for name in theirs)

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import shutil
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -138,6 +139,56 @@ def test_a_resume_that_can_restore_nothing_changes_nothing(straight, tmp_path, c
     assert files() == before  # config.json and the metrics untouched
 
 
+def test_a_metrics_line_cut_mid_write_is_dropped_with_a_note_on_resume(straight, tmp_path, capsys):
+    run_dir = copy_of(straight, tmp_path)
+    with open(run_dir / "metrics.jsonl", "a") as metrics, open(run_dir / "resumes.jsonl", "a") as resumes:
+        metrics.write('{"step": 7, "split": "tr')  # what a crash in the middle of an append leaves
+        resumes.write('{"at": "2026-')
+    assert main(["train", "--resume", str(run_dir), "--no-progress"]) == 0
+    assert f"{run_dir / 'metrics.jsonl'}: dropped its last line, cut mid-write" in capsys.readouterr().out
+    assert losses(run_dir) == losses(straight)
+    assert [r["from_step"] for r in RunDir(run_dir).resumes()] == [6]
+
+
+def test_metrics_damaged_in_the_middle_are_refused_before_anything_is_written(straight, tmp_path, capsys):
+    run_dir = copy_of(straight, tmp_path)
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    (run_dir / "metrics.jsonl").write_text("\n".join([lines[0], "not json", *lines[1:]]) + "\n")
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name != RunDir.LOCK}
+    assert main(["train", "--resume", str(run_dir), "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"{run_dir / 'metrics.jsonl'}, line 2, is not a JSON record" in error
+    assert f"mv {run_dir / 'metrics.jsonl'} " in error
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name != RunDir.LOCK} == before
+
+    new = tmp_path / "new"  # a non-JSON metrics.jsonl in a new --run-dir: refused, nothing written
+    new.mkdir()
+    (new / "metrics.jsonl").write_text("not json\n")
+    assert main(["train", "--run-dir", str(new), "--steps", "1", "--no-progress"]) == 2
+    assert "metrics.jsonl" in capsys.readouterr().err and [p.name for p in new.iterdir()] == ["metrics.jsonl"]
+
+
+@pytest.mark.parametrize("error", [
+    MemoryError("Unable to allocate 1.46 TiB for an array with shape (1000000, 1, 604, 604) and data type float32"),
+    jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 76444053760 bytes."),
+])
+def test_running_out_of_memory_is_one_message_naming_what_was_kept(straight, tmp_path, monkeypatch, capsys, error):
+    def out_of_memory(*_, **__):
+        raise error
+
+    monkeypatch.setattr(train_module, "run", out_of_memory)
+    run_dir = copy_of(straight, tmp_path)
+    assert main(["train", "--resume", str(run_dir), "--steps", "8", "--no-progress"]) == 2
+    message = capsys.readouterr().err
+    assert message.count("\n") == 1 and f"training ran out of memory ({str(error)[:40]}" in message
+    assert f"Kept: the checkpoints up to step 6 in {run_dir / 'checkpoints'}" in message and "smaller --batch-size" in message
+    assert main(["train", "--run-dir", str(tmp_path / "new"), "--steps", "2", "--no-progress"]) == 2
+    assert f"Kept: nothing trained ({tmp_path / 'new'} holds no checkpoint)" in capsys.readouterr().err
+    monkeypatch.setattr(train_module, "run", lambda *_, **__: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):  # any other error keeps its traceback
+        main(["train", "--resume", str(run_dir), "--no-progress"])
+
+
 def test_resume_refuses_changes_to_the_network_and_writes_nothing(straight, tmp_path, capsys):
     run_dir = copy_of(straight, tmp_path, drop_results=False)
     before = (run_dir / "config.json").read_bytes()
@@ -216,7 +267,8 @@ def test_divergence_before_the_first_checkpoint_can_be_restarted_in_place(tmp_pa
 @pytest.mark.parametrize(
     "option, value",
     [("--checkpoint-every", "0"), ("--log-every", "0"), ("--eval-every", "0"), ("--val-tiles-per-image", "0"),
-     ("--keep-checkpoints", "0"), ("--learning-rate", "-1"), ("--momentum", "5"), ("--learning-rate", "nan")],
+     ("--keep-checkpoints", "0"), ("--learning-rate", "-1"), ("--momentum", "5"), ("--learning-rate", "nan"),
+     ("--seed", str(2**63)), ("--depth", "30")],
 )
 def test_bad_options_are_refused_before_anything_is_written(tmp_path, capsys, option, value):
     run_dir = tmp_path / "run"

@@ -11,8 +11,10 @@ below is a stated multiple of what the 2-core AMD EPYC CPU measured (jax 0.10.2)
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -263,3 +265,24 @@ def test_a_process_id_beyond_process_0s_count_is_explained_before_jax_aborts(tmp
     assert "Unexpected task registered" in text  # JAX's own words, as the hint quotes them
     assert "process 0 was started with fewer processes: start every process with the same --num-processes" in text
 
+
+
+@pytest.mark.slow
+def test_a_process_left_waiting_ends_with_a_message_within_its_timeout(tmp_path):
+    """Process 0 started alone, and process 1 pointed at a port where something else listens, ended
+    in JAX's C++ "Check failure" abort (exit 134) some seconds after their timeout: now one message
+    at the timeout, exit status 2, and no run directory."""
+    common = ["--run-dir", str(tmp_path / "run"), "--num-processes", "2", "--coordinator-timeout", "5"]
+    started = time.monotonic()
+    code, text = finish(launch([*common, "--coordinator-address", f"127.0.0.1:{free_port()}", "--process-id", "0"], devices=1),
+                        timeout=120)
+    assert code == 2 and "the other processes did not join the coordinator at 127.0.0.1:" in text, text[-3000:]
+    assert "within --coordinator-timeout 5 s" in text and "Check failure" not in text and "Traceback" not in text
+    with socket.socket() as stranger:  # listens, accepts, and says nothing
+        stranger.bind(("127.0.0.1", 0))
+        stranger.listen()
+        address = f"127.0.0.1:{stranger.getsockname()[1]}"
+        code, text = finish(launch([*common, "--coordinator-address", address, "--process-id", "1"], devices=1), timeout=120)
+    assert code == 2 and f"this process could not join the coordinator at {address} within" in text, text[-3000:]
+    assert "Check failure" not in text and "Traceback" not in text
+    assert not (tmp_path / "run").exists() and time.monotonic() - started < 100

@@ -1,5 +1,7 @@
 """Checkpoints: a damaged one is found before it is restored and named with what changed; the
-newest whole one is restored instead."""
+newest whole one is restored instead. A full disk is one message naming what was kept."""
+
+import subprocess
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +10,7 @@ import pytest
 
 from unet_jax.config import UNetConfig
 from unet_jax.model.unet import UNet
-from unet_jax.training.checkpoints import Checkpointer
+from unet_jax.training.checkpoints import Checkpointer, CheckpointWriteError
 from unet_jax.training.manifest import MANIFEST
 from unet_jax.training.step import create_train_state, make_optax_optimizer
 
@@ -93,3 +95,58 @@ def test_nothing_intact_and_nothing_at_all(saved, template, tmp_path):
     step, skipped = restore(saved, template)
     assert step is None and [s for s, _ in skipped] == [3, 2, 1]
     assert restore(tmp_path / "empty", template) == (None, [])
+
+
+# What Orbax raised from its background write on a full tmpfs (jax 0.8-era orbax, 2026-12-04).
+DISK_FULL = ('RESOURCE_EXHAUSTED: Error writing local file "{0}/4.orbax-checkpoint-tmp/default.orbax-checkpoint-tmp/_sharding": '
+             'Failed writing: "{0}/4.orbax-checkpoint-tmp/_sharding.__lock": Failed to write 1155 bytes to file 5: '
+             "No space left on device [os_error_code='28']")
+
+
+@pytest.mark.parametrize("error, expected", [(DISK_FULL, CheckpointWriteError), ("INTERNAL: something else", ValueError)])
+def test_a_full_disk_is_one_message_naming_the_checkpoints_kept(saved, template, monkeypatch, error, expected):
+    checkpointer = Checkpointer(saved, keep=5)
+
+    def written_in_the_background_and_failed():
+        raise ValueError(error.format(saved))
+
+    monkeypatch.setattr(checkpointer._manager, "save", lambda *_, **__: None)
+    checkpointer.save(template.replace(step=jnp.asarray(4)))  # returns: the write fails in the background
+    monkeypatch.setattr(checkpointer._manager, "wait_until_finished", written_in_the_background_and_failed)
+    with pytest.raises(expected) as info:
+        checkpointer.wait()
+    monkeypatch.undo()
+    checkpointer.close()
+    if expected is CheckpointWriteError:
+        assert str(info.value).startswith(f"the checkpoint of step 4 could not be written: no space left on the device of {saved}. "
+                                          "Kept: the complete checkpoints of steps [1, 2, 3], and the run's other files. Fix: ")
+        assert f"`unet-jax train --resume {saved.parent}`" in str(info.value)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MB file system (a tmpfs: needs the right to mount, as root in a container)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("no right to mount a small file system here")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_disk_that_fills_up_mid_run_keeps_the_checkpoints_before(small_disk, template, caplog):
+    checkpointer = Checkpointer(small_disk / "checkpoints", keep=5)
+    checkpointer.save(template.replace(step=jnp.asarray(1)))
+    checkpointer.wait()
+    filler = small_disk / "filler"
+    with pytest.raises(OSError, match="No space left"), open(filler, "wb", buffering=0) as f:  # other files fill the disk
+        while True:
+            f.write(b"x" * 4096)
+    checkpointer.save(template.replace(step=jnp.asarray(2)))
+    with pytest.raises(CheckpointWriteError, match=r"step 2 could not be written: .* steps \[1\], and"):
+        checkpointer.wait()
+    with pytest.raises(CheckpointWriteError, match="step 2 could not be written"):  # the end of the run, disk still full
+        checkpointer.close()
+    assert not [r for r in caplog.records if r.exc_info]  # Orbax's traceback of its background thread, dropped
+    filler.unlink()
+    assert restore(small_disk / "checkpoints", template) == (1, [])

@@ -98,6 +98,25 @@ def test_nearest_valid_input_sizes():
     assert cfg.nearest_valid_input_sizes(10) == (None, 188)  # nothing valid below the smallest
 
 
+@pytest.mark.parametrize("depth, padding", [(1, "valid"), (2, "valid"), (3, "valid"), (5, "valid"), (1, "same"), (5, "same")])
+def test_nearest_valid_input_sizes_are_those_a_search_one_size_at_a_time_finds(depth, padding):
+    cfg = UNetConfig(depth=depth, padding=padding)
+    valid = [s for s in range(1, 1500) if _brute_force_output(s, depth, padding) is not None]
+    for size in range(1, 1200):
+        lower = max((s for s in valid if s <= size), default=None)
+        assert cfg.nearest_valid_input_sizes(size) == (lower, min(s for s in valid if s >= size)), size
+
+
+def test_a_deep_network_names_its_sizes_at_once_and_an_absurd_depth_is_refused():
+    deepest = UNetConfig(depth=12)  # a search one size at a time from 60 took seconds at this depth
+    assert deepest.nearest_valid_input_sizes(60) == (None, deepest.smallest_input_size)
+    smallest = deepest.smallest_input_size
+    assert deepest.is_valid_input_size(smallest) and not deepest.is_valid_input_size(smallest - 2**12)
+    for depth, padding, fix in ((13, "valid", 12), (30, "valid", 12), (17, "same", 16)):
+        with pytest.raises(ValueError, match=rf"UNetConfig.depth \(--depth\) {depth}: .* Fix: choose a depth of at most {fix} "):
+            UNetConfig(depth=depth, padding=padding)
+
+
 def test_same_padding_takes_multiples_of_2_to_the_depth():
     cfg = UNetConfig(padding="same")
     assert [s for s in range(1, 200) if cfg.is_valid_input_size(s)] == list(range(16, 200, 16))

@@ -75,6 +75,16 @@ def test_flax_weights_are_not_written_as_pt(tmp_path, torch_file):
     assert not (tmp_path / "out.pt").exists()
 
 
+def test_a_run_directory_converts_its_weights_and_a_torch_name_lists_every_suffix(tmp_path, torch_file):
+    run = tmp_path / "run"  # `convert` said a run directory "does not exist", though `predict` takes one
+    run.mkdir()
+    convert(torch_file[0], run / "weights.safetensors", config=CFG)
+    assert convert(run, run / "model.pt") == ("flax-to-torch", CFG)
+    _assert_state_dicts_equal(torch.load(run / "model.pt", weights_only=True), torch_file[1])
+    with pytest.raises(WeightsFileError, match=r"a\.onnx: expected a file name ending in \.pt or \.pth or \.safetensors"):
+        convert(run, tmp_path / "a.onnx")
+
+
 def test_convert_does_not_overwrite_unless_asked(tmp_path, torch_file):
     dst = tmp_path / "model.safetensors"
     dst.write_bytes(b"precious")

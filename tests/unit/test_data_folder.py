@@ -8,6 +8,7 @@ import tifffile
 from PIL import Image
 
 from unet_jax.data import DataError, Normalization, image_pages, load_folder, make_cells, read_image, split_validation
+from unet_jax.data.decoding import read_image_pages
 
 
 def _write(path, array):
@@ -116,6 +117,26 @@ def test_all_unpaired_files_are_reported_at_once(tmp_path):
     assert "lonely.png: no mask" in message and "alone.tif: no mask" in message and "orphan.png: no image" in message
 
 
+def test_links_to_nothing_and_folders_named_as_images_are_named_not_dropped(tmp_path):
+    # They were skipped without a word: summary.json showed fewer images, or "no mask" for masks/0.png.
+    _pair(tmp_path, "a", _grey8(), _binary())
+    _pair(tmp_path, "b", _grey8(), _binary())
+    (tmp_path / "images" / "b.png").rename(tmp_path / "b.png")
+    (tmp_path / "images" / "b.png").symlink_to(tmp_path / "b.png")
+    assert len(load_folder(tmp_path, in_channels=1, num_classes=2).images) == 2  # a link to a file is a file
+    (tmp_path / "b.png").unlink()
+    assert "images: ['b.png'] link to nothing (a missing file, or a loop of links). Fix: " in _error(tmp_path)
+    (tmp_path / "images" / "b.png").unlink()
+    (tmp_path / "images" / "b.png").symlink_to(tmp_path / "images" / "c.png")
+    (tmp_path / "images" / "c.png").symlink_to(tmp_path / "images" / "b.png")  # a loop
+    assert "['b.png', 'c.png'] link to nothing" in _error(tmp_path)
+    for name in ("b.png", "c.png"):
+        (tmp_path / "images" / name).unlink()
+    (tmp_path / "masks" / "b.png").unlink()
+    (tmp_path / "masks" / "b.png").mkdir()
+    assert "masks: ['b.png'] are folders, not image files" in _error(tmp_path)
+
+
 def test_size_mismatch_names_both_files(tmp_path):
     _pair(tmp_path, "a", _grey8(6, 8), _binary(6, 9))
     message = _error(tmp_path)
@@ -148,6 +169,16 @@ def test_missing_subfolder_empty_folder_and_missing_path(tmp_path):
 def test_isbi_volume_without_labels(tmp_path):
     tifffile.imwrite(tmp_path / "train-volume.tif", np.zeros((2, 8, 8), np.uint8), photometric="minisblack")
     assert "train-labels.tif: missing" in _error(tmp_path / "train-volume.tif")
+
+
+def test_isbi_labels_saved_as_the_samples_of_one_page_are_described_so(tmp_path):
+    # They were described as "(1, 64, 64)" only: one page, its 4 samples per pixel read as colours.
+    tifffile.imwrite(tmp_path / "train-volume.tif", np.zeros((4, 64, 64), np.uint8), photometric="minisblack")
+    tifffile.imwrite(tmp_path / "train-labels.tif", np.zeros((64, 64, 4), np.uint8), photometric="rgb", extrasamples=[0])
+    message = _error(tmp_path)
+    assert "train-labels.tif holds (1, 64, 64), with 4 samples per pixel in each page (read as colour channels, " in message
+    tifffile.imwrite(tmp_path / "train-labels.tif", np.zeros((3, 64, 64), np.uint8), photometric="minisblack")
+    assert "train-labels.tif holds (3, 64, 64). Fix: use matching stacks" in _error(tmp_path)  # no note where it does not apply
 
 
 def test_truncated_png_names_the_file(tmp_path):
@@ -222,3 +253,25 @@ def test_planar_rgb_is_one_image_not_a_stack(tmp_path):
     assert image_pages(tmp_path / "rgb.tif") == 1 and read_image(tmp_path / "rgb.tif", 3).shape == (8, 9, 3)
     tifffile.imwrite(tmp_path / "pages.tif", np.zeros((5, 8, 9, 3), np.uint8), photometric="rgb")
     assert image_pages(tmp_path / "pages.tif") == 5
+
+
+def test_a_tiff_declaring_more_pixels_than_pil_takes_is_refused_before_decoding(tmp_path, monkeypatch):
+    # A 1.6 MB zlib TIFF of 40960x40960 was decoded whole (8.4 GB) where PIL refuses such a PNG.
+    # Here the cap is lowered to PIL's for a 100x100 image instead of writing gigabytes.
+    image = _write(tmp_path / "big.tif", np.zeros((100, 100), np.uint8))
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, np.zeros((3, 100, 100), np.uint8), photometric="minisblack")
+    assert read_image(image, 1).shape == (100, 100, 1)  # under PIL's cap, as usual
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100 * 100 // 2 - 1)
+
+    def decoded(*_, **__):
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(tifffile.TiffFile, "asarray", decoded)
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", decoded)
+    with pytest.raises(DataError, match=r"big.tif: page 0 declares 100x100 = 10000 pixels, more than the 9998 that PIL "):
+        read_image(image, 1)
+    with pytest.raises(DataError, match="Fix: cut it into smaller images"):
+        read_image_pages(stack, 1)
+    with pytest.raises(Image.DecompressionBombError):  # PIL's own rule for a PNG of that size
+        Image.open(_write(tmp_path / "big.png", np.zeros((100, 100), np.uint8)))

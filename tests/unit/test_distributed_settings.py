@@ -1,6 +1,7 @@
 """Device and process settings checked in this process: the names and fixes of what does not fit together."""
 
 import re
+import socket
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from tests.helpers.ports import free_port
 from unet_jax.cli import main
 from unet_jax.data import make_cells, sample_tiles
 from unet_jax.data.tiles import TileRequest
+from unet_jax.runtime import processes
 from unet_jax.runtime.mesh import check_batch_size, select_devices
 from unet_jax.runtime.processes import DistributedError, _wait_for_coordinator, initialize
 
@@ -70,4 +72,28 @@ def test_the_cli_reports_an_unreachable_coordinator_in_one_line(tmp_path, capsys
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("unet-jax train: error: the coordinator 127.0.0.1:") and "start process 0" in err and "\n" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_taken_coordinator_port_is_named_before_jax_serves_it(monkeypatch):
+    # JAX's coordination service ended process 0 with a segfault ("Failed to add port to server").
+    def never(*_, **__):
+        raise AssertionError("jax.distributed.initialize reached")
+
+    monkeypatch.setattr(processes.jax.distributed, "initialize", never)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(DistributedError, match=f"the coordinator's port {port} .* is taken on this host.*Fix: give every"):
+            initialize(f"127.0.0.1:{port}", 2, 0, timeout_s=1)
+    with pytest.raises(DistributedError, match="--coordinator-timeout must be a positive number of seconds, got 0"):
+        initialize(f"127.0.0.1:{free_port()}", 2, 0, timeout_s=0)
+
+
+@pytest.mark.parametrize("seconds", ["0", "-5"])
+def test_a_coordinator_timeout_that_would_wait_for_ever_is_refused_by_the_parser(tmp_path, capsys, seconds):
+    with pytest.raises(SystemExit) as info:  # it was accepted, and the run hung
+        main(["train", "--run-dir", str(tmp_path / "run"), "--coordinator-timeout", seconds, "--num-processes", "2"])
+    assert info.value.code == 2 and f"--coordinator-timeout: must be a positive integer, got {seconds}" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

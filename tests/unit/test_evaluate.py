@@ -119,4 +119,5 @@ def test_instance_scores_with_instance_masks_and_the_reason_without(tmp_path):
     _write_pair(tmp_path / "classes", "b", np.zeros((10, 10), np.uint8), (instances > 0).astype(np.uint8))
     scores = evaluate(tmp_path / "constant.safetensors", tmp_path / "classes", tile_size=TILE)
     assert "instances" not in scores
-    assert "hold class indices, not instance labels" in scores["instances_absent"] and "b" in scores["instances_absent"]
+    assert "hold class indices, not instance labels" in scores["instances_absent"]
+    assert f"(first: the mask of {tmp_path / 'classes' / 'images' / 'b.png'})" in scores["instances_absent"]  # not the image

@@ -30,6 +30,10 @@ def test_a_file_that_says_its_architecture_gives_it_to_the_run(tmp_path, make_st
     assert UNetConfig(**{k: options[k] for k in dataclasses.asdict(CFG)}) == CFG
     with pytest.raises(ConfigError, match="depth=2.*depth=3"):
         with_init_architecture({"init_weights": str(tmp_path / "w.safetensors"), "depth": 3})
+    (tmp_path / "run").mkdir()  # a run directory: its weights (it was "does not exist")
+    (tmp_path / "w.safetensors").rename(tmp_path / "run" / "weights.safetensors")
+    options, weights = with_init_architecture({"init_weights": str(tmp_path / "run")})
+    assert options["init_weights"] == str(tmp_path / "run" / "weights.safetensors") and weights.config == CFG
 
 
 def test_a_plain_state_dict_leaves_the_options_as_given(tmp_path, make_state_dict):

@@ -1,5 +1,6 @@
 """Overlap-tile prediction: tiling changes memory and speed, never the answer, on any image size."""
 
+import itertools
 import json
 
 import jax
@@ -12,7 +13,14 @@ from tests.helpers.random_weights import random_variables
 from unet_jax.config import ConfigError, UNetConfig
 from unet_jax.data import DataError, Normalization, mirror_crop, mirror_pad
 from unet_jax.inference.predictor import Predictor, predict_files, predict_probabilities
-from unet_jax.inference.tile_plan import activation_bytes, default_margin, default_tile_size, tile_geometry, usable_tile_size
+from unet_jax.inference.tile_plan import (
+    activation_bytes,
+    default_margin,
+    default_tile_size,
+    tile_geometry,
+    tile_sizes,
+    usable_tile_size,
+)
 from unet_jax.runtime.safe_files import OutputError
 from unet_jax.weights.io import load_variables, save_flax_weights
 
@@ -161,6 +169,21 @@ def test_same_padding_tiles_without_margin_equal_per_tile_passes():
     assert probs.shape == (21, 13, 2)
 
 
+@pytest.mark.parametrize("config", [CONFIG, UNetConfig(depth=1), UNetConfig(padding="same", depth=3),
+                                    UNetConfig(upsample="bilinear", depth=3)], ids=str)
+def test_tile_sizes_are_every_valid_size_that_leaves_a_stride(config):
+    sizes = itertools.islice(tile_sizes(config), 12)
+    expected = (s for s in range(1, 10**4) if config.is_valid_input_size(s) and tile_geometry_or_none(config, s) is not None)
+    assert list(sizes) == list(itertools.islice(expected, 12))
+
+
+def tile_geometry_or_none(config, size):
+    try:
+        return tile_geometry(config, size)
+    except ConfigError:
+        return None
+
+
 def test_invalid_tile_sizes_name_the_valid_ones(predictor):
     with pytest.raises(ValueError, match="Nearest valid input sizes: 48 or 52"):
         predict_probabilities(predictor, _image(30, 30), tile_size=50)
@@ -229,6 +252,8 @@ def test_predict_files_refuses_clashes_and_names_bad_files(tmp_path, predictor):
         predict_files(predictor, [tmp_path / "a.png", tmp_path / "x" / "a.png"], tmp_path / "out")
     with pytest.raises(FileNotFoundError, match="nope.png"):
         predict_files(predictor, [tmp_path / "nope.png"], tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match=rf"{tmp_path / 'x'}: a folder, not an image\. Fix: give its image files"):
+        predict_files(predictor, [tmp_path / "x"], tmp_path / "out")  # it was "not found"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8) + np.arange(3, dtype=np.uint8)).save(tmp_path / "rgb.png")
     with pytest.raises(DataError, match="rgb.png: has 3 channel"):
         predict_files(predictor, [tmp_path / "rgb.png"], tmp_path / "out")
@@ -265,6 +290,17 @@ def test_predictor_from_a_run_directory_uses_its_normalization(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="without weights.safetensors"):
         Predictor.from_weights(tmp_path / "empty")
+
+
+def test_a_run_directory_that_lost_its_normalization_is_refused(tmp_path):
+    # It was predicted on images scaled to [0, 1] without a word: 671 of 2,000 mask pixels differed.
+    save_flax_weights(jax.device_get(random_variables(CONFIG)), CONFIG, tmp_path / "weights.safetensors")
+    (tmp_path / "config.json").write_text("{}")  # a run directory: every run writes normalization.json
+    for given in (tmp_path, tmp_path / "weights.safetensors"):
+        with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'normalization.json'} is missing: .* Fix: restore"):
+            Predictor.from_weights(given)
+    (tmp_path / "config.json").unlink()  # weights alone, as `convert` writes them: fed as the reader scales the images
+    assert Predictor.from_weights(tmp_path / "weights.safetensors").normalization is None
 
 
 def test_predictor_from_a_pytorch_state_dict_matches_torch(tmp_path):

@@ -38,6 +38,7 @@ SMALL = dict(model=UNetConfig(features=4, depth=2), tile_size=60)
         ("val_fraction", 0.0),
         ("val_fraction", 1.0),
         ("seed", -1),
+        ("seed", 2**63),  # an OverflowError once the run had started, its lock left behind
         ("augment", "yes"),
         ("elastic", 1),
         ("target_gap", "no"),
@@ -58,6 +59,7 @@ def test_bad_values_are_refused_naming_the_field_and_its_flag(field, value):
 def test_edges_of_the_ranges_are_accepted():
     cfg = TrainConfig(**SMALL, learning_rate=1, momentum=0.0, keep_checkpoints=1, seed=0)
     assert (cfg.learning_rate, cfg.momentum) == (1, 0.0)
+    assert TrainConfig(**SMALL, seed=2**63 - 1).seed == 2**63 - 1
 
 
 def test_tile_size_must_suit_the_network():

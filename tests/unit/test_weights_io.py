@@ -1,5 +1,6 @@
 """Weight files: safe .pt reading, clear errors on bad files, atomic and non-clobbering writes."""
 
+import dataclasses
 import os
 import types
 
@@ -11,8 +12,10 @@ from unet_jax.runtime import safe_files as files
 from unet_jax.runtime.safe_files import OutputError
 from unet_jax.weights.io import (
     WeightsFileError,
+    config_to_json,
     load_variables,
     read_weights,
+    read_weights_file,
     save_flax_weights,
     save_torch_state_dict,
 )
@@ -253,7 +256,7 @@ def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch, variables):
     def crash(src, dst):
         raise OSError("disk full")
 
-    fake_os = types.SimpleNamespace(fdopen=os.fdopen, replace=crash)
+    fake_os = types.SimpleNamespace(fdopen=os.fdopen, replace=crash, access=os.access, W_OK=os.W_OK, X_OK=os.X_OK)
     monkeypatch.setattr(files, "os", fake_os)
     existing = tmp_path / "old.safetensors"
     existing.write_bytes(b"precious")
@@ -326,3 +329,29 @@ def test_weights_with_nan_values_are_refused(tmp_path, variables):
     path = save_flax_weights(variables, CFG, tmp_path / "diverged.safetensors")
     with pytest.raises(WeightsFileError, match=r"diverged.safetensors: 1 tensor\(s\) hold NaN.*params/up1/conv2/kernel"):
         load_variables(path)
+
+
+def test_integer_tensors_in_a_flax_file_are_refused_and_float64_ones_noted(tmp_path, variables):
+    # Both were accepted without a word.
+    head = variables["params"]["head"]
+    wide = {**variables, "params": {**variables["params"], "head": {k: v.astype(np.float64) for k, v in head.items()}}}
+    notes = read_weights_file(save_flax_weights(wide, CFG, tmp_path / "wide.safetensors")).notes
+    assert notes[0].startswith("2 float64 tensor(s) (params/head/") and notes[0].endswith("read as float32")
+    variables["params"]["up1"]["conv2"]["kernel"] = variables["params"]["up1"]["conv2"]["kernel"].astype(np.int8)
+    path = save_flax_weights(variables, CFG, tmp_path / "quantised.safetensors")
+    with pytest.raises(WeightsFileError, match=r"1 tensor\(s\) are not floating point \(params/up1/conv2/kernel \(int8\)\)"):
+        load_variables(path)
+
+
+def test_a_flax_file_without_or_with_lying_metadata_gets_what_its_shapes_say(tmp_path, variables):
+    from safetensors.numpy import save_file
+
+    flat = flatten_variables(variables)
+    save_file(flat, str(tmp_path / "bare.safetensors"), metadata={"format": "flax"})  # no architecture: the seed's is assumed
+    said = r"The weights' shapes say features=4, depth=2, norm='batch' .* Fix: pass --features 4 --depth 2 --norm batch"
+    with pytest.raises(PortError, match=said):
+        load_variables(tmp_path / "bare.safetensors")
+    lying = dataclasses.replace(CFG, features=8)
+    save_file(flat, str(tmp_path / "lying.safetensors"), metadata={"format": "flax", "unet_config": config_to_json(lying)})
+    with pytest.raises(PortError, match=r"(?s)shapes say features=4 .*the metadata is wrong\. Fix: save the weights again"):
+        load_variables(tmp_path / "lying.safetensors")

@@ -43,12 +43,21 @@ def stack_shape(path: Path) -> tuple[int, ...]:
     return image_pages(path), int(height), int(width)
 
 
+def samples_per_pixel(path: Path) -> int:
+    """The TIFF's samples per pixel (its S axis: colour channels, or slices wrongly saved as them), 1 without."""
+    series = _tiff_series(path)
+    return int(series.shape[series.axes.index("S")]) if "S" in series.axes else 1
+
+
 def read_slices(path: Path, indices: Sequence[int], slices: int, palette_to_rgb: bool) -> list[np.ndarray]:
     """Slices `indices` of a stack: only their pages where each slice is one page, else the whole stack."""
     try:
         with tifffile.TiffFile(path) as tif:
+            check_declared_size(path, tif)
             if len(tif.pages) == slices and slices > 1:
                 return [np.asarray(tif.pages[k].asarray()) for k in indices]
+    except DataError:
+        raise
     except Exception as error:
         raise DataError(f"{path}: cannot be read ({type(error).__name__}: {error}). Fix: re-save the file or remove it") from error
     stack = read(path, palette_to_rgb=palette_to_rgb)
@@ -112,11 +121,30 @@ def _tiff_series(path: Path):
         raise DataError(f"{path}: cannot be read ({type(error).__name__}: {error}). Fix: re-save the file or remove it") from error
 
 
+def check_declared_size(path: Path, tif: tifffile.TiffFile) -> None:
+    """DataError if a page of the TIFF declares more pixels than PIL decodes from a PNG (its
+    decompression-bomb cap): a few compressed megabytes can declare an image of gigabytes, and
+    tifffile would decode it whole. Only the headers are read."""
+    if Image.MAX_IMAGE_PIXELS is None:  # the caller switched PIL's cap off: trusted files
+        return
+    cap = 2 * Image.MAX_IMAGE_PIXELS  # where PIL refuses; it warns from MAX_IMAGE_PIXELS on
+    for number, page in enumerate(tif.pages):
+        height, width = page.imagelength, page.imagewidth
+        if height * width > cap:
+            raise DataError(
+                f"{path}: page {number} declares {height}x{width} = {height * width} pixels, more than the {cap} that "
+                "PIL decodes from a PNG (a decompression bomb, or an image too large to read whole). Fix: cut it into "
+                "smaller images, or if you trust the file raise PIL.Image.MAX_IMAGE_PIXELS in the program that reads it"
+            )
+
+
 def read(path: Path, palette_to_rgb: bool) -> np.ndarray:
     """The pixels as stored (uint8, uint16, float, bool, ...), [H, W], [H, W, C] or a TIFF stack."""
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            return np.asarray(tifffile.imread(path))
+            with tifffile.TiffFile(path) as tif:
+                check_declared_size(path, tif)
+                return np.asarray(tif.asarray())
         with Image.open(path) as im:
             im.load()  # decodes now, so a truncated file fails here
             if im.mode == "P" and palette_to_rgb:
@@ -124,5 +152,7 @@ def read(path: Path, palette_to_rgb: bool) -> np.ndarray:
             elif im.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
                 im = im.convert("RGB")
             return np.array(im)
+    except DataError:
+        raise
     except Exception as error:  # every reader failure means the same thing to the user
         raise DataError(f"{path}: cannot be read ({type(error).__name__}: {error}). Fix: re-save the file or remove it") from error

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence, Union
 
-from unet_jax.data.decoding import SUFFIXES, read, read_image, read_mask, read_slices, stack_shape, stored_size
+from unet_jax.data.decoding import SUFFIXES, read, read_image, read_mask, read_slices, samples_per_pixel, stack_shape, stored_size
 from unet_jax.data.errors import DataError
 from unet_jax.data.pixel_rules import to_image, to_mask
 from unet_jax.data.samples import Samples
@@ -71,8 +71,17 @@ def data_sources(path: Union[str, Path]) -> list[Path]:
 
 
 def _list(folder: Path) -> dict[str, Path]:
-    """Supported files in `folder` by stem; hidden files are skipped, anything else is an error."""
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    """Supported files in `folder` by stem; hidden files and sub-folders are skipped, anything else is
+    an error: links to nothing and folders named as images too (they were dropped without a word)."""
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    broken = [p.name for p in entries if p.is_symlink() and not p.exists()]  # exists() follows the link: False at a loop
+    if broken:
+        raise DataError(f"{folder}: {broken} link to nothing (a missing file, or a loop of links). Fix: point each at "
+                        "its file, or remove it")
+    folders = [p.name for p in entries if p.is_dir() and p.suffix.lower() in SUFFIXES]
+    if folders:
+        raise DataError(f"{folder}: {folders} are folders, not image files. Fix: put the image files there in their place")
+    files = [p for p in entries if p.is_file()]
     unsupported = [p.name for p in files if p.suffix.lower() not in SUFFIXES]
     if unsupported:
         raise DataError(f"{folder}: unsupported file types {unsupported}. Fix: use PNG or TIFF, or move these files out")
@@ -130,6 +139,12 @@ def _check_sizes(image_path: Path, image_size: tuple, mask_path: Path, mask_size
         )
 
 
+def _samples_note(path: Path) -> str:
+    """Where a stack's slices were saved as the samples of one page (read as colour channels), say so."""
+    samples = samples_per_pixel(path) if path.suffix.lower() in (".tif", ".tiff") else 1
+    return f", with {samples} samples per pixel in each page (read as colour channels, not as slices)" if samples > 1 else ""
+
+
 def _index_stack(volume_path: Path, labels_path: Path, in_channels: int, num_classes: int, as_stored: bool = False) -> Source:
     """ISBI-2012 style: a multi-page image TIFF and a label TIFF with one page per slice."""
     for p in (volume_path, labels_path):
@@ -140,8 +155,8 @@ def _index_stack(volume_path: Path, labels_path: Path, in_channels: int, num_cla
     volume_shape, labels_shape = stack_shape(volume_path), stack_shape(labels_path)
     if volume_shape[0] != labels_shape[0] or volume_shape[1:3] != labels_shape[1:3]:
         raise DataError(
-            f"{volume_path} holds {volume_shape[:3]} (slices, H, W) but {labels_path} holds {labels_shape[:3]}. "
-            "Fix: use matching stacks, one label page per image page"
+            f"{volume_path} holds {volume_shape[:3]} (slices, H, W) but {labels_path} holds {labels_shape[:3]}"
+            f"{_samples_note(labels_path)}. Fix: use matching stacks, one label page per image page"
         )
     slices = volume_shape[0]
 

@@ -60,7 +60,7 @@ def evaluate_samples(
     if class_only:
         result["instances_absent"] = (
             f"no object scores: {len(class_only)} of {len(samples)} masks hold class indices, not instance labels "
-            f"(first: {class_only[0]}); instance masks are 16-bit or wider, 0 background and one id per object"
+            f"(first: the mask of {class_only[0]}); instance masks are 16-bit or wider, 0 background and one id per object"
         )
     else:
         result["instances"] = instance_scores(objects)

@@ -21,6 +21,9 @@ def plan_outputs(
 ) -> list[dict]:
     """Output paths per input, after checking every input at once: all exist, no two share an
     output, no output would land on an input, and none exists unless `overwrite`."""
+    folders = [str(p) for p in image_paths if p.is_dir()]
+    if folders:
+        raise MissingFileError(f"{', '.join(folders)}: a folder, not an image. Fix: give its image files (e.g. {folders[0]}/*.png)")
     missing = [str(p) for p in image_paths if not p.is_file()]
     if missing:
         raise MissingFileError(f"{len(missing)} image(s) not found: {', '.join(missing)}")

@@ -5,12 +5,14 @@ Only process 0 (`is_primary`) writes the run directory.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import socket
 import sys
+import threading
 import time
-from typing import Optional
+from typing import Iterator, Optional
 
 import jax
 
@@ -45,6 +47,8 @@ def initialize(
     process_id = process_id if process_id is not None else _env_int(ENV_PROCESS_ID)
     if num_processes is not None and num_processes < 1:
         raise DistributedError(f"--num-processes must be at least 1, got {num_processes}")
+    if timeout_s <= 0:  # JAX waited for ever
+        raise DistributedError(f"--coordinator-timeout must be a positive number of seconds, got {timeout_s}")
     if num_processes is not None and process_id is not None and not 0 <= process_id < num_processes:
         raise DistributedError(
             f"--process-id {process_id} is outside 0..{num_processes - 1} (--num-processes {num_processes}). "
@@ -52,6 +56,8 @@ def initialize(
         )
     if coordinator_address is not None and process_id not in (None, 0):
         _wait_for_coordinator(coordinator_address, timeout_s)
+    if coordinator_address is not None and process_id == 0:
+        _check_port_free(coordinator_address)
     # A process id that process 0's count has no room for ends this process inside JAX's C++
     # client (a fatal log, "Unexpected task registered"), which Python cannot catch: say first
     # what that message will mean.
@@ -62,8 +68,9 @@ def initialize(
     try:
         # A process that stops waits at most timeout_s for the others, and one that died is noticed
         # within JAX's default heartbeat of 100 s, or timeout_s if shorter.
-        jax.distributed.initialize(coordinator_address, num_processes, process_id, initialization_timeout=timeout_s,
-                                   shutdown_timeout_seconds=timeout_s, heartbeat_timeout_seconds=min(100, timeout_s))
+        with _leave_after(timeout_s, _join_timeout_message(coordinator_address, num_processes, process_id, timeout_s)):
+            jax.distributed.initialize(coordinator_address, num_processes, process_id, initialization_timeout=timeout_s,
+                                       shutdown_timeout_seconds=timeout_s, heartbeat_timeout_seconds=min(100, timeout_s))
     except (ValueError, TypeError, RuntimeError) as error:
         raise DistributedError(
             f"could not join the multi-process run: {error}. Fix: pass --coordinator-address HOST:PORT, --num-processes "
@@ -71,6 +78,37 @@ def initialize(
             "Open MPI / a Cloud TPU slice"
         ) from None
     _check_process_count(timeout_s)
+
+
+@contextlib.contextmanager
+def _leave_after(timeout_s: float, message: str) -> Iterator[None]:
+    """End the process with `message` (exit status 2, the command line's for an error) if the block
+    has not finished within `timeout_s`. JAX's client, when its own wait runs out, ends the process
+    from C++ (a "Check failure" abort) some seconds later, and Python cannot catch that: this comes first.
+    The wait inside JAX releases the GIL, so the timer's thread runs."""
+    def leave():
+        print(f"unet-jax: error: {message}", file=sys.stderr, flush=True)
+        os._exit(2)
+
+    timer = threading.Timer(timeout_s, leave)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def _join_timeout_message(address: Optional[str], num_processes: Optional[int], process_id: Optional[int], timeout_s: float) -> str:
+    where = f" at {address}" if address else ""
+    if process_id == 0:
+        return (f"the other processes did not join the coordinator{where} within --coordinator-timeout {timeout_s:g} s "
+                f"(process 0 waits for all {num_processes or 'of them'}). Fix: start every process, each with the same "
+                "--coordinator-address and --num-processes, within that time of each other")
+    return (f"this process could not join the coordinator{where} within --coordinator-timeout {timeout_s:g} s: its port "
+            "accepted the connection but no JAX coordinator let this process in (another program on that port, or process 0 "
+            "started with another --num-processes). Fix: give the --coordinator-address of process 0, and the same "
+            "--num-processes to every process")
 
 
 def _env_int(name: str) -> Optional[int]:
@@ -89,13 +127,12 @@ def _wait_for_coordinator(address: str, timeout_s: float) -> None:
     JAX's own client aborts the process from C++ when the coordinator stays away; this check
     turns the common cause (process 0 not started, a wrong address or port) into a message.
     """
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise DistributedError(f"--coordinator-address {address!r} is not HOST:PORT (e.g. 10.0.0.1:1234)")
+    port = _port_of(address)
+    host = address.rpartition(":")[0]
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            with socket.create_connection((host.strip("[]"), int(port)), timeout=min(5.0, timeout_s)):
+            with socket.create_connection((host.strip("[]"), port), timeout=min(5.0, timeout_s)):
                 return
         except OSError as error:
             if time.monotonic() >= deadline:
@@ -104,6 +141,28 @@ def _wait_for_coordinator(address: str, timeout_s: float) -> None:
                     "(it serves the coordinator) on that host and port, check the address and that the port is open"
                 ) from None
             time.sleep(0.2)
+
+
+def _check_port_free(address: str) -> None:
+    """DistributedError if the coordinator's port is taken on this host: JAX's coordination service
+    would fail to serve it and end the process from C++ ("Failed to add port to server", a segfault)."""
+    port = _port_of(address)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port a finished run left in TIME_WAIT is free
+        try:
+            probe.bind(("", port))
+        except OSError as error:
+            raise DistributedError(
+                f"the coordinator's port {port} (--coordinator-address {address}) is taken on this host ({error.strerror}); "
+                "process 0 serves the coordinator there. Fix: give every process another free port, or stop what holds it"
+            ) from None
+
+
+def _port_of(address: str) -> int:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise DistributedError(f"--coordinator-address {address!r} is not HOST:PORT (e.g. 10.0.0.1:1234)")
+    return int(port)
 
 
 def _check_process_count(timeout_s: int) -> None:

@@ -60,6 +60,9 @@ def check_destination(path, overwrite: bool, sources: Iterable = ()) -> Path:
     parent = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists() or p == p.parent)
     if parent != path.absolute() and not parent.is_dir():
         raise OutputError(f"{path}: {_FIXES[errno.ENOTDIR]} ({parent} is a file)")
+    folder = parent if parent != path.absolute() else parent.parent
+    if not os.access(folder, os.W_OK | os.X_OK):  # found now, not after the work (evaluate's --output was)
+        raise OutputError(f"{path}: {_FIXES[errno.EACCES]} ({folder} is not writable)")
     return path
 
 

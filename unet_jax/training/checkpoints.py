@@ -14,17 +14,19 @@ data order too.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import gc
 import logging
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from unet_jax.config import MissingFileError
+from unet_jax.config import MissingFileError, UNetError
 from unet_jax.training.manifest import check_manifest, has_manifest, write_manifest
 from unet_jax.training.step import TrainState
 
@@ -40,13 +42,21 @@ def _savable(state: TrainState) -> dict:
     }
 
 
+class CheckpointWriteError(UNetError):
+    """A checkpoint the disk had no room for; the message names what was kept and how to go on."""
+
+
 class Checkpointer:
     def __init__(self, directory: Path, keep: int):
         self.directory = Path(directory).absolute()
-        self._manager = ocp.CheckpointManager(
-            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-        )
+        with self._write_errors(None):
+            self._manager = ocp.CheckpointManager(
+                self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+            )
         self._unsealed: list[int] = []  # saved steps whose manifest is still to be written
+        # Orbax logs the failure of its background write with a traceback before raising it: the
+        # message of `_write_errors` says it all, so a full disk's log record is dropped.
+        logging.getLogger("absl").addFilter(_drop_disk_full_reports)
 
     def latest_step(self) -> Optional[int]:
         return self._manager.latest_step()
@@ -55,16 +65,40 @@ class Checkpointer:
         """Start writing `state` in the background; the previous save is sealed first (by then,
         checkpoint_every steps later, it has long been complete)."""
         self._seal()
-        self._manager.save(int(state.step), args=ocp.args.StandardSave(_savable(state)), force=True)
+        with self._write_errors(int(state.step)):
+            self._manager.save(int(state.step), args=ocp.args.StandardSave(_savable(state)), force=True)
         self._unsealed.append(int(state.step))
 
     def _seal(self) -> None:
         """Wait for the checkpoint being written, then record the files of every complete one."""
-        self._manager.wait_until_finished()
-        for step in self._unsealed:
-            if jax.process_index() == 0 and (self.directory / str(step)).is_dir():  # not yet removed by max_to_keep
-                write_manifest(self.directory / str(step))
+        with self._write_errors(self._unsealed[-1] if self._unsealed else None):
+            self._manager.wait_until_finished()
+            for step in self._unsealed:
+                if jax.process_index() == 0 and (self.directory / str(step)).is_dir():  # not yet removed by max_to_keep
+                    write_manifest(self.directory / str(step))
         self._unsealed = []
+
+    @contextlib.contextmanager
+    def _write_errors(self, step: Optional[int]) -> Iterator[None]:
+        """A full disk (Orbax's RESOURCE_EXHAUSTED, an OSError) as a CheckpointWriteError naming the
+        checkpoints kept and the fix; every other error as it is."""
+        try:
+            yield
+        except Exception as error:
+            if not _is_disk_full(error):
+                raise
+            if step is not None:
+                _silence_failed_reads(self.directory / str(step))  # its other writes report too, as failed reads do
+                gc.collect()
+            kept = sorted(int(p.name) for p in self.directory.glob("*") if p.is_dir() and p.name.isdigit())
+            what = f"the checkpoint of step {step}" if step is not None else "a checkpoint"
+            raise CheckpointWriteError(
+                f"{what} could not be written: no space left on the device of {self.directory}. Kept: "
+                + (f"the complete checkpoints of steps {kept}, and the run's other files. " if kept
+                   else "the run's files; no checkpoint was complete yet, so a resume starts at step 0. ")
+                + f"Fix: free some space there (a partial *.orbax-checkpoint-tmp folder in it may be deleted), "
+                f"then continue with `unet-jax train --resume {self.directory.parent}`"
+            ) from None
 
     def restore(self, template: TrainState, step: Optional[int] = None) -> TrainState:
         """`template` (a freshly initialised state) supplies the structure, shapes, shardings and code."""
@@ -112,10 +146,12 @@ class Checkpointer:
         self._manager.reload()
 
     def close(self) -> None:
+        step = self._unsealed[-1] if self._unsealed else None
         try:
             self._seal()
         finally:
-            self._manager.close()
+            with self._write_errors(step):  # a write that failed for want of space fails again here
+                self._manager.close()
 
 
 _SILENCED_CHECKPOINTS: set[str] = set()
@@ -152,6 +188,18 @@ def _drop_failed_read_reports(record: logging.LogRecord) -> bool:
     message = record.getMessage()
     return not (message.startswith("Future exception was never retrieved")
                 and any(path in message for path in _SILENCED_CHECKPOINTS))
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    """Whether `error` says the disk is full: an OSError, or Orbax's and TensorStore's text of one."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return any(words in str(error) for words in (f"[os_error_code='{errno.ENOSPC}']", "No space left on device",
+                                                 "Disk quota exceeded"))
+
+
+def _drop_disk_full_reports(record: logging.LogRecord) -> bool:
+    return not (record.exc_info and record.exc_info[1] is not None and _is_disk_full(record.exc_info[1]))
 
 
 def _first_line(error: Exception, limit: int = 160) -> str:

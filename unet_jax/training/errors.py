@@ -9,3 +9,7 @@ class RunDirError(UNetError):
 
 class TrainingInterrupted(UNetError):
     """Ctrl-C: the run stopped cleanly; the message says where it can be continued from."""
+
+
+class OutOfMemory(UNetError):
+    """Training needed more memory than the host or a device had; the message says what was kept and what to change."""

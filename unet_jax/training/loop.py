@@ -176,7 +176,7 @@ def _run_steps_of(plan: RunPlan, data: TrainingData, run: RunDir, progress: bool
             run.save_config(cfg, plan.compute, plan.settled())
             run.save_normalization(normalization)
             position.started = True
-            metrics_log = MetricsLog(run.file(RunDir.METRICS), keep_until=position.step, write=is_primary())
+            metrics_log = MetricsLog(run.file(RunDir.METRICS), keep_until=position.step, write=is_primary(), log=log)
             state = run_steps(state, plan, train_samples, train_weights, eval_step, val_tiles, checkpointer, metrics_log,
                               run, position, progress, log)
         finally:

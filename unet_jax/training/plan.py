@@ -11,6 +11,7 @@ may make. Nothing the plan holds is decided again later; `config.json` records a
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import jax
@@ -22,7 +23,7 @@ from unet_jax.model.unet import default_batch_groups
 from unet_jax.runtime.mesh import DataParallel, check_batch_size
 from unet_jax.runtime.processes import is_primary
 from unet_jax.training.presets import resolve
-from unet_jax.training.run_dir import RunDir
+from unet_jax.training.run_dir import PATH_FIELDS, RunDir
 from unet_jax.training.sampling import settle_shards, sources_of
 from unet_jax.weights.io import WeightsFile, read_weights_file
 from unet_jax.weights.start_from import with_init_architecture
@@ -52,6 +53,7 @@ def plan_new_run(train: TrainConfig, compute: Optional[Compute] = None, parallel
                  init_weights: Optional[WeightsFile] = None) -> RunPlan:
     """The plan of a new run of `train`; `parallel`: the devices (default: all). `init_weights`:
     the file of `train.init_weights`, if already read (read here otherwise)."""
+    train = with_absolute_paths(train, Path.cwd())
     if train.init_weights is not None and init_weights is None:
         init_weights = read_weights_file(train.init_weights)
     return _settle(train, compute or Compute(), parallel or DataParallel.create(), init_weights, changes=None)
@@ -74,7 +76,7 @@ def plan_resumed_run(run_dir, options: Optional[Mapping[str, Mapping[str, Any]]]
         run.check_resumable()
     train, compute = run.load_config()
     options = options or {}
-    requested = {**options.get("model", {}), **options.get("training", {})}
+    requested = _absolute_options({**options.get("model", {}), **options.get("training", {})}, Path.cwd())
     train, changes = train.resumed_with(requested)
     asked = dict(options.get("compute", {}))
     refused = sorted(k for k, v in asked.items() if k not in RESUMABLE_COMPUTE_FIELDS and getattr(compute, k) != v)
@@ -86,6 +88,48 @@ def plan_resumed_run(run_dir, options: Optional[Mapping[str, Mapping[str, Any]]]
     changes.update({k: (getattr(compute, k), v) for k, v in asked.items() if getattr(compute, k) != v})
     compute = dataclasses.replace(compute, **asked)
     return _settle(train, compute, parallel or DataParallel.create(), None, changes)
+
+
+def unused_options(given: Mapping[str, Any], train: TrainConfig) -> list[str]:
+    """Notes on the training options `given` (by field name) that the run of `train` will not use, or
+    that measure nothing: each was accepted without a word."""
+    notes = []
+    if "momentum" in given and train.optimizer != "sgd":
+        notes.append(f"--momentum is used by --optimizer sgd only; this run uses {train.optimizer}")
+    if "elastic_sigma" in given and not train.elastic:
+        notes.append("--elastic-sigma has no effect without --elastic")
+    cells = sorted("--" + k.replace("_", "-") for k in given if k.startswith("cells_"))
+    if cells and train.data is not None:
+        notes.append(f"{', '.join(cells)}: options of the built-in cells, unused with --data")
+    if "val_fraction" in given and train.val_data is not None:
+        notes.append("--val-fraction is unused with --val-data")
+    if train.data is not None and train.val_data is not None and Path(train.data).resolve() == Path(train.val_data).resolve():
+        notes.append("--val-data is --data: the validation scores will measure the training images, not held-out ones")
+    return notes
+
+
+def small_images(plan: RunPlan) -> list[str]:
+    """A note where images are smaller than the label tile (a 1x1 image was taken without a word): each
+    tile of one is mostly its mirror image."""
+    label = plan.train.label_size
+    small = [(name, size) for source in plan.sources for name, size in zip(source.names, source.sizes) if min(size) < label]
+    if not small:
+        return []
+    name, (height, width) = min(small, key=lambda item: min(item[1]))
+    return [f"{len(small)} image(s) are smaller than the label tile of {label}x{label} (the smallest: {name}, {height}x{width}); "
+            "their tiles are mostly mirrored copies of them"]
+
+
+def with_absolute_paths(train: TrainConfig, base: Path) -> TrainConfig:
+    """`train` with its file and folder options (`PATH_FIELDS`) made absolute against `base`: what
+    config.json records, so that a resume started from another folder reads the same files."""
+    return dataclasses.replace(train, **_absolute_options({k: getattr(train, k) for k in PATH_FIELDS}, base))
+
+
+def _absolute_options(options: Mapping[str, Any], base: Path) -> dict:
+    """`options` with the values of `PATH_FIELDS` resolved against `base`: the same folder given once
+    relative and once absolute is then the same value, not a change."""
+    return {k: str((base / v).resolve()) if k in PATH_FIELDS and v is not None else v for k, v in options.items()}
 
 
 def _settle(train: TrainConfig, compute: Compute, parallel: DataParallel, init_weights: Optional[WeightsFile],

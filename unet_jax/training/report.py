@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import jax
+
 from unet_jax.config import TrainConfig
 from unet_jax.data import Normalization
 from unet_jax.inference.evaluate import evaluate_samples
@@ -81,3 +83,22 @@ def divergence_message(run: RunDir, cfg: TrainConfig, step: int, record: dict, w
     when = f"at step {step}" if window_start == step else f"between steps {window_start} and {step}"
     return (f"{what} {when}; stopped without saving anything more. {exists}: "
             f"`unet-jax train --resume {run} --learning-rate {lower}`.")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is the host (numpy's MemoryError) or a device (XLA's RESOURCE_EXHAUSTED) out of memory."""
+    return isinstance(error, MemoryError) or (isinstance(error, jax.errors.JaxRuntimeError) and "RESOURCE_EXHAUSTED" in str(error))
+
+
+def out_of_memory_message(error: BaseException, run: RunDir) -> str:
+    """What to say when training ran out of memory: what it was, what the run directory kept, what to change."""
+    what = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+    steps = run.checkpoint_steps()
+    if steps:
+        kept = (f"the checkpoints up to step {steps[-1]} in {run.file(RunDir.CHECKPOINTS)}; a resumed run keeps its batch and "
+                f"network, so `unet-jax train --resume {run}` needs more free memory than this try had")
+    else:
+        kept = f"nothing trained ({run} holds no checkpoint)"
+    return (f"training ran out of memory ({what}). Kept: {kept}. Fix: start a new run (another --run-dir) with a smaller "
+            "--batch-size or --tile-size, fewer --features, --remat blocks or --dtype bfloat16, or spread it over more "
+            "devices (--devices, --fsdp)")

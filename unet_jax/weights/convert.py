@@ -17,6 +17,7 @@ from unet_jax.weights.io import (
 )
 from unet_jax.weights.namings import DIRECTIONS
 from unet_jax.weights.port import flax_to_torch, torch_to_flax, unflatten_variables
+from unet_jax.weights.run_outputs import weights_path
 from unet_jax.weights.torch_files import sidecar_path
 
 
@@ -35,10 +36,11 @@ def convert(
     a torch file to Flax). The architecture is the one stored in `src`, or `config` for a file
     without one (`weights_io.resolve_config`); `naming` picks the torch key style written by
     flax-to-torch (`namings.NAMINGS`; torch-to-flax detects it). `dst` must not exist unless
-    `overwrite`, and is never `src`. Non-tensor entries of the source (milesial's `mask_values`)
-    are carried into `dst` (Flax metadata, a .pt's sidecar); `report` is told what was kept
-    and what was skipped.
+    `overwrite`, and is never `src`, which may be a run directory (its weights.safetensors).
+    Non-tensor entries of the source (milesial's `mask_values`) are carried into `dst` (Flax
+    metadata, a .pt's sidecar); `report` is told what was kept and what was skipped.
     """
+    src = weights_path(src)  # a run directory: its weights.safetensors, as predict and evaluate take it
     dst = check_destination(dst, overwrite, sources=[src])  # before any work; never the source itself
     weights = read_weights_file(src)
     kind, tensors = weights.kind, weights.tensors

@@ -19,7 +19,7 @@ import numpy as np
 from unet_jax.config import ConfigError, MissingFileError, UNetConfig
 from unet_jax.runtime.safe_files import write_atomically
 from unet_jax.weights.namings import check_supported, detect_naming
-from unet_jax.weights.port import flatten_variables, flax_to_torch, torch_to_flax, unflatten_variables
+from unet_jax.weights.port import PortError, flatten_variables, flax_to_torch, torch_to_flax, unflatten_variables
 from unet_jax.weights.shapes import config_from_shapes
 from unet_jax.weights.torch_checkpoint import WeightsFileError
 from unet_jax.weights.torch_files import read_sidecar, read_torch_file, save_torch_file, sidecar_path
@@ -90,6 +90,8 @@ def read_weights_file(path) -> WeightsFile:
             f"{path}: unknown weights format {path.suffix!r}; use .safetensors (Flax or PyTorch) or .pt/.pth (PyTorch)"
         )
     _check_finite(weights.tensors, path)
+    if weights.kind == "flax":
+        _check_floating(weights, path)
     if weights.kind == "torch":
         check_supported(weights.tensors, str(path))
         naming = detect_naming(weights.tensors)
@@ -118,7 +120,15 @@ def variables_of(weights: WeightsFile, config: UNetConfig) -> dict:
     if weights.kind == "torch":
         return torch_to_flax(weights.tensors, config)
     variables = unflatten_variables(weights.tensors)
-    flax_to_torch(variables, config)  # validates against the table: PortError lists every mismatch
+    try:
+        flax_to_torch(variables, config)  # validates against the table: PortError lists every mismatch
+    except PortError as error:
+        if weights.config is None or weights.config != config:
+            raise
+        # The architecture came from the file's own metadata, which the options may not contradict: it lies.
+        raise PortError(f"{error}\nThat architecture is the one the file's metadata states, and its tensors say otherwise: "
+                        "the metadata is wrong. Fix: save the weights again with the architecture they were trained with "
+                        "(`save_flax_weights(variables, config, path)`)") from None
     return variables
 
 
@@ -161,6 +171,23 @@ def _check_finite(tensors: Mapping[str, np.ndarray], path: Path) -> None:
         )
 
 
+def _check_floating(weights: WeightsFile, path: Path) -> None:
+    """A Flax file's tensors are floating point (this project writes float32; BatchNorm's step counter
+    aside): integer ones (int8: quantised weights, or another model's) are refused, float64 ones
+    noted, since they are read as float32."""
+    integer = [f"{k} ({v.dtype})" for k, v in weights.tensors.items()
+               if not np.issubdtype(v.dtype, np.floating) and not k.endswith("num_batches_tracked")]
+    if integer:
+        listed = ", ".join(integer[:3]) + (", ..." if len(integer) > 3 else "")
+        raise WeightsFileError(
+            f"{path}: {len(integer)} tensor(s) are not floating point ({listed}), where a U-Net's weights are "
+            "(quantised weights, or another model's?). Fix: save the weights as float32"
+        )
+    wide = [k for k, v in weights.tensors.items() if v.dtype == np.float64]
+    if wide:
+        weights.notes.append(f"{len(wide)} float64 tensor(s) ({wide[0]}, ...), read as float32")
+
+
 def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     from safetensors import safe_open
 
@@ -201,7 +228,7 @@ def save_torch_state_dict(state_dict: Mapping[str, np.ndarray], config: UNetConf
         metadata = {"format": "pt", "unet_config": config_to_json(config), "naming": naming, **_extras_metadata(extras)}
         return _write_atomically(path, save(dict(state_dict), metadata=metadata), (SAFETENSORS_SUFFIX,), overwrite)
     if path.suffix not in TORCH_SUFFIXES:
-        raise WeightsFileError(f"{path}: expected a file name ending in {' or '.join(TORCH_SUFFIXES)}")
+        raise WeightsFileError(f"{path}: expected a file name ending in {' or '.join((*TORCH_SUFFIXES, SAFETENSORS_SUFFIX))}")
     description = {"unet_config": dataclasses.asdict(config), "naming": naming, "extras": dict(extras or {})}
     return save_torch_file(state_dict, description, path, overwrite)
 

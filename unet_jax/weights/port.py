@@ -25,7 +25,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 
 from unet_jax.config import UNetConfig, UNetError
 from unet_jax.weights.namings import check_supported, detect_naming, layer_names
-from unet_jax.weights.shapes import flags_hint
+from unet_jax.weights.shapes import flags_hint, torch_shapes_of_flax
 from unet_jax.weights.torch_checkpoint import strip_prefixes
 
 
@@ -195,7 +195,9 @@ def flax_to_torch(variables: Mapping, config: UNetConfig, naming: str = "unet_to
             continue
         state_dict[key] = np.array(param.to_torch(value), order="C")
     unexpected = [(k, np.shape(v)) for k, v in flat.items() if k not in seen]
-    _raise_mismatches("Flax variables", config, missing, unexpected, misshaped)
+    if missing or unexpected or misshaped:
+        hint = flags_hint(torch_shapes_of_flax({k: np.shape(v) for k, v in flat.items()}), "unet_torch", config)
+        _raise_mismatches("Flax variables", config, missing, unexpected, misshaped, hint)
     return state_dict
 
 

@@ -14,6 +14,7 @@ from unet_jax.data import Normalization
 
 WEIGHTS = "weights.safetensors"
 NORMALIZATION = "normalization.json"
+CONFIG = "config.json"  # what makes a folder a run directory (`RunDir`)
 
 
 def read_normalization(path) -> Normalization:
@@ -36,6 +37,16 @@ def weights_path(path) -> Path:
 
 
 def normalization_beside(weights) -> Optional[Normalization]:
-    """The `normalization.json` beside a weights file (a run's weights), None where there is none."""
-    beside = Path(weights).parent / NORMALIZATION
-    return read_normalization(beside) if beside.is_file() else None
+    """The `normalization.json` beside a weights file (a run's weights), None where there is none.
+    A run's own weights without it are refused: every run writes one, and its network was trained on
+    images it normalised, so the images read as they are would be predicted wrong, without a word."""
+    weights = Path(weights)
+    beside = weights.parent / NORMALIZATION
+    if beside.is_file():
+        return read_normalization(beside)
+    if weights.name == WEIGHTS and (weights.parent / CONFIG).is_file():
+        raise MissingFileError(
+            f"{beside} is missing: {weights.parent} is a training run, and its network was trained on images normalised "
+            f"by that file, so without it every prediction would be off. Fix: restore {NORMALIZATION} from a copy of the run"
+        )
+    return None

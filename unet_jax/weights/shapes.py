@@ -55,6 +55,24 @@ def config_from_shapes(shapes: Mapping[str, Sequence[int]], naming: str) -> Opti
     return UNetConfig(**fields) if names <= set(fields) else None
 
 
+# Flax leaf names -> unet_torch's tensor names (`port.PARAMS`), for reading a Flax file's shapes as a state_dict's.
+_TORCH_NAMES = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var",
+                "num_batches_tracked": "num_batches_tracked"}
+
+
+def torch_shapes_of_flax(shapes: Mapping[str, Sequence[int]]) -> dict[str, tuple[int, ...]]:
+    """Flax variables' shapes ({"params/down1/conv1/kernel": (kH, kW, in, out)}) as unet_torch's
+    state_dict would have them ({"down1.conv1.weight": (out, in, kH, kW)}), for `infer_architecture`
+    and `flags_hint`. (A transposed conv's torch shape starts (in, out); only its kernel size is read.)"""
+    torch = {}
+    for key, shape in shapes.items():
+        _, *path, leaf = key.split("/")
+        if leaf in _TORCH_NAMES and path:
+            shape = tuple(int(n) for n in shape)
+            torch[".".join([*path, _TORCH_NAMES[leaf]])] = (shape[3], shape[2], *shape[:2]) if len(shape) == 4 else shape
+    return torch
+
+
 def flags_hint(shapes: Mapping[str, Sequence[int]], naming: str, config: UNetConfig) -> Optional[str]:
     """"The weights' shapes say features=8, depth=3 (not 16, 2): pass --features 8 --depth 3", or None."""
     fields = infer_architecture(shapes, naming)

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from unet_jax.config import TrainConfig, UNetConfig
 from unet_jax.data import Normalization
 from unet_jax.weights.io import WeightsFile, read_weights_file, resolve_config, variables_of
-from unet_jax.weights.run_outputs import normalization_beside
+from unet_jax.weights.run_outputs import normalization_beside, weights_path
 
 _ARCHITECTURE_FIELDS = {f.name for f in dataclasses.fields(UNetConfig)}
 
@@ -36,7 +36,7 @@ def with_init_architecture(options: Mapping[str, Any]) -> tuple[dict[str, Any], 
     options = dict(options)
     if options.get("init_weights") is None:
         return options, None
-    path = Path(options["init_weights"]).absolute()
+    path = weights_path(Path(options["init_weights"]).absolute())  # a run directory: its weights.safetensors
     weights = read_weights_file(path)  # unreadable, diverged or unsupported weights fail here, before any data is read
     options["init_weights"] = str(path)
     if weights.config is not None:
