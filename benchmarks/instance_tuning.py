@@ -1,12 +1,12 @@
-"""How `predict --instances` should grow the objects: growth distance and minimum object size,
-measured on the held-out images of trained runs.
+"""How `predict --instances` should grow the objects: growth distance, minimum object size and
+extent threshold, measured on the held-out images of trained runs.
 
     unet-jax train --preset instances --seed 0 --run-dir runs/instances-s0   # and --seed 1, ...
     python -m benchmarks.instance_tuning --out benchmarks/results/instances-cpu-amd-epyc runs/instances-s0 runs/instances-s1
 
 Each run's held-out images (the built-in cells its config.json names, or its data) are predicted
-once, whole, as `unet-jax evaluate` does; every (growth distance, minimum size) of the grid then
-labels the same class maps (`unet_jax.inference.instances`), and is scored as `evaluate` scores
+once, whole, as `unet-jax evaluate` does; every (growth distance, minimum size, extent threshold)
+of the grid then labels the same class maps and probabilities (`unet_jax.inference.instances`), and is scored as `evaluate` scores
 the grown instances: instance F1 at IoU 0.5, the mean IoU of matched objects, and the pixel IoU
 of the grown foreground. Post-processing only: the runs are not retrained. Writes
 `instance_tuning.{json,md}`: per setting, each run's figures and their mean and spread (min..max).
@@ -15,6 +15,7 @@ of the grown foreground. Post-processing only: the runs are not retrained. Write
 from __future__ import annotations
 
 import argparse
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -27,26 +28,28 @@ from unet_jax.inference.predictor import Predictor, predict_probabilities
 from unet_jax.training.run_dir import RunDir
 from unet_jax.training.sampling import sources_of
 
-GROWTH_DISTANCES = (0.0, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0)
-MIN_SIZES = (0, 16, 32, 64)
+GROWTH_DISTANCES = (0.0, 2.0, 3.0, 4.0, 6.0)
+MIN_SIZES = (0, 16, 32)
+EXTENT_THRESHOLDS = (0.0, 0.02, 0.05, 0.1, 0.2)
 
 
 def held_out_predictions(run_dir: Path) -> tuple[list[np.ndarray], list[np.ndarray], dict]:
-    """(predicted foregrounds bool [H, W], true instance ids [H, W]) of the run's held-out images, and its config."""
+    """(foreground probabilities float32 [H, W], true instance ids [H, W]) of the run's held-out images, and its config."""
     train, _ = RunDir(run_dir).load_config()
     samples = sources_of(train)[1].read()
     if any(ids is None for ids in samples.instances):
         raise SystemExit(f"{run_dir}: its held-out masks hold class indices; tuning needs instance masks")
     predictor = Predictor.from_weights(run_dir)
-    foregrounds = [predict_probabilities(predictor, predictor.normalize(image), batch_size=train.batch_size).argmax(-1) > 0
-                   for image in samples.images]
-    return foregrounds, list(samples.instances), {"seed": train.seed, "preset": train.preset, "loss": train.loss}
+    probabilities = [predict_probabilities(predictor, predictor.normalize(image), batch_size=train.batch_size)
+                     for image in samples.images]  # [H, W, 2] each
+    return [p[..., 1] for p in probabilities], list(samples.instances), {"seed": train.seed, "preset": train.preset,
+                                                                         "loss": train.loss}
 
 
-def score(rule: InstanceRule, foregrounds, instances) -> dict:
+def score(rule: InstanceRule, probabilities, instances) -> dict:
     pixels, objects = None, None
-    for foreground, ids in zip(foregrounds, instances):
-        grown = rule.labels(foreground)
+    for probability, ids in zip(probabilities, instances):
+        grown = rule.labels(probability > 0.5, probability)  # the class map of a 2-class model, up to rounding at 0.5
         pixels = add_counts(pixels, class_counts((grown > 0).astype(np.int64), (ids > 0).astype(np.int64), 2))
         objects = add_instance_counts(objects, match_labels(grown, ids))
     found = instance_scores(objects)
@@ -68,12 +71,12 @@ def to_markdown(report: dict) -> str:
         f"Runs: {runs}; each scored on its own "
         "held-out images, predicted once; mean over the runs (min..max).",
         "",
-        "| growth distance | min object size | instance F1 | pixel IoU (grown) | mean IoU of matched objects |",
-        "| ---: | ---: | ---: | ---: | ---: |",
+        "| growth distance | min object size | extent threshold | instance F1 | pixel IoU (grown) | mean IoU of matched objects |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in report["result"]:
         cells = [f"{row[k]['mean']:.3f} ({row[k]['min']:.3f}..{row[k]['max']:.3f})" for k in ("f1", "pixel_iou", "mean_matched_iou")]
-        lines.append(f"| {row['growth_distance']:g} | {row['min_size']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row['growth_distance']:g} | {row['min_size']} | {row['extent_threshold']:g} | " + " | ".join(cells) + " |")
     lines += ["", f"Command: `{report['command']}`", ""]
     return "\n".join(lines)
 
@@ -85,14 +88,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     predicted = {str(run): held_out_predictions(run) for run in args.runs}
     rows = []
-    for growth in GROWTH_DISTANCES:
-        for min_size in MIN_SIZES:
-            rule = InstanceRule(growth, min_size)
-            per_run = {run: score(rule, foregrounds, ids) for run, (foregrounds, ids, _) in predicted.items()}
-            row = {"growth_distance": growth, "min_size": min_size, "per_run": per_run}
-            for key in ("f1", "pixel_iou", "mean_matched_iou"):
-                row[key] = spread([r[key] or 0.0 for r in per_run.values()])
-            rows.append(row)
+    for growth, min_size, extent in itertools.product(GROWTH_DISTANCES, MIN_SIZES, EXTENT_THRESHOLDS):
+        rule = InstanceRule(growth, min_size, extent)
+        per_run = {run: score(rule, probabilities, ids) for run, (probabilities, ids, _) in predicted.items()}
+        row = {"growth_distance": growth, "min_size": min_size, "extent_threshold": extent, "per_run": per_run}
+        for key in ("f1", "pixel_iou", "mean_matched_iou"):
+            row[key] = spread([r[key] or 0.0 for r in per_run.values()])
+        rows.append(row)
     command = "python -m benchmarks.instance_tuning --out " + " ".join([str(args.out), *map(str, args.runs)])
     write_measurement(args.out, "instance_tuning", rows, to_markdown, runs={r: c for r, (_, _, c) in predicted.items()},
                       command=command)

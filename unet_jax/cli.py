@@ -30,7 +30,7 @@ from unet_jax.config import (
     UNetError,
 )
 from unet_jax.inference.formats import MASK_FORMATS
-from unet_jax.inference.instance_defaults import DEFAULT_GROWTH_DISTANCE, DEFAULT_MIN_SIZE
+from unet_jax.inference.instance_defaults import DEFAULT_EXTENT_THRESHOLD, DEFAULT_GROWTH_DISTANCE, DEFAULT_MIN_SIZE
 from unet_jax.inference.tile_plan import DEFAULT_BATCH_SIZE
 from unet_jax.model.compute import REMAT_POLICIES, Compute
 from unet_jax.runtime import hugepages, xla_cpu
@@ -130,7 +130,7 @@ def cmd_predict(args) -> int:
 def _instance_rule(args):
     from unet_jax.inference.instances import InstanceRule
 
-    return InstanceRule(args.growth_distance, args.min_object_size)
+    return InstanceRule(args.growth_distance, args.min_object_size, args.extent_threshold)
 
 
 def _describe(record: dict) -> str:
@@ -289,6 +289,9 @@ def _instance_options(parser, used_by: str) -> None:
                              "another object (default: %(default)s)")
     parser.add_argument("--min-object-size", type=int, default=DEFAULT_MIN_SIZE, metavar="PIXELS",
                         help=f"{used_by}: drop predicted objects smaller than this before growing (default: %(default)s)")
+    parser.add_argument("--extent-threshold", type=float, default=DEFAULT_EXTENT_THRESHOLD, metavar="P",
+                        help=f"{used_by}: grow only over pixels whose foreground probability exceeds P, in [0, 0.5); "
+                             "0: by distance alone (default: %(default)s)")
 
 
 def _tiling_options(parser) -> None:

@@ -11,7 +11,7 @@ from tests.helpers.cell_folders import write_cells_folder
 from tests.helpers.random_weights import random_variables
 from unet_jax.cli import main
 from unet_jax.config import UNetConfig
-from unet_jax.inference.instances import instance_labels
+from unet_jax.inference.instances import InstanceRule
 from unet_jax.weights.io import save_flax_weights
 
 
@@ -26,13 +26,14 @@ def test_predict_instances_writes_the_label_image_and_says_so(tmp_path, capsys):
     data = write_cells_folder(tmp_path / "data", instance_masks=True, count=1)
     image = data / "images" / "c0.png"
     args = ["predict", "--weights", str(_weights(tmp_path)), str(image), "--output", str(tmp_path / "out"), "--instances",
-            "--growth-distance", "3", "--min-object-size", "4"]
+            "--growth-distance", "3", "--min-object-size", "4", "--extent-threshold", "0.1", "--probabilities"]
     assert main(args) == 0
     out = tmp_path / "out"
-    assert capsys.readouterr().out.strip() == f"{image}: 64x64 -> {out / 'c0_mask.png'}, {out / 'c0_instances.tif'}"
+    assert capsys.readouterr().out.strip() == (f"{image}: 64x64 -> {out / 'c0_mask.png'}, {out / 'c0_probs.npy'}, "
+                                               f"{out / 'c0_instances.tif'}")
     labels = tifffile.imread(out / "c0_instances.tif")
-    mask = np.array(Image.open(out / "c0_mask.png"))
-    np.testing.assert_array_equal(labels, instance_labels(mask > 0, growth_distance=3, min_size=4))
+    mask, probability = np.array(Image.open(out / "c0_mask.png")), np.load(out / "c0_probs.npy")[..., 1]
+    np.testing.assert_array_equal(labels, InstanceRule(3, 4, 0.1).labels(mask > 0, probability))
     assert main([*args, "--json", "--overwrite"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["instances"] == str(out / "c0_instances.tif") and record["objects"] == int(labels.max())

@@ -12,7 +12,7 @@ from tests.helpers.random_weights import random_variables
 from unet_jax.config import UNetConfig
 from unet_jax.data import Samples, load_folder
 from unet_jax.inference.evaluate import evaluate, evaluate_samples
-from unet_jax.inference.instance_defaults import DEFAULT_GROWTH_DISTANCE, DEFAULT_MIN_SIZE
+from unet_jax.inference.instance_defaults import DEFAULT_EXTENT_THRESHOLD, DEFAULT_GROWTH_DISTANCE, DEFAULT_MIN_SIZE
 from unet_jax.inference.instances import InstanceRule
 from unet_jax.inference.predictor import Predictor, predict_probabilities
 from unet_jax.weights.io import save_flax_weights
@@ -133,16 +133,21 @@ def test_the_grown_instances_are_scored_beside_the_raw_foreground(monkeypatch):
     samples = Samples(images=[np.zeros((10, 16, 1), np.float32)], masks=[(instances > 0).astype(np.int32)],
                       instances=[instances], names=("hand-made",))
     predictor = Predictor(CONFIG, random_variables(CONFIG))
-    scores = evaluate_samples(predictor, samples, instances=InstanceRule(growth_distance=1.0))
+    scores = evaluate_samples(predictor, samples, instances=InstanceRule(growth_distance=1.0, extent_threshold=0))
     assert scores["iou"] == pytest.approx(60 / 72)  # raw: 60 of the 72 cell pixels, nothing else
     assert scores["instances"]["f1"] == 1.0 and scores["instances"]["mean_matched_iou"] == pytest.approx(30 / 36)
     grown = scores["grown"]
-    assert (grown["growth_distance"], grown["min_object_size"]) == (1.0, 0)
+    assert (grown["growth_distance"], grown["min_object_size"], grown["extent_threshold"]) == (1.0, DEFAULT_MIN_SIZE, 0)
     # Grown by one pixel (4-neighbours; diagonals are sqrt 2 away): the gap is filled, a column to each cell, and
     # each cell spills a row of 5 above and below it and a column of 6 at its far end.
     spill = 2 * (5 + 5 + 6)
     assert grown["iou"] == pytest.approx(72 / (72 + spill))
     assert grown["instances"]["f1"] == 1.0 and grown["instances"]["split_pairs"] == 1
     assert grown["instances"]["mean_matched_iou"] == pytest.approx(36 / (36 + spill / 2))
+    # Where the network left the gap a little foreground probability, and none outside, growth fills the gap only.
+    probabilities[2:8, 7:9] = [0.8, 0.2]
+    fitted = evaluate_samples(predictor, samples, instances=InstanceRule(growth_distance=1.0, extent_threshold=0.1))["grown"]
+    assert fitted["iou"] == 1.0 and fitted["instances"]["mean_matched_iou"] == 1.0
     default = evaluate_samples(predictor, samples)["grown"]
-    assert (default["growth_distance"], default["min_object_size"]) == (DEFAULT_GROWTH_DISTANCE, DEFAULT_MIN_SIZE)
+    assert (default["growth_distance"], default["min_object_size"], default["extent_threshold"]) == (
+        DEFAULT_GROWTH_DISTANCE, DEFAULT_MIN_SIZE, DEFAULT_EXTENT_THRESHOLD)

@@ -70,7 +70,7 @@ def evaluate_samples(
         if not class_only:
             objects = add_instance_counts(objects, match_instances(predicted > 0, true_ids))
         if rule is not None:
-            grown = rule.labels(predicted > 0)  # [H, W] object ids
+            grown = rule.labels(predicted > 0, probs[..., 1])  # [H, W] object ids
             grown_total = add_counts(grown_total, class_counts((grown > 0).astype(np.int64), mask, num_classes))
             if not class_only:
                 grown_objects = add_instance_counts(grown_objects, match_labels(grown, true_ids))
@@ -85,6 +85,7 @@ def evaluate_samples(
     if rule is not None:
         pixels = scores_from_counts(grown_total)
         result["grown"] = {"growth_distance": rule.growth_distance, "min_object_size": rule.min_size,
+                           "extent_threshold": rule.extent_threshold,
                            "dice": pixels["dice"], "iou": pixels["iou"], "pixel_accuracy": pixels["pixel_accuracy"]}
         if grown_objects is not None:
             result["grown"]["instances"] = instance_scores(grown_objects)

@@ -224,7 +224,7 @@ def predict_files(
             write_atomically(outputs["probabilities"], encode_npy(probs if stack else probs[0]), overwrite)
         record = {"image": image_path, **outputs, "pages": len(pages), "height": labels.shape[1], "width": labels.shape[2]}
         if instances is not None:
-            objects = instances.label_pages(labels > 0)  # [N, H, W], after stitching: seams cannot split objects
+            objects = instances.label_pages(labels > 0, probs[..., 1])  # [N, H, W], after stitching: seams cannot split objects
             write_atomically(outputs["instances"], encode_mask(objects if stack else objects[0], ".tif"), overwrite)
             record["objects"] = [int(page.max()) for page in objects] if stack else int(objects.max())
         written.append(record)
