@@ -2,7 +2,7 @@
 extent threshold, measured on the held-out images of trained runs.
 
     unet-jax train --preset instances --seed 0 --run-dir runs/instances-s0   # and --seed 1, ...
-    python -m benchmarks.instance_tuning --out benchmarks/results/instances-cpu-amd-epyc runs/instances-s0 runs/instances-s1
+    python -m benchmarks.instance_tuning --out benchmarks/results/instances-cpu-intel-xeon runs/instances-s0 runs/instances-s1
 
 Each run's held-out images (the built-in cells its config.json names, or its data) are predicted
 once, whole, as `unet-jax evaluate` does; every (growth distance, minimum size, extent threshold)

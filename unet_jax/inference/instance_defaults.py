@@ -1,7 +1,7 @@
 """The defaults of how a prediction becomes objects (`unet_jax.inference.instances`), apart from
 the numpy code so that the command line shows them without importing numpy.
 
-Measured (benchmarks/results/instances-cpu-amd-epyc/instance_tuning.md): on the built-in
+Measured (benchmarks/results/instances-cpu-intel-xeon/instance_tuning.md): on the built-in
 touching cells, the `--preset instances` network draws the gap between touching cells several
 pixels wide and leaves a foreground probability of about 0.05 to 0.5 on the trimmed edges;
 growing each object up to 4 pixels over background whose foreground probability exceeds 0.05,
