@@ -53,15 +53,14 @@ def finish(plan: RunPlan, run: RunDir, state, eval_step, val_tiles: tuple, data:
 
 
 def _object_scores(whole: dict) -> str:
-    """", instance F1 .. with .. of .. touching pairs kept apart; grown (predict --instances): F1 .., IoU ..", or ""."""
+    """", instance F1 .. with .. of .. touching pairs kept apart; as predict --instances labels them: F1 .., IoU ..", or ""."""
     objects = whole.get("instances")
     if not objects:
         return ""
     said = f", instance F1 {objects['f1']:.4f} with {objects['split_pairs']} of {objects['touching_pairs']} touching pairs kept apart"
     grown = whole.get("grown", {})
     if "instances" in grown:
-        said += (f"; grown by {grown['growth_distance']:g} px (predict --instances): instance F1 {grown['instances']['f1']:.4f}, "
-                 f"IoU {grown['iou']:.4f}")
+        said += f"; as predict --instances labels them: instance F1 {grown['instances']['f1']:.4f}, IoU {grown['iou']:.4f}"
     return said
 
 
