@@ -30,6 +30,7 @@ from unet_jax.config import (
     UNetError,
 )
 from unet_jax.inference.formats import MASK_FORMATS
+from unet_jax.inference.instance_defaults import DEFAULT_EXTENT_THRESHOLD, DEFAULT_GROWTH_DISTANCE, DEFAULT_MIN_SIZE
 from unet_jax.inference.tile_plan import DEFAULT_BATCH_SIZE
 from unet_jax.model.compute import REMAT_POLICIES, Compute
 from unet_jax.runtime import hugepages, xla_cpu
@@ -114,7 +115,7 @@ def cmd_evaluate(args) -> int:
     if args.output:  # checked before the work, written after it
         check_destination(args.output, args.overwrite, sources=[args.weights, *data_sources(args.data)])
     result = evaluate(args.weights, args.data, config=_given(args, ARCHITECTURE_FIELDS), tile_size=args.tile_size,
-                      batch_size=args.batch_size, devices=args.devices)
+                      batch_size=args.batch_size, devices=args.devices, instances=_instance_rule(args))
     line = json.dumps(result)
     print(line)
     if args.output:
@@ -128,9 +129,11 @@ def cmd_predict(args) -> int:
     def report(record: dict) -> None:
         print(json.dumps(_jsonable(record)) if args.json else _describe(record), flush=True)
 
+    rule = _instance_rule(args) if args.instances else None  # a bad rule fails before the weights are read
     predictor = Predictor.from_weights(args.weights, config=_given(args, ARCHITECTURE_FIELDS), devices=args.devices)
     predict_files(predictor, args.images, args.output, save_probabilities=args.probabilities, tile_size=args.tile_size,
-                  batch_size=args.batch_size, mask_format=args.format, overwrite=args.overwrite, on_written=report)
+                  batch_size=args.batch_size, mask_format=args.format, overwrite=args.overwrite, on_written=report,
+                  instances=rule)
     return 0
 
 
@@ -151,12 +154,17 @@ def cmd_inspect(args) -> int:
     print(json.dumps(report) if args.json else describe_report(report))
     return EXIT_ERROR if report["errors"] else 0
 
+def _instance_rule(args):
+    from unet_jax.inference.instances import InstanceRule
+
+    return InstanceRule(args.growth_distance, args.min_object_size, args.extent_threshold)
+
 
 def _describe(record: dict) -> str:
     """One line per predicted image: "a.png: 512x512 -> out/a_mask.png, out/a_probs.npy"."""
     size = f"{record['height']}x{record['width']}"
     size = f"{record['pages']} pages of {size}" if record["pages"] > 1 else size
-    outputs = ", ".join(str(record[k]) for k in ("mask", "probabilities") if k in record)
+    outputs = ", ".join(str(record[k]) for k in ("mask", "probabilities", "instances") if k in record)
     return f"{record['image']}: {size} -> {outputs}"
 
 
@@ -262,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--output", help="also write the JSON line to this file (default: print only)")
     evaluate.add_argument("--overwrite", action="store_true", help="replace --output if it exists (default: off)")
     _tiling_options(evaluate)
+    _instance_options(evaluate, "the grown instances scored")
     _add_field_options(evaluate.add_argument_group("architecture"), ARCHITECTURE_FIELDS, _stored_default)
     evaluate.set_defaults(run=cmd_evaluate)
 
@@ -271,6 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", required=True, help="folder for <stem>_mask.png (or .tif) per image (required)")
     predict.add_argument("--probabilities", action="store_true",
                          help="also write class probabilities as <stem>_probs.npy (default: off)")
+    predict.add_argument("--instances", action="store_true",
+                         help="also write a label image <stem>_instances.tif (uint16, uint32 past 65,535 objects; 0 background): "
+                              "the predicted foreground's objects, grown back over the gap; 2-class models only (default: off)")
+    _instance_options(predict, "--instances")
     predict.add_argument("--format", choices=sorted(MASK_FORMATS), default="png",
                          help="mask file format; stacks are always TIFF (default: %(default)s)")
     predict.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: off)")
@@ -326,6 +339,16 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
     return value
+
+def _instance_options(parser, used_by: str) -> None:
+    parser.add_argument("--growth-distance", type=float, default=DEFAULT_GROWTH_DISTANCE, metavar="PIXELS",
+                        help=f"{used_by}: grow each object over the background up to this many pixels, never into "
+                             "another object (default: %(default)s)")
+    parser.add_argument("--min-object-size", type=int, default=DEFAULT_MIN_SIZE, metavar="PIXELS",
+                        help=f"{used_by}: drop predicted objects smaller than this before growing (default: %(default)s)")
+    parser.add_argument("--extent-threshold", type=float, default=DEFAULT_EXTENT_THRESHOLD, metavar="P",
+                        help=f"{used_by}: grow only over pixels whose foreground probability exceeds P, in [0, 0.5); "
+                             "0: by distance alone (default: %(default)s)")
 
 
 def _tiling_options(parser) -> None:

@@ -6,29 +6,17 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 
+from tests.helpers.cell_folders import write_cells_folder
 from unet_jax.cli import main
-from unet_jax.data import make_cells
 
 TINY = ["--features", "4", "--depth", "2", "--tile-size", "60", "--batch-size", "2", "--eval-every", "2", "--log-every", "1",
         "--checkpoint-every", "2", "--no-progress"]
 CELLS = ["--cells-train-images", "2", "--cells-val-images", "1", "--cells-image-size", "64", "--val-tiles-per-image", "1"]
 
 
-def _write_folder(root, instance_masks: bool):
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    cells = make_cells(3, size=64, seed=2, layout="touching")
-    for i, (image, ids) in enumerate(zip(cells.images, cells.instances)):
-        Image.fromarray((image[..., 0] * 255).astype(np.uint8)).save(root / "images" / f"c{i}.png")
-        mask = ids.astype(np.uint16) if instance_masks else ((ids > 0) * 255).astype(np.uint8)  # 16-bit: instance ids
-        Image.fromarray(mask).save(root / "masks" / f"c{i}.png")
-    return root
-
-
 def test_weighted_ce_on_class_masks_names_the_mask_it_needs_and_writes_nothing(tmp_path, capsys):
-    data = _write_folder(tmp_path / "data", instance_masks=False)
+    data = write_cells_folder(tmp_path / "data", instance_masks=False)
     run = tmp_path / "run"
     assert main(["train", "--data", str(data), "--loss", "weighted-ce", "--run-dir", str(run), *TINY]) == 2
     err = capsys.readouterr().err
@@ -42,13 +30,43 @@ def test_weighted_ce_on_class_masks_names_the_mask_it_needs_and_writes_nothing(t
     assert "class indices" in summary["validation_whole_images"]["instances_absent"]
 
 
-@pytest.mark.parametrize("extra", [["--loss", "weighted-ce"], ["--target-gap"]])
+@pytest.mark.parametrize("extra", [["--loss", "weighted-ce"], ["--loss", "ce", "--target-gap"]])
 def test_instance_masks_from_a_folder_train_with_the_gap(tmp_path, extra):
-    data = _write_folder(tmp_path / "data", instance_masks=True)
+    data = write_cells_folder(tmp_path / "data", instance_masks=True)
     run = tmp_path / "run"
     assert main(["train", "--data", str(data), "--val-fraction", "0.34", "--steps", "1", "--run-dir", str(run), *extra, *TINY]) == 0
     assert (run / "weight_map.png").is_file() == ("weighted-ce" in extra)
     assert "instances" in json.loads((run / "summary.json").read_text())["validation_whole_images"]
+
+
+def test_instance_masks_get_the_recipe_unless_a_loss_is_chosen(tmp_path, capsys):
+    data = write_cells_folder(tmp_path / "data", instance_masks=True)
+    common = ["--data", str(data), "--val-fraction", "0.34", "--steps", "1", *TINY]
+    assert main(["train", *common, "--run-dir", str(tmp_path / "default")]) == 0
+    out = capsys.readouterr().out
+    [preset_line] = [line for line in out.splitlines() if line.startswith("preset 'demo'")]
+    assert "loss weighted-ce (the paper's weight map: every training mask holds instance labels" in preset_line
+    config = json.loads((tmp_path / "default" / "config.json").read_text())
+    assert config["loss"] == "weighted-ce" and config["settled"]["loss_from_masks"] is True
+    assert (tmp_path / "default" / "weight_map.png").is_file()
+    assert "Object scores need" not in out.splitlines()[-1]
+    grown = json.loads((tmp_path / "default" / "summary.json").read_text())["validation_whole_images"]["grown"]
+    assert {"dice", "iou", "instances", "growth_distance"} <= set(grown) and "mean_matched_iou" in grown["instances"]
+
+    assert main(["train", *common, "--loss", "ce", "--run-dir", str(tmp_path / "ce")]) == 0  # the user's --loss wins
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("preset 'demo'") and "loss ce," in line for line in lines)
+    assert lines[-1].startswith("done:") and "Object scores need the paper's weight map" in lines[-1]
+    assert "--loss weighted-ce" in lines[-1]
+
+
+def test_class_masks_keep_cross_entropy(tmp_path, capsys):
+    data = write_cells_folder(tmp_path / "data", instance_masks=False)
+    assert main(["train", "--data", str(data), "--val-fraction", "0.34", "--steps", "1", "--run-dir", str(tmp_path / "run"),
+                 *TINY]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("preset 'demo'") and "loss ce," in line for line in lines)
+    assert "Object scores need" not in lines[-1]  # no object scores without instance labels
 
 
 def test_the_instances_preset_is_the_demo_with_the_weight_map():

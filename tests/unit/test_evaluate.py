@@ -10,8 +10,10 @@ from PIL import Image
 
 from tests.helpers.random_weights import random_variables
 from unet_jax.config import UNetConfig
-from unet_jax.data import load_folder
-from unet_jax.inference.evaluate import evaluate
+from unet_jax.data import Samples, load_folder
+from unet_jax.inference.evaluate import evaluate, evaluate_samples
+from unet_jax.inference.instance_defaults import DEFAULT_EXTENT_THRESHOLD, DEFAULT_GROWTH_DISTANCE, DEFAULT_MIN_SIZE
+from unet_jax.inference.instances import InstanceRule
 from unet_jax.inference.predictor import Predictor, predict_probabilities
 from unet_jax.weights.io import save_flax_weights
 from unet_jax.weights.port import PortError
@@ -121,3 +123,34 @@ def test_instance_scores_with_instance_masks_and_the_reason_without(tmp_path):
     assert "instances" not in scores
     assert "hold class indices, not instance labels" in scores["instances_absent"]
     assert f"(first: the mask of {tmp_path / 'classes' / 'images' / 'b.png'})" in scores["instances_absent"]  # not the image
+
+
+def test_the_grown_instances_are_scored_beside_the_raw_foreground(monkeypatch):
+    # Two touching 6x6 cells; the "network" draws a 2-pixel gap between them, trimming each by a column.
+    instances = np.zeros((10, 16), np.int32)
+    instances[2:8, 2:8], instances[2:8, 8:14] = 1, 2
+    foreground = instances > 0
+    foreground[:, 7:9] = False
+    probabilities = np.stack([~foreground, foreground], axis=-1).astype(np.float32)  # [H, W, 2]
+    monkeypatch.setattr("unet_jax.inference.evaluate.predict_probabilities", lambda *args: probabilities)
+    samples = Samples(images=[np.zeros((10, 16, 1), np.float32)], masks=[(instances > 0).astype(np.int32)],
+                      instances=[instances], names=("hand-made",))
+    predictor = Predictor(CONFIG, random_variables(CONFIG))
+    scores = evaluate_samples(predictor, samples, instances=InstanceRule(growth_distance=1.0, extent_threshold=0))
+    assert scores["iou"] == pytest.approx(60 / 72)  # raw: 60 of the 72 cell pixels, nothing else
+    assert scores["instances"]["f1"] == 1.0 and scores["instances"]["mean_matched_iou"] == pytest.approx(30 / 36)
+    grown = scores["grown"]
+    assert (grown["growth_distance"], grown["min_object_size"], grown["extent_threshold"]) == (1.0, DEFAULT_MIN_SIZE, 0)
+    # Grown by one pixel (4-neighbours; diagonals are sqrt 2 away): the gap is filled, a column to each cell, and
+    # each cell spills a row of 5 above and below it and a column of 6 at its far end.
+    spill = 2 * (5 + 5 + 6)
+    assert grown["iou"] == pytest.approx(72 / (72 + spill))
+    assert grown["instances"]["f1"] == 1.0 and grown["instances"]["split_pairs"] == 1
+    assert grown["instances"]["mean_matched_iou"] == pytest.approx(36 / (36 + spill / 2))
+    # Where the network left the gap a little foreground probability, and none outside, growth fills the gap only.
+    probabilities[2:8, 7:9] = [0.8, 0.2]
+    fitted = evaluate_samples(predictor, samples, instances=InstanceRule(growth_distance=1.0, extent_threshold=0.1))["grown"]
+    assert fitted["iou"] == 1.0 and fitted["instances"]["mean_matched_iou"] == 1.0
+    default = evaluate_samples(predictor, samples)["grown"]
+    assert (default["growth_distance"], default["min_object_size"], default["extent_threshold"]) == (
+        DEFAULT_GROWTH_DISTANCE, DEFAULT_MIN_SIZE, DEFAULT_EXTENT_THRESHOLD)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from unet_jax.inference.instance_metrics import add_instance_counts, instance_scores, match_instances, touching_pairs
+from unet_jax.inference.instance_metrics import add_instance_counts, instance_scores, match_instances, match_labels, touching_pairs
 
 
 def _two_touching_squares():
@@ -59,12 +59,15 @@ def test_false_positives_false_negatives_and_the_iou_threshold():
 
 
 def test_counts_add_over_images_before_the_ratios():
-    first = {"true_positives": 3, "false_positives": 1, "false_negatives": 0, "touching_pairs": 2, "split_pairs": 1}
-    second = {"true_positives": 1, "false_positives": 0, "false_negatives": 3, "touching_pairs": 2, "split_pairs": 2}
+    first = {"true_positives": 3, "false_positives": 1, "false_negatives": 0, "touching_pairs": 2, "split_pairs": 1,
+             "matched_iou_sum": 2.4}
+    second = {"true_positives": 1, "false_positives": 0, "false_negatives": 3, "touching_pairs": 2, "split_pairs": 2,
+              "matched_iou_sum": 0.6}
     scores = instance_scores(add_instance_counts(add_instance_counts(None, first), second))
     assert scores["true_positives"] == 4 and scores["false_negatives"] == 3
     assert scores["f1"] == pytest.approx(8 / (8 + 1 + 3))  # not the mean of per-image F1s (0.857, 0.4)
     assert scores["split_fraction"] == pytest.approx(3 / 4)
+    assert scores["mean_matched_iou"] == pytest.approx(3.0 / 4)  # per matched object, not per image (0.8, 0.6)
 
 
 def test_empty_cases():
@@ -83,3 +86,18 @@ def test_a_pair_counts_as_kept_apart_only_when_both_cells_are_found():
     predicted = instances == 7  # 7 found exactly, 300 missed
     counts = match_instances(predicted, instances)
     assert (counts["true_positives"], counts["false_negatives"], counts["split_pairs"]) == (1, 1, 0)
+
+
+def test_a_label_image_is_scored_by_its_ids_even_where_its_objects_touch():
+    instances = _two_touching_squares()
+    predicted = np.zeros_like(instances)
+    predicted[1:5, 1:6] = 1  # 7 and one column of 300: IoU 16/20
+    predicted[1:5, 6:9] = 2  # the rest of 300, touching object 1: IoU 12/16
+    counts = match_labels(predicted, instances)
+    assert (counts["true_positives"], counts["false_positives"], counts["split_pairs"]) == (2, 0, 1)
+    assert counts["matched_iou_sum"] == pytest.approx(16 / 20 + 12 / 16)
+    assert match_instances(predicted > 0, instances)["true_positives"] == 0  # as one foreground, the two merge
+    scores = instance_scores(add_instance_counts(None, counts))
+    assert scores["mean_matched_iou"] == pytest.approx((16 / 20 + 12 / 16) / 2)
+    none = instance_scores(add_instance_counts(None, match_labels(np.zeros_like(instances), instances)))
+    assert none["mean_matched_iou"] is None

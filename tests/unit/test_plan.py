@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from unet_jax.cli import main
+from tests.helpers.cell_folders import write_cells_folder
 from unet_jax.config import ConfigError, UNetConfig
 from unet_jax.data import make_cells
 from unet_jax.model.compute import Compute
@@ -44,8 +45,28 @@ def test_a_plan_settles_shards_and_batch_groups_and_config_json_records_them(tmp
     run.save_config(plan.train, plan.compute, plan.settled())
     stored = json.loads((tmp_path / "config.json").read_text())
     assert stored["compute"] == {"remat": "none", "batch_groups": 0}
-    assert stored["settled"] == {"batch_groups": 1, "devices": 1, "fsdp": False, "processes": 1}
+    assert stored["settled"] == {"batch_groups": 1, "devices": 1, "fsdp": False, "processes": 1, "loss_from_masks": False}
     assert run.load_config() == (plan.train, plan.compute)
+
+
+@pytest.mark.parametrize("preset, given, masks, loss, from_masks", [
+    ("demo", {}, "instances", "weighted-ce", True),  # nobody chose: the paper's recipe
+    ("demo", {"loss": "ce"}, "instances", "ce", False),  # the user's --loss wins
+    ("demo", {"loss": "dice"}, "instances", "dice", False),
+    ("demo", {}, "classes", "ce", False),  # class masks: no weight map possible
+    ("paper", {}, "instances", "weighted-ce", True),
+])
+def test_instance_masks_get_the_papers_loss_when_nobody_chose_one(tmp_path, preset, given, masks, loss, from_masks):
+    data = write_cells_folder(tmp_path / "data", instance_masks=masks == "instances", size=48)
+    tiny = {k: v for k, v in TINY.items() if not k.startswith("cells_")}
+    options = nest({**tiny, "data": str(data), "val_fraction": 0.34, **given})
+    plan = plan_from_options(preset, options, DataParallel.create(1))
+    assert (plan.train.loss, plan.loss_from_masks, plan.settled()["loss_from_masks"]) == (loss, from_masks, from_masks)
+    assert ("every training mask holds instance labels" in plan.loss_note()) == from_masks
+
+
+def test_the_built_in_cells_keep_the_presets_loss():
+    assert plan_from_options("demo", nest(TINY), DataParallel.create(1)).train.loss == "ce"  # `--preset instances` is theirs
 
 
 def test_a_config_json_from_before_the_plan_is_read_with_its_compute_options(tmp_path):

@@ -128,7 +128,10 @@ def _index_pairs(images_dir: Path, masks_dir: Path, in_channels: int, num_classe
             loaded.append((image, mask, ids))
         return loaded
 
-    return Source(tuple(str(images[s]) for s in stems), tuple(sizes), in_channels, load)
+    def probe(indices: Sequence[int]) -> list[bool]:
+        return [read_mask(masks[stems[i]], num_classes)[1] is not None for i in indices]
+
+    return Source(tuple(str(images[s]) for s in stems), tuple(sizes), in_channels, load, probe)
 
 
 def _check_sizes(image_path: Path, image_size: tuple, mask_path: Path, mask_size: tuple) -> None:
@@ -171,7 +174,11 @@ def _index_stack(volume_path: Path, labels_path: Path, in_channels: int, num_cla
             loaded.append((to_image(image, f"{volume_path}[slice {k}]", in_channels), mask, ids))
         return loaded
 
+    def probe(indices: Sequence[int]) -> list[bool]:
+        labels = read_slices(labels_path, indices, slices, palette_to_rgb=False)
+        return [to_mask(label, f"{labels_path}[slice {k}]", num_classes)[1] is not None for k, label in zip(indices, labels)]
+
     names = tuple(f"{volume_path}[slice {k}]" for k in range(slices))
-    return Source(names, ((volume_shape[1], volume_shape[2]),) * slices, in_channels, load)
+    return Source(names, ((volume_shape[1], volume_shape[2]),) * slices, in_channels, load, probe)
 
 

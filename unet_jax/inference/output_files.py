@@ -17,7 +17,8 @@ from unet_jax.runtime.safe_files import OutputError, check_destination
 
 
 def plan_outputs(
-    image_paths: list[Path], output_dir: Path, mask_suffix: str, save_probabilities: bool, overwrite: bool
+    image_paths: list[Path], output_dir: Path, mask_suffix: str, save_probabilities: bool, overwrite: bool,
+    save_instances: bool = False,
 ) -> list[dict]:
     """Output paths per input, after checking every input at once: all exist, no two share an
     output, no output would land on an input, and none exists unless `overwrite`."""
@@ -34,6 +35,8 @@ def plan_outputs(
         outputs = {"mask": output_dir / f"{path.stem}_mask{suffix}"}
         if save_probabilities:
             outputs["probabilities"] = output_dir / f"{path.stem}_probs.npy"
+        if save_instances:  # TIFF whatever --format: PNG readers mishandle 32-bit labels
+            outputs["instances"] = output_dir / f"{path.stem}_instances.tif"
         for out in outputs.values():
             check_destination(out, overwrite=True)  # not a folder, and its folder can be made
             key = out.resolve()
@@ -55,7 +58,7 @@ def plan_outputs(
 
 
 def encode_mask(labels: np.ndarray, suffix: str) -> bytes:
-    """A class map [H, W] (or a stack [N, H, W], TIFF only) as the bytes of a PNG or TIFF file."""
+    """A class map or label image [H, W] (or a stack [N, H, W], TIFF only) as the bytes of a PNG or TIFF file."""
     buffer = io.BytesIO()
     if suffix == ".png":
         Image.fromarray(labels).save(buffer, format="PNG")

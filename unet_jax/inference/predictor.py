@@ -27,6 +27,7 @@ import numpy as np
 from unet_jax.config import ConfigError, UNetConfig
 from unet_jax.data import Normalization, mirror_crop, read_image_pages
 from unet_jax.inference.formats import MASK_FORMATS
+from unet_jax.inference.instances import InstanceRule
 from unet_jax.inference.output_files import encode_mask, encode_npy, plan_outputs
 from unet_jax.inference.tile_plan import DEFAULT_BATCH_SIZE, default_tile_size, tile_geometry, usable_tile_size
 from unet_jax.model.unet import UNet, default_batch_groups
@@ -174,17 +175,24 @@ def predict_files(
     mask_format: str = "png",
     overwrite: bool = False,
     on_written: Optional[Callable[[dict], None]] = None,
+    instances: Optional[InstanceRule] = None,
 ) -> list[dict]:
     """Predict each image and write `OUTPUT/<stem>_mask.png` (or `.tif`), plus `<stem>_probs.npy`
-    (float32 [H, W, num_classes]) when `save_probabilities`. Returns, per image, a record
-    {"image", "mask", ["probabilities"], "pages", "height", "width"}, also passed to
-    `on_written` as soon as the image is done.
+    (float32 [H, W, num_classes]) when `save_probabilities`, and `<stem>_instances.tif` (a label
+    image, `unet_jax.inference.instances`) when `instances` gives the rule. Returns, per image, a
+    record {"image", "mask", ["probabilities"], ["instances", "objects"], "pages", "height", "width"},
+    also passed to `on_written` as soon as the image is done.
 
     Masks hold class indices (0 .. num_classes-1; uint8, uint16 past 256 classes), the format
     the training reader takes back, so predictions can be corrected and trained on. A binary
     mask therefore looks black in an image viewer; scale it for viewing, not for storage.
     A multi-page TIFF is predicted page by page into a multi-page `<stem>_mask.tif` (whatever
-    `mask_format`) and `<stem>_probs.npy` of shape [pages, H, W, num_classes].
+    `mask_format`) and `<stem>_probs.npy` of shape [pages, H, W, num_classes]; its label image
+    has one page per page, each labelled on its own.
+
+    Instances are labelled from the stitched class map of the whole image, so a tiled prediction
+    gives the labels a whole-image pass gives; they need a 2-class model (background and one
+    foreground class): with more, objects of different classes would run together, so it is refused.
 
     Everything is checked before the first image is predicted: every input exists, no two
     inputs share an output, no output lands on an input, and no output exists unless
@@ -194,7 +202,14 @@ def predict_files(
         raise ConfigError(f"mask_format must be one of {sorted(MASK_FORMATS)}, got {mask_format!r}")
     image_paths = [Path(p) for p in image_paths]
     output_dir = check_folder_destination(output_dir)
-    planned = plan_outputs(image_paths, output_dir, MASK_FORMATS[mask_format], save_probabilities, overwrite)
+    if instances is not None and predictor.config.num_classes != 2:
+        raise ConfigError(
+            f"--instances labels the objects of a 2-class (background, foreground) model, but this one has "
+            f"num_classes={predictor.config.num_classes}. Fix: predict without --instances and label the classes of "
+            "<stem>_mask yourself, or train a 2-class model on instance masks"
+        )
+    planned = plan_outputs(image_paths, output_dir, MASK_FORMATS[mask_format], save_probabilities, overwrite,
+                           save_instances=instances is not None)
     if tile_size is not None:
         tile_geometry(predictor.config, tile_size)  # a bad tile size fails before the first image is read
     make_directory(output_dir)
@@ -208,6 +223,10 @@ def predict_files(
         if save_probabilities:
             write_atomically(outputs["probabilities"], encode_npy(probs if stack else probs[0]), overwrite)
         record = {"image": image_path, **outputs, "pages": len(pages), "height": labels.shape[1], "width": labels.shape[2]}
+        if instances is not None:
+            objects = instances.label_pages(labels > 0, probs[..., 1])  # [N, H, W], after stitching: seams cannot split objects
+            write_atomically(outputs["instances"], encode_mask(objects if stack else objects[0], ".tif"), overwrite)
+            record["objects"] = [int(page.max()) for page in objects] if stack else int(objects.max())
         written.append(record)
         if on_written is not None:
             on_written(record)

@@ -145,7 +145,7 @@ def _run_steps_of(plan: RunPlan, data: TrainingData, run: RunDir, progress: bool
     cfg, parallel = plan.train, plan.parallel
     log(f"preset {cfg.preset!r}: {cfg.model}, tiles {cfg.tile_size}->{cfg.label_size}, batch {cfg.batch_size} "
         f"over {parallel.device_count} device(s){' (FSDP)' if parallel.fsdp else ''}, "
-        f"{cfg.steps} steps, {cfg.optimizer} lr {cfg.learning_rate}, loss {cfg.loss}, {cfg.dtype}, "
+        f"{cfg.steps} steps, {cfg.optimizer} lr {cfg.learning_rate}, {plan.loss_note()}, {cfg.dtype}, "
         f"data {cfg.data or 'built-in synthetic cells'}, run dir {run}")
     if len(data.read_per_process) > 1 or cfg.data_shards > 1:
         log(f"{len(data.train)} training images in {cfg.data_shards} shard(s); training images read by "

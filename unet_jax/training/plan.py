@@ -6,6 +6,10 @@ once), the preset, the data (listed, its shards settled), the batch groups and t
 `plan_resumed_run` does the same from a run directory's `config.json` and the changes a resume
 may make. Nothing the plan holds is decided again later; `config.json` records all of it
 (`RunDir.save_config`: the TrainConfig, the compute options as asked, and `RunPlan.settled`).
+
+A new run on a data folder whose every training mask holds instance labels, with no `--loss`
+given and a preset that trains with plain cross-entropy, takes the paper's weighted
+cross-entropy (`recipe_on_instance_masks`): without the weight map, touching objects merge.
 """
 
 from __future__ import annotations
@@ -38,6 +42,14 @@ class RunPlan:
     sources: tuple[Source, Source] = dataclasses.field(compare=False)  # (train, validation), listed, not yet read
     init_weights: Optional[WeightsFile] = dataclasses.field(default=None, compare=False)  # the file, read once
     changes: Optional[dict[str, tuple]] = None  # None: a new run; else a resume's {field: (old, new)}
+    loss_from_masks: bool = False  # the loss is the paper's because every training mask holds instance labels
+
+    def loss_note(self) -> str:
+        """What the line that prints the preset says about the loss."""
+        if self.loss_from_masks:
+            return (f"loss {self.train.loss} (the paper's weight map: every training mask holds instance labels; "
+                    "--loss ce for plain cross-entropy)")
+        return f"loss {self.train.loss}"
 
     @property
     def resumed(self) -> bool:
@@ -46,7 +58,7 @@ class RunPlan:
     def settled(self) -> dict:
         """What config.json records beside the TrainConfig and the compute options as asked."""
         return {"batch_groups": self.batch_groups, "devices": self.parallel.device_count, "fsdp": self.parallel.fsdp,
-                "processes": jax.process_count()}
+                "processes": jax.process_count(), "loss_from_masks": self.loss_from_masks}
 
 
 def plan_new_run(train: TrainConfig, compute: Optional[Compute] = None, parallel: Optional[DataParallel] = None,
@@ -64,7 +76,20 @@ def plan_from_options(preset: str, options: Mapping[str, Mapping[str, Any]], par
     "compute": {...}} (only what was given). The `--init-weights` file is read here, once: where it
     says its architecture, the run takes it, and model options that contradict it are a ConfigError."""
     flat, weights = with_init_architecture({**options.get("model", {}), **options.get("training", {})})
-    return plan_new_run(resolve(preset, flat), Compute(**options.get("compute", {})), parallel, weights)
+    plan = plan_new_run(resolve(preset, flat), Compute(**options.get("compute", {})), parallel, weights)
+    if "loss" in flat or not recipe_on_instance_masks(plan):
+        return plan
+    return dataclasses.replace(plan, train=dataclasses.replace(plan.train, loss=RECIPE_LOSS), loss_from_masks=True)
+
+
+RECIPE_LOSS = "weighted-ce"  # the paper's loss, for instance masks
+
+
+def recipe_on_instance_masks(plan: RunPlan) -> bool:
+    """Whether a run whose loss nobody chose should take the paper's: it trains on a data folder
+    (the built-in cells keep the preset's choice; `--preset instances` is theirs), with plain
+    cross-entropy, and every training mask holds instance labels (read here, the masks only)."""
+    return plan.train.data is not None and plan.train.loss == "ce" and plan.sources[0].all_instance_masks()
 
 
 def plan_resumed_run(run_dir, options: Optional[Mapping[str, Mapping[str, Any]]] = None,

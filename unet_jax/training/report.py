@@ -7,7 +7,7 @@ import math
 
 import jax
 
-from unet_jax.config import TrainConfig
+from unet_jax.config import WEIGHT_MAP_LOSSES, TrainConfig
 from unet_jax.data import Normalization
 from unet_jax.inference.evaluate import evaluate_samples
 from unet_jax.inference.predictor import Predictor
@@ -48,13 +48,30 @@ def finish(plan: RunPlan, run: RunDir, state, eval_step, val_tiles: tuple, data:
                "training_data": {"images": len(data.train), "shards": cfg.data_shards,
                                  "read_per_process": list(data.read_per_process)}}
     run.save_summary(summary)
-    objects = whole.get("instances")
-    objects = (f", instance F1 {objects['f1']:.4f} with {objects['split_pairs']} of {objects['touching_pairs']} touching "
-               "pairs kept apart") if objects else ""
     log(f"done: held-out foreground Dice {whole['dice']:.4f}, IoU {whole['iou']:.4f}, pixel accuracy "
-        f"{whole['pixel_accuracy']:.4f}{objects} on {whole['num_images']} whole images ({len(val_images)} tiles: Dice "
-        f"{val_metrics['dice']:.4f}); weights in {run.file(RunDir.WEIGHTS)}")
+        f"{whole['pixel_accuracy']:.4f}{_object_scores(whole)} on {whole['num_images']} whole images ({len(val_images)} "
+        f"tiles: Dice {val_metrics['dice']:.4f}); weights in {run.file(RunDir.WEIGHTS)}{_weight_map_advice(cfg, whole)}")
     return summary
+
+
+def _object_scores(whole: dict) -> str:
+    """", instance F1 .. with .. of .. touching pairs kept apart; as predict --instances labels them: F1 .., IoU ..", or ""."""
+    objects = whole.get("instances")
+    if not objects:
+        return ""
+    said = f", instance F1 {objects['f1']:.4f} with {objects['split_pairs']} of {objects['touching_pairs']} touching pairs kept apart"
+    grown = whole.get("grown", {})
+    if "instances" in grown:
+        said += f"; as predict --instances labels them: instance F1 {grown['instances']['f1']:.4f}, IoU {grown['iou']:.4f}"
+    return said
+
+
+def _weight_map_advice(cfg: TrainConfig, whole: dict) -> str:
+    """Where a run without the weight map scored objects: that the scores need it, and how to ask for it."""
+    if "instances" not in whole or cfg.loss in WEIGHT_MAP_LOSSES:
+        return ""
+    return (f". Object scores need the paper's weight map: touching objects merge under --loss {cfg.loss}; "
+            "train with --loss weighted-ce (or --preset instances)")
 
 
 def where_to_continue(run: RunDir, cfg: TrainConfig, started: bool, step: int) -> str:
