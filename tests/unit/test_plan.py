@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unet_jax.cli import main
 from tests.helpers.cell_folders import write_cells_folder
+from unet_jax.cli import main
 from unet_jax.config import ConfigError, UNetConfig
 from unet_jax.data import make_cells
 from unet_jax.model.compute import Compute
