@@ -157,5 +157,7 @@ def test_the_size_defaults_to_the_runs_training_tile_else_the_valid_size_nearest
     run.mkdir()
     (run / "weights.safetensors").write_bytes(path.read_bytes())
     (run / "config.json").write_text(json.dumps(TrainConfig(model=config, tile_size=tile).to_dict()))
+    normalization = Normalization(mean=(0.25,) * config.in_channels, std=(0.5,) * config.in_channels)
+    (run / "normalization.json").write_text(json.dumps(normalization.to_dict()))  # a run without it is refused
     source = load_source(run)
-    assert (source.tile_size, source.config, source.normalization) == (tile, config, None)  # no normalization.json in run
+    assert (source.tile_size, source.config, source.normalization) == (tile, config, normalization)
