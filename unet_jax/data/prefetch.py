@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import collections
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Deque, Generic, Iterable, Sequence, TypeVar
+from typing import Callable, Deque, Generic, Iterable, Optional, Sequence, TypeVar
 
 import jax
 
@@ -44,7 +44,7 @@ class Prefetcher(Generic[Batch]):
             raise ValueError(f"depth must be at least 1 and workers at least 0, got {depth} and {workers}")
         self._make, self._steps, self._depth = make, iter(steps), depth
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="unet-jax-prefetch") if workers else None
-        self._pending: Deque[tuple[int, Future]] = collections.deque()
+        self._pending: Deque[tuple[int, Optional[Future]]] = collections.deque()
         self._fill()
 
     def _fill(self) -> None:
@@ -52,10 +52,8 @@ class Prefetcher(Generic[Batch]):
             step = next(self._steps, None)
             if step is None:
                 return
-            if self._pool:
-                self._pending.append((step, self._pool.submit(self._make, step)))
-            else:  # made when asked for: a future that `next` fills on the calling thread
-                self._pending.append((step, Future()))
+            # Without workers the batch is made when asked for, on the calling thread: no future.
+            self._pending.append((step, self._pool.submit(self._make, step) if self._pool else None))
 
     def next(self, step: int) -> Batch:
         """The batch of `step`, which must be the next of `steps`; the worker's exception, if it failed."""
@@ -72,7 +70,8 @@ class Prefetcher(Generic[Batch]):
     def close(self) -> None:
         """Cancel what has not started and wait for what has; idempotent."""
         for _, future in self._pending:
-            future.cancel()
+            if future is not None:
+                future.cancel()
         self._pending.clear()
         if self._pool:
             self._pool.shutdown(wait=True, cancel_futures=True)
