@@ -1,4 +1,4 @@
-"""`unet-jax`: train, convert, evaluate, predict, export, inspect. Thin: the logic lives in library modules.
+"""`unet-jax`: train, plan, convert, evaluate, predict, export, inspect. Thin: the logic lives in library modules.
 
 Expected failures (a bad option, a file that can't be read or may not be written, a run
 directory in use) are the project's `UNetError`s: printed as one message naming the path and
@@ -34,7 +34,7 @@ from unet_jax.inference.instance_defaults import DEFAULT_EXTENT_THRESHOLD, DEFAU
 from unet_jax.inference.tile_plan import DEFAULT_BATCH_SIZE
 from unet_jax.model.compute import REMAT_POLICIES, Compute
 from unet_jax.runtime import hugepages, xla_cpu
-from unet_jax.training.errors import OutOfMemory, TrainingInterrupted
+from unet_jax.training.errors import OutOfMemory, OverMemoryBudget, TrainingInterrupted
 from unet_jax.training.presets import PRESETS
 from unet_jax.weights.namings import DIRECTIONS, NAMINGS
 
@@ -60,21 +60,20 @@ CHOICES = {
 
 # ------------------------------------------------------------------- commands
 def cmd_train(args) -> int:
-    """The options, nested as the plan takes them, settled into one plan before any work; then the run."""
-    from unet_jax.training.loop import default_run_dir, run
-    from unet_jax.training.plan import plan_from_options, plan_resumed_run, small_images, unused_options
+    """The options, nested as the plan takes them, settled into one plan before any work; its memory
+    checked against the device's budget before compiling (--plan: printed instead); then the run."""
+    from unet_jax.training.loop import run
 
-    options = {"model": _given(args, ARCHITECTURE_FIELDS), "training": _given(args, TRAINING_FIELDS),
-               "compute": _given(args, COMPUTE_FIELDS)}
-    if args.resume:
-        if args.preset is not None:
-            raise ConfigError("--preset starts a new run; a resumed run keeps the config it was started with")
-        plan, run_dir = plan_resumed_run(args.resume, options, _data_parallel(args)), args.resume
-    else:
-        plan = plan_from_options(args.preset or "demo", options, _data_parallel(args))
-        run_dir = args.run_dir or default_run_dir(plan.train)
-        for note in [*unused_options(options["training"], plan.train), *small_images(plan)]:
-            print(f"unet-jax train: note: {note}", file=sys.stderr)
+    plan, run_dir = _run_plan(args)
+    if args.plan or not args.no_memory_check:
+        from unet_jax.training.memory_plan import check_run
+
+        check = check_run(plan)
+        if args.plan:
+            print(check.report())
+            return 0
+        if not check.fits:
+            raise OverMemoryBudget(check.refusal())
     try:
         run(plan, run_dir, progress=not args.no_progress)
     except (MemoryError, RuntimeError) as error:
@@ -85,6 +84,31 @@ def cmd_train(args) -> int:
             raise
         raise OutOfMemory(out_of_memory_message(error, RunDir(run_dir))) from None
     return 0
+
+
+def cmd_plan(args) -> int:
+    """`unet-jax plan`: the train step's estimated memory for the options `train` would take, and exit."""
+    from unet_jax.training.memory_plan import check_run
+
+    print(check_run(_run_plan(args)[0]).report())
+    return 0
+
+
+def _run_plan(args):
+    """(plan, run directory) of `train`'s options: a new run's, or a resumed one's."""
+    from unet_jax.training.loop import default_run_dir
+    from unet_jax.training.plan import plan_from_options, plan_resumed_run, small_images, unused_options
+
+    options = {"model": _given(args, ARCHITECTURE_FIELDS), "training": _given(args, TRAINING_FIELDS),
+               "compute": _given(args, COMPUTE_FIELDS)}
+    if args.resume:
+        if args.preset is not None:
+            raise ConfigError("--preset starts a new run; a resumed run keeps the config it was started with")
+        return plan_resumed_run(args.resume, options, _data_parallel(args)), args.resume
+    plan = plan_from_options(args.preset or "demo", options, _data_parallel(args))
+    for note in [*unused_options(options["training"], plan.train), *small_images(plan)]:
+        print(f"unet-jax {args.command}: note: {note}", file=sys.stderr)
+    return plan, args.run_dir or default_run_dir(plan.train)
 
 
 def _data_parallel(args):
@@ -237,20 +261,18 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a U-Net (default: the CPU demo on built-in synthetic cells)")
-    train.add_argument("--preset", choices=sorted(PRESETS),
-                       help="demo: small net, CPU-sized; instances: the demo with the paper's weight map, for instance "
-                            "masks; seed: the seed's full net, Adam, batch 16; paper: SGD 0.99, batch 1 (default: demo)")
-    where = train.add_mutually_exclusive_group()
-    where.add_argument("--run-dir", help="where the new run is written (default: runs/<preset>-<time>)")
-    where.add_argument("--resume", metavar="RUN_DIR",
-                       help="continue the run in RUN_DIR from its newest intact checkpoint; --steps, --learning-rate "
-                            "and the bookkeeping options may change (default: start a new run)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar (default: off)")
-    _scale_out_options(train)
-    _add_field_options(train.add_argument_group("architecture (default: the preset's)"), ARCHITECTURE_FIELDS, _preset_default)
-    _add_field_options(train.add_argument_group("training (default: the preset's)"), TRAINING_FIELDS, _preset_default)
-    _add_field_options(train.add_argument_group("how JAX computes it (the same function)"), COMPUTE_FIELDS, _field_default)
+    train.add_argument("--plan", action="store_true", help="print the memory plan, as `unet-jax plan`, and exit (default: off)")
+    train.add_argument("--no-memory-check", action="store_true",
+                       help="run even where the memory plan's estimate exceeds the device's budget, for when the estimate "
+                            "is wrong (default: refused, with what would fit)")
+    _run_options(train)
     train.set_defaults(run=cmd_train)
+
+    plan = commands.add_parser("plan", help="the train step's estimated peak memory per device for train's options, "
+                                            "before compiling, against the device's budget")
+    _run_options(plan)
+    plan.set_defaults(run=cmd_plan)
 
     convert = commands.add_parser("convert", help="convert weights: PyTorch .pt/.pth/.safetensors <-> Flax .safetensors")
     convert.add_argument("src", help="the weights to convert (never replaced)")
@@ -312,6 +334,22 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="print one JSON object (default: lines of text)")
     inspect.set_defaults(run=cmd_inspect)
     return parser
+
+
+def _run_options(parser) -> None:
+    """The options of a run: `train` takes them, and `plan` the same, so that one command line serves both."""
+    parser.add_argument("--preset", choices=sorted(PRESETS),
+                        help="demo: small net, CPU-sized; instances: the demo with the paper's weight map, for instance "
+                             "masks; seed: the seed's full net, Adam, batch 16; paper: SGD 0.99, batch 1 (default: demo)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--run-dir", help="where the new run is written (default: runs/<preset>-<time>)")
+    where.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue the run in RUN_DIR from its newest intact checkpoint; --steps, --learning-rate "
+                            "and the bookkeeping options may change (default: start a new run)")
+    _scale_out_options(parser)
+    _add_field_options(parser.add_argument_group("architecture (default: the preset's)"), ARCHITECTURE_FIELDS, _preset_default)
+    _add_field_options(parser.add_argument_group("training (default: the preset's)"), TRAINING_FIELDS, _preset_default)
+    _add_field_options(parser.add_argument_group("how JAX computes it (the same function)"), COMPUTE_FIELDS, _field_default)
 
 
 def _scale_out_options(parser) -> None:

@@ -32,6 +32,7 @@ import math
 from typing import Iterator, Optional
 
 from unet_jax.config import ConfigError, UNetConfig
+from unet_jax.runtime.memory import device_memory_stats
 
 DEFAULT_BATCH_SIZE = 4
 MEMORY_FRACTION = 0.5  # of the accelerator's free memory that the activation estimate may use
@@ -124,12 +125,8 @@ def memory_budget_bytes(device=None) -> int:
     """`MEMORY_FRACTION` of the device's free memory, or `CPU_MEMORY_BUDGET` where it reports none."""
     import jax  # here, not at the top: the command line reads DEFAULT_BATCH_SIZE without starting JAX
 
-    device = device or jax.devices()[0]
-    try:
-        stats = device.memory_stats()
-    except Exception:  # some backends raise instead of returning None
-        stats = None
-    if not stats or "bytes_limit" not in stats:
+    stats = device_memory_stats(device or jax.devices()[0])
+    if stats is None:
         return CPU_MEMORY_BUDGET
     return int(MEMORY_FRACTION * max(stats["bytes_limit"] - stats.get("bytes_in_use", 0), 0))
 

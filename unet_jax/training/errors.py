@@ -13,3 +13,7 @@ class TrainingInterrupted(UNetError):
 
 class OutOfMemory(UNetError):
     """Training needed more memory than the host or a device had; the message says what was kept and what to change."""
+
+
+class OverMemoryBudget(UNetError):
+    """A run refused before compiling: its estimated step memory exceeds the device's budget; the message says what fits."""

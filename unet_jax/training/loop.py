@@ -41,6 +41,7 @@ from unet_jax.runtime.processes import is_primary
 from unet_jax.training.checkpoints import Checkpointer
 from unet_jax.training.errors import TrainingInterrupted
 from unet_jax.training.losses import make_loss, needs_weights
+from unet_jax.training.memory_plan import compared, compiled_bytes, estimate, layout_of
 from unet_jax.training.plan import RunPlan, plan_new_run, plan_resumed_run
 from unet_jax.training.profiling import StepProfiler
 from unet_jax.training.report import divergence_message, finish, where_to_continue
@@ -223,6 +224,8 @@ def run_steps(state, plan: RunPlan, train_samples: Samples, train_weights, eval_
             with profiler.step(step):
                 with timer.data():
                     batch = _next_batch(feed, step, checkpointer, run, cfg, position)
+                if step == start + 1:  # the compile the first call would do, done here to read its figure
+                    log(compared(estimate(layout_of(plan)), compiled_bytes(train_step.lower(state, *batch).compile())))
                 # Dispatch is asynchronous: the device computes while the workers make the next batches.
                 state, metrics = train_step(state, *batch)
             profiler.done(step, metrics)

@@ -78,7 +78,8 @@ def make_train_step(loss_fn: Callable, augment: Optional[Callable] = None, jit: 
 
     `augment(key, images, masks[, weights])` runs inside the compiled step, on the device.
     `weights` (per-pixel loss weights) go to a `loss_fn(logits, labels, weights)`. The state
-    is donated: the caller must use the returned state, never the one passed in.
+    is donated: the caller must use the returned state, never the one passed in. Like a jitted
+    function, the step has `.lower(state, images, masks[, weights])` (its memory figures, say).
     `shardings` (`unet_jax.runtime.mesh.StepShardings`) lays the step out on a device mesh: the
     batch split, the state as given, the metrics replicated; XLA adds the collectives.
     """
@@ -108,7 +109,13 @@ def make_train_step(loss_fn: Callable, augment: Optional[Callable] = None, jit: 
     # With shardings every positional argument needs one, `weights` too (None holds no array).
     sharded = jax.jit(train_step, donate_argnums=0, in_shardings=(shardings.state,) + (shardings.batch,) * 3,
                       out_shardings=(shardings.state, shardings.replicated))
-    return lambda state, images, masks, weights=None: sharded(state, images, masks, weights)
+
+    def step(state, images, masks, weights=None):
+        return sharded(state, images, masks, weights)
+
+    # As jit's own: `step.lower(...).compile()` is the executable the next call runs, compiled once.
+    step.lower = lambda state, images, masks, weights=None: sharded.lower(state, images, masks, weights)
+    return step
 
 
 def make_eval_step(loss_fn: Callable, jit: bool = True, shardings=None):

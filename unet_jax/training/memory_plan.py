@@ -1,0 +1,339 @@
+"""The train step's peak memory per device, estimated before anything is compiled, and the check
+that refuses a run over the device's budget (`unet-jax plan`, `unet-jax train`).
+
+What the estimate adds up, per device:
+- parameters (and BatchNorm statistics), optimizer state, gradients: exact, from the state's
+  shapes (`jax.eval_shape`: traced, nothing allocated or compiled);
+- the batch: images, masks and weight maps as the trainer cuts them (shape arithmetic);
+- activations kept for the backward pass: exact, the residuals of `jax.vjp` of the step's loss
+  (traced as above), for this network, dtype and `--remat` policy;
+- XLA's temporaries beyond them: fitted. No analytic rule lands within 15% on both backends
+  (benchmarks/NOTES.md, "toward a memory plan"), so the step's compiled buffers are a measured
+  factor times a basis, per backend (`GPU_FACTORS`, `CPU_FACTORS`):
+  * GPU: the kept activations. XLA:GPU schedules the backward pass around what JAX keeps.
+  * CPU: every feature map of the forward pass (`activation_bytes`). XLA:CPU merges remat's
+    recomputation back into the forward pass and runs bfloat16 convolutions in float32, so what
+    JAX keeps does not predict its buffers (0.98-2.8x of them over small networks), the maps do.
+  Other backends (TPU) take the GPU's factors: never measured there, and the plan says so.
+
+After compiling, `compiled_bytes` reads the executable's own figure, which the trainer logs
+beside the estimate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from unet_jax.config import TrainConfig, UNetConfig
+from unet_jax.inference.tile_plan import activation_bytes
+from unet_jax.model.unet import UNet
+from unet_jax.runtime.memory import BUDGET_VARIABLE, device_budget
+from unet_jax.training.losses import make_loss, needs_weights
+from unet_jax.training.step import create_train_state, loss_and_logits, make_optax_optimizer
+
+GiB = 2**30
+
+
+@dataclasses.dataclass(frozen=True)
+class Factor:
+    """Compiled step buffers (activations and temporaries) = `value` x the backend's basis; where it was measured."""
+
+    value: float
+    measured: str
+
+
+# Fitted by `python -m benchmarks.memory_plan_fit [--cpu]`, which prints every point, fitted or held out, and its error.
+# GPU, by --remat policy: one NVIDIA H200, jax/jaxlib 0.11.2, CUDA 13.0, cuDNN 9.19, the seed network at 572 px,
+# `python3 -m benchmarks.run --budget-s 334 --out $OUT/nvidia-h200-sweep ...` (benchmarks/results/nvidia-h200-sweep/):
+# (XLA temporaries - gradients) / kept activations of the bfloat16 batch-16 rows; batch 1 and float32 are held out.
+GPU_FACTORS: dict[str, Factor] = {
+    "none": Factor(1.508, "NVIDIA H200, jax 0.11.2, seed network 572 px, bfloat16 batch 16"),
+    "blocks": Factor(1.324, "NVIDIA H200, jax 0.11.2, seed network 572 px, bfloat16 batch 16, --remat blocks"),
+}
+# CPU, by (dtype, norm): a 2-core AMD EPYC, jax/jaxlib 0.10.2 with the project's XLA:CPU flags, the median over
+# FIT_CONFIGS of benchmarks/memory_plan_fit.py of (temporaries - gradients) / feature maps; HELD_OUT_CONFIGS are
+# the check (tests/unit/test_memory_plan.py). BatchNorm's maps count twice in the basis, but XLA fuses them.
+CPU_FACTORS: dict[tuple[str, Optional[str]], Factor] = {
+    ("float32", None): Factor(1.70, "2-core AMD EPYC, jax 0.10.2, small networks, float32"),
+    ("float32", "batch"): Factor(1.43, "2-core AMD EPYC, jax 0.10.2, small networks, float32, BatchNorm"),
+    ("bfloat16", None): Factor(2.43, "2-core AMD EPYC, jax 0.10.2, small networks, bfloat16"),
+    ("bfloat16", "batch"): Factor(2.0, "2-core AMD EPYC, jax 0.10.2, small networks, bfloat16, BatchNorm"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class StepLayout:
+    """Everything the step's memory depends on."""
+
+    model: UNetConfig
+    tile_size: int  # input side
+    label_size: int  # side of the masks (and weight maps) the step takes
+    batch_size: int  # the global batch, split over `devices`
+    dtype: str = "float32"
+    remat: str = "none"
+    optimizer: str = "adam"
+    weight_maps: bool = False  # per-pixel loss weights in the batch
+    devices: int = 1
+    fsdp: bool = False  # parameters and optimizer state split over the devices
+    backend: str = "cpu"  # jax.default_backend() of the devices: picks the factor
+
+    @classmethod
+    def of_run(cls, train: TrainConfig, remat: str, devices: int, fsdp: bool, backend: str) -> "StepLayout":
+        """The step `unet-jax train` compiles for this config (elastic deformation takes input-sized labels)."""
+        return cls(train.model, train.tile_size, train.tile_size if train.elastic else train.label_size, train.batch_size,
+                   train.dtype, remat, train.optimizer, needs_weights(train.loss), devices, fsdp, backend)
+
+    @property
+    def per_device_batch(self) -> int:
+        return max(self.batch_size // self.devices, 1)
+
+    def factor(self) -> Factor:
+        """The factor of this backend, dtype, norm and remat policy (module docstring: what it multiplies)."""
+        if self.backend == "cpu":
+            return CPU_FACTORS[(self.dtype, self.model.norm)]
+        factor = GPU_FACTORS.get(self.remat)
+        if factor is None:  # conv-outputs, dots: they keep more than "none", so none's factor on what they keep
+            factor = dataclasses.replace(GPU_FACTORS["none"], measured=GPU_FACTORS["none"].measured
+                                         + f"; --remat {self.remat} not measured, none's factor")
+        if self.backend != "gpu":
+            factor = dataclasses.replace(factor, measured=factor.measured + f"; never measured on {self.backend}")
+        return factor
+
+
+@dataclasses.dataclass(frozen=True)
+class StepMemory:
+    """The estimated peak of one device during a train step, in bytes, by what holds it."""
+
+    layout: StepLayout
+    parameters: int  # with BatchNorm statistics
+    optimizer_state: int
+    gradients: int
+    batch: int
+    kept: int  # activations JAX keeps for the backward pass
+    temporaries: int  # XLA's buffers beyond them (fitted)
+    factor: Factor
+
+    @property
+    def total(self) -> int:
+        return self.parameters + self.optimizer_state + self.gradients + self.batch + self.kept + self.temporaries
+
+    def lines(self) -> list[str]:
+        """The breakdown, one part a line, largest first in its group, for `unet-jax plan`."""
+        layout = self.layout
+        rows = [("parameters", self.parameters, ""), (f"optimizer state ({layout.optimizer})", self.optimizer_state, ""),
+                ("gradients", self.gradients, ""),
+                ("batch", self.batch, f"{layout.per_device_batch} tile(s) of {layout.tile_size} px, labels {layout.label_size} px"),
+                ("activations kept for backward", self.kept, f"{layout.dtype}, --remat {layout.remat}"),
+                ("temporaries", self.temporaries, f"fitted: {self.factor.measured}")]
+        width = max(len(name) for name, *_ in rows)
+        said = [f"  {name:<{width}}  {gib(size):>10}  {note}".rstrip() for name, size, note in rows]
+        return said + [f"  {'total (estimate)':<{width}}  {gib(self.total):>10}  per device"]
+
+
+def gib(size: int) -> str:
+    """Bytes as GiB, or MiB below one GiB: "7.95 GiB", "61.3 MiB"."""
+    return f"{size / GiB:.2f} GiB" if abs(size) >= GiB else f"{size / 2**20:.1f} MiB"
+
+
+def _bytes(tree) -> int:
+    return sum(leaf.size * jnp.dtype(leaf.dtype).itemsize for leaf in jax.tree.leaves(tree))
+
+
+@functools.lru_cache(maxsize=64)
+def _state_bytes(model: UNetConfig, tile_size: int, dtype: str, optimizer: str) -> tuple[int, int, int]:
+    """(parameters, BatchNorm statistics, optimizer state) in bytes: traced, nothing allocated."""
+    net = UNet(model, dtype=jnp.dtype(dtype))
+    state = jax.eval_shape(lambda: create_train_state(net, make_optax_optimizer(optimizer), 0, tile_size))
+    return _bytes(state.params), _bytes(state.batch_stats), _bytes(state.opt_state)
+
+
+@functools.lru_cache(maxsize=64)
+def _kept_per_image(model: UNetConfig, tile_size: int, label_size: int, dtype: str, remat: str) -> int:
+    """Bytes of the residuals `jax.vjp` of the step's loss keeps, per image: traced at batches 1 and 2,
+    so that what does not grow with the batch (the weights the backward pass reads) drops out."""
+    net = UNet(model, dtype=jnp.dtype(dtype), remat=remat, batch_groups=1)
+    sample = jax.ShapeDtypeStruct((1, tile_size, tile_size, model.in_channels), jnp.float32)
+    variables = jax.eval_shape(net.init, jax.random.key(0), sample)
+    loss = make_loss("ce")
+
+    def kept(batch: int) -> int:
+        images = jax.ShapeDtypeStruct((batch, tile_size, tile_size, model.in_channels), jnp.float32)
+        masks = jax.ShapeDtypeStruct((batch, label_size, label_size), jnp.int32)
+
+        def residuals(variables, images, masks):
+            def of_params(params):
+                return loss_and_logits(params, variables.get("batch_stats"), net.apply, images, masks, loss)[0]
+
+            return jax.vjp(of_params, variables["params"])[1]
+
+        return _bytes(jax.eval_shape(residuals, variables, images, masks))
+
+    return kept(2) - kept(1)
+
+
+def estimate(layout: StepLayout) -> StepMemory:
+    """The step's peak memory per device for `layout`: traced and counted, never compiled."""
+    gradients, statistics, optimizer_state = _state_bytes(layout.model, layout.tile_size, layout.dtype, layout.optimizer)
+    parameters = gradients + statistics  # a gradient per parameter, in its dtype
+    if layout.fsdp and layout.devices > 1:  # split over the devices (an array no axis of which divides stays whole: ignored)
+        parameters, optimizer_state, gradients = (-(-part // layout.devices) for part in (parameters, optimizer_state, gradients))
+    batch = layout.per_device_batch
+    pixels, labels = layout.tile_size**2 * layout.model.in_channels, layout.label_size**2
+    batch_bytes = batch * 4 * (pixels + labels * (2 if layout.weight_maps else 1))  # float32 images, int32 masks, float32 weights
+    kept = batch * _kept_per_image(layout.model, layout.tile_size, layout.label_size, layout.dtype, layout.remat)
+    factor = layout.factor()
+    if layout.backend == "cpu":
+        basis = batch * activation_bytes(layout.model, layout.tile_size, jnp.dtype(layout.dtype).itemsize)
+    else:
+        basis = kept
+    buffers = max(round(factor.value * basis), kept)
+    return StepMemory(layout, parameters, optimizer_state, gradients, batch_bytes, kept, buffers - kept, factor)
+
+
+# ------------------------------------------------------------------ the budget, and what fits it
+@dataclasses.dataclass(frozen=True)
+class MemoryCheck:
+    """A run's estimate against its device budget."""
+
+    memory: StepMemory
+    budget: Optional[int]  # bytes per device; None where the machine reports no figure
+    budget_source: str
+    device_count_available: int = 1  # devices of this kind on the machine, for the --devices advice
+
+    @property
+    def fits(self) -> bool:
+        return self.budget is None or self.memory.total <= self.budget
+
+    def report(self) -> str:
+        """What `unet-jax plan` prints: the layout, the breakdown, the budget and, over it, what would fit."""
+        layout = self.memory.layout
+        head = (f"memory plan: {layout.model}, tile {layout.tile_size} px, batch {layout.batch_size} over {layout.devices} "
+                f"{layout.backend} device(s){' (FSDP)' if layout.fsdp else ''}, {layout.dtype}, --remat {layout.remat}; "
+                "estimated before compiling")
+        if self.budget is None:
+            verdict = f"budget: unknown ({self.budget_source}), nothing checked"
+        else:
+            verdict = f"budget: {gib(self.budget)} per device ({self.budget_source}): "
+            verdict += f"fits, {gib(self.budget - self.memory.total)} to spare" if self.fits else f"does not fit. {self.advice()}"
+        return "\n".join([head, *self.memory.lines(), verdict])
+
+    def refusal(self) -> str:
+        """The one message of a run refused before compiling."""
+        parts = sorted(((size, name) for name, size in self._parts()), reverse=True)[:2]
+        largest = ", ".join(f"{name} {gib(size)}" for size, name in parts)
+        return (f"the train step needs about {gib(self.memory.total)} per device by the memory plan (largest: {largest}), "
+                f"over the budget of {gib(self.budget)} ({self.budget_source}). {self.advice()} `unet-jax plan` with the same "
+                f"options shows the whole estimate; if it is wrong for this machine, --no-memory-check runs anyway")
+
+    def _parts(self):
+        memory = self.memory
+        return [("parameters", memory.parameters), ("optimizer state", memory.optimizer_state), ("gradients", memory.gradients),
+                ("batch", memory.batch), ("kept activations", memory.kept), ("temporaries", memory.temporaries)]
+
+    def advice(self) -> str:
+        """What would fit the budget by the same estimate: the largest batch, and each option alone."""
+        layout, fitting = self.memory.layout, []
+        batch = largest_batch(layout, self.budget)
+        said = (f"The largest batch that fits is {batch} (--batch-size {batch})" if batch
+                else "No batch fits as the run is set up")
+        if layout.dtype == "float32":
+            fitting += self._if_fits("--dtype bfloat16", dataclasses.replace(layout, dtype="bfloat16"))
+        if layout.remat == "none":
+            fitting += self._if_fits("--remat blocks", dataclasses.replace(layout, remat="blocks"))
+        tile = largest_tile(layout, self.budget)
+        if tile is not None:
+            fitting += self._if_fits(f"--tile-size {tile}", with_tile(layout, tile))
+        if layout.backend != "cpu":  # CPU devices share the host's memory: more of them fit nothing more
+            devices = fewest_devices(layout, self.budget)
+            if devices is not None:
+                have = "" if devices <= self.device_count_available else f"; this machine has {self.device_count_available}"
+                fitting += self._if_fits(f"--devices {devices}{have}", dataclasses.replace(layout, devices=devices))
+        options = f"; it would also fit with {', or '.join(fitting)}" if fitting else "; no single other option fits"
+        return said + options + "."
+
+    def _if_fits(self, option: str, layout: StepLayout) -> list[str]:
+        total = estimate(layout).total
+        return [f"{option} ({gib(total)})"] if total <= self.budget else []
+
+
+def with_tile(layout: StepLayout, tile: int) -> StepLayout:
+    label = tile if layout.label_size == layout.tile_size else layout.model.output_size(tile)
+    return dataclasses.replace(layout, tile_size=tile, label_size=label)
+
+
+def largest_batch(layout: StepLayout, budget: int) -> int:
+    """The largest global batch (a multiple of the devices) whose estimate fits `budget`; 0 if none does.
+    The estimate is linear in the batch, so two estimates give the whole line."""
+    one = estimate(dataclasses.replace(layout, batch_size=layout.devices)).total
+    per_image = estimate(dataclasses.replace(layout, batch_size=2 * layout.devices)).total - one
+    if budget < one:
+        return 0
+    return (1 + (budget - one) // max(per_image, 1)) * layout.devices
+
+
+def largest_tile(layout: StepLayout, budget: int) -> Optional[int]:
+    """The largest valid tile smaller than the layout's whose estimate fits: a binary search, since each
+    size is traced (about a second for the seed network) and memory grows with the tile."""
+    model, step = layout.model, 2**layout.model.depth
+    sizes = list(range(model.smallest_input_size, layout.tile_size, step))
+    low, high, found = 0, len(sizes) - 1, None
+    while low <= high:
+        middle = (low + high) // 2
+        if estimate(with_tile(layout, sizes[middle])).total <= budget:
+            found, low = sizes[middle], middle + 1
+        else:
+            high = middle - 1
+    return found
+
+
+def fewest_devices(layout: StepLayout, budget: int) -> Optional[int]:
+    """The fewest devices, more than now and dividing the batch, over which the step fits."""
+    for devices in range(layout.devices + 1, layout.batch_size + 1):
+        if layout.batch_size % devices == 0 and estimate(dataclasses.replace(layout, devices=devices)).total <= budget:
+            return devices
+    return None
+
+
+def layout_of(plan) -> StepLayout:
+    """The step a `RunPlan` (`unet_jax.training.plan`) compiles, on its own devices."""
+    parallel = plan.parallel
+    platform = parallel.mesh.devices.flat[0].platform
+    return StepLayout.of_run(plan.train, plan.compute.remat, parallel.device_count, parallel.fsdp, platform)
+
+
+def check_run(plan) -> MemoryCheck:
+    """The memory check of a `RunPlan`: its estimate against the budget of its first device."""
+    parallel = plan.parallel
+    device = parallel.mesh.devices.flat[0]
+    layout = layout_of(plan)
+    budget, source = device_budget(device)
+    if budget is not None and device.platform == "cpu" and source != f"${BUDGET_VARIABLE}" and parallel.local_device_count > 1:
+        budget //= parallel.local_device_count  # the CPU devices share the host
+        source += f", shared by {parallel.local_device_count} CPU devices"
+    available = sum(d.platform == device.platform for d in jax.devices())
+    return MemoryCheck(estimate(layout), budget, source, available)
+
+
+def compiled_bytes(compiled) -> Optional[int]:
+    """The compiled step's own peak figure: temporaries + arguments + outputs not aliased to donated
+    arguments (`memory_analysis()`); None where the backend gives none."""
+    try:
+        stats = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - backend-specific, and absent is not a failure of the step
+        return None
+    if stats is None:
+        return None
+    return int(stats.temp_size_in_bytes + stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes)
+
+
+def compared(estimated: StepMemory, compiled: Optional[int]) -> str:
+    """The one line the trainer logs after compiling: the compiled figure beside the estimate."""
+    if compiled is None:
+        return f"memory: estimated {gib(estimated.total)} per device; this backend gives no compiled figure"
+    return (f"memory: compiled step {gib(compiled)} per device (memory_analysis: temporaries + arguments + new outputs), "
+            f"estimated {gib(estimated.total)} before compiling ({100 * (estimated.total / compiled - 1):+.0f}%)")
