@@ -274,7 +274,7 @@ def test_version(capsys):
 def test_every_option_has_help_with_its_default():
     parser = build_parser()
     [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    assert set(commands.choices) == {"train", "convert", "evaluate", "predict", "export", "inspect"}
+    assert set(commands.choices) == {"train", "plan", "convert", "evaluate", "predict", "export", "inspect"}
     for name, command in commands.choices.items():
         for action in command._actions:
             if isinstance(action, argparse._HelpAction) or not action.option_strings:

@@ -182,6 +182,7 @@ def test_running_out_of_memory_is_one_message_naming_what_was_kept(straight, tmp
     message = capsys.readouterr().err
     assert message.count("\n") == 1 and f"training ran out of memory ({str(error)[:40]}" in message
     assert f"Kept: the checkpoints up to step 6 in {run_dir / 'checkpoints'}" in message and "smaller --batch-size" in message
+    assert "`unet-jax plan` with the new options" in message  # the estimate before compiling, as a run over budget is told
     assert main(["train", "--run-dir", str(tmp_path / "new"), "--steps", "2", "--no-progress"]) == 2
     assert f"Kept: nothing trained ({tmp_path / 'new'} holds no checkpoint)" in capsys.readouterr().err
     monkeypatch.setattr(train_module, "run", lambda *_, **__: (_ for _ in ()).throw(RuntimeError("a bug")))

@@ -62,7 +62,7 @@ CPU_FACTORS: dict[tuple[str, Optional[str]], Factor] = {
     ("float32", None): Factor(1.70, "2-core AMD EPYC, jax 0.10.2, small networks, float32"),
     ("float32", "batch"): Factor(1.43, "2-core AMD EPYC, jax 0.10.2, small networks, float32, BatchNorm"),
     ("bfloat16", None): Factor(2.43, "2-core AMD EPYC, jax 0.10.2, small networks, bfloat16"),
-    ("bfloat16", "batch"): Factor(2.0, "2-core AMD EPYC, jax 0.10.2, small networks, bfloat16, BatchNorm"),
+    ("bfloat16", "batch"): Factor(2.60, "2-core AMD EPYC, jax 0.10.2, small networks, bfloat16, BatchNorm"),
 }
 
 

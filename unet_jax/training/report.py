@@ -118,4 +118,4 @@ def out_of_memory_message(error: BaseException, run: RunDir) -> str:
         kept = f"nothing trained ({run} holds no checkpoint)"
     return (f"training ran out of memory ({what}). Kept: {kept}. Fix: start a new run (another --run-dir) with a smaller "
             "--batch-size or --tile-size, fewer --features, --remat blocks or --dtype bfloat16, or spread it over more "
-            "devices (--devices, --fsdp)")
+            "devices (--devices, --fsdp); `unet-jax plan` with the new options estimates the step's memory before compiling")
