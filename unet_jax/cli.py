@@ -66,7 +66,7 @@ def cmd_train(args) -> int:
 
     plan, run_dir = _run_plan(args)
     if args.plan or not args.no_memory_check:
-        from unet_jax.training.memory_plan import check_run
+        from unet_jax.training.memory_check import check_run
 
         check = check_run(plan)
         if args.plan:
@@ -88,7 +88,7 @@ def cmd_train(args) -> int:
 
 def cmd_plan(args) -> int:
     """`unet-jax plan`: the train step's estimated memory for the options `train` would take, and exit."""
-    from unet_jax.training.memory_plan import check_run
+    from unet_jax.training.memory_check import check_run
 
     print(check_run(_run_plan(args)[0]).report())
     return 0

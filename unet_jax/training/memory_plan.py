@@ -1,5 +1,5 @@
-"""The train step's peak memory per device, estimated before anything is compiled, and the check
-that refuses a run over the device's budget (`unet-jax plan`, `unet-jax train`).
+"""The train step's peak memory per device, estimated before anything is compiled (`unet-jax plan`;
+`unet_jax.training.memory_check` holds it against the device's budget before `unet-jax train` compiles).
 
 What the estimate adds up, per device:
 - parameters (and BatchNorm statistics), optimizer state, gradients: exact, from the state's
@@ -32,7 +32,6 @@ import jax.numpy as jnp
 from unet_jax.config import TrainConfig, UNetConfig
 from unet_jax.inference.tile_plan import activation_bytes
 from unet_jax.model.unet import UNet
-from unet_jax.runtime.memory import BUDGET_VARIABLE, device_budget
 from unet_jax.training.losses import make_loss, needs_weights
 from unet_jax.training.step import create_train_state, loss_and_logits, make_optax_optimizer
 
@@ -123,7 +122,7 @@ class StepMemory:
         return self.parameters + self.optimizer_state + self.gradients + self.batch + self.kept + self.temporaries
 
     def lines(self) -> list[str]:
-        """The breakdown, one part a line, largest first in its group, for `unet-jax plan`."""
+        """The breakdown, one part a line, for `unet-jax plan`."""
         layout = self.layout
         rows = [("parameters", self.parameters, ""), (f"optimizer state ({layout.optimizer})", self.optimizer_state, ""),
                 ("gradients", self.gradients, ""),
@@ -195,128 +194,11 @@ def estimate(layout: StepLayout) -> StepMemory:
     return StepMemory(layout, parameters, optimizer_state, gradients, batch_bytes, kept, buffers - kept, factor)
 
 
-# ------------------------------------------------------------------ the budget, and what fits it
-@dataclasses.dataclass(frozen=True)
-class MemoryCheck:
-    """A run's estimate against its device budget."""
-
-    memory: StepMemory
-    budget: Optional[int]  # bytes per device; None where the machine reports no figure
-    budget_source: str
-    device_count_available: int = 1  # devices of this kind on the machine, for the --devices advice
-
-    @property
-    def fits(self) -> bool:
-        return self.budget is None or self.memory.total <= self.budget
-
-    def report(self) -> str:
-        """What `unet-jax plan` prints: the layout, the breakdown, the budget and, over it, what would fit."""
-        layout = self.memory.layout
-        head = (f"memory plan: {layout.model}, tile {layout.tile_size} px, batch {layout.batch_size} over {layout.devices} "
-                f"{layout.backend} device(s){' (FSDP)' if layout.fsdp else ''}, {layout.dtype}, --remat {layout.remat}; "
-                "estimated before compiling")
-        if self.budget is None:
-            verdict = f"budget: unknown ({self.budget_source}), nothing checked"
-        else:
-            verdict = f"budget: {gib(self.budget)} per device ({self.budget_source}): "
-            verdict += f"fits, {gib(self.budget - self.memory.total)} to spare" if self.fits else f"does not fit. {self.advice()}"
-        return "\n".join([head, *self.memory.lines(), verdict])
-
-    def refusal(self) -> str:
-        """The one message of a run refused before compiling."""
-        parts = sorted(((size, name) for name, size in self._parts()), reverse=True)[:2]
-        largest = ", ".join(f"{name} {gib(size)}" for size, name in parts)
-        return (f"the train step needs about {gib(self.memory.total)} per device by the memory plan (largest: {largest}), "
-                f"over the budget of {gib(self.budget)} ({self.budget_source}). {self.advice()} `unet-jax plan` with the same "
-                f"options shows the whole estimate; if it is wrong for this machine, --no-memory-check runs anyway")
-
-    def _parts(self):
-        memory = self.memory
-        return [("parameters", memory.parameters), ("optimizer state", memory.optimizer_state), ("gradients", memory.gradients),
-                ("batch", memory.batch), ("kept activations", memory.kept), ("temporaries", memory.temporaries)]
-
-    def advice(self) -> str:
-        """What would fit the budget by the same estimate: the largest batch, and each option alone."""
-        layout, fitting = self.memory.layout, []
-        batch = largest_batch(layout, self.budget)
-        said = (f"The largest batch that fits is {batch} (--batch-size {batch})" if batch
-                else "No batch fits as the run is set up")
-        if layout.dtype == "float32":
-            fitting += self._if_fits("--dtype bfloat16", dataclasses.replace(layout, dtype="bfloat16"))
-        if layout.remat == "none":
-            fitting += self._if_fits("--remat blocks", dataclasses.replace(layout, remat="blocks"))
-        tile = largest_tile(layout, self.budget)
-        if tile is not None:
-            fitting += self._if_fits(f"--tile-size {tile}", with_tile(layout, tile))
-        if layout.backend != "cpu":  # CPU devices share the host's memory: more of them fit nothing more
-            devices = fewest_devices(layout, self.budget)
-            if devices is not None:
-                have = "" if devices <= self.device_count_available else f"; this machine has {self.device_count_available}"
-                fitting += self._if_fits(f"--devices {devices}{have}", dataclasses.replace(layout, devices=devices))
-        options = f"; it would also fit with {', or '.join(fitting)}" if fitting else "; no single other option fits"
-        return said + options + "."
-
-    def _if_fits(self, option: str, layout: StepLayout) -> list[str]:
-        total = estimate(layout).total
-        return [f"{option} ({gib(total)})"] if total <= self.budget else []
-
-
-def with_tile(layout: StepLayout, tile: int) -> StepLayout:
-    label = tile if layout.label_size == layout.tile_size else layout.model.output_size(tile)
-    return dataclasses.replace(layout, tile_size=tile, label_size=label)
-
-
-def largest_batch(layout: StepLayout, budget: int) -> int:
-    """The largest global batch (a multiple of the devices) whose estimate fits `budget`; 0 if none does.
-    The estimate is linear in the batch, so two estimates give the whole line."""
-    one = estimate(dataclasses.replace(layout, batch_size=layout.devices)).total
-    per_image = estimate(dataclasses.replace(layout, batch_size=2 * layout.devices)).total - one
-    if budget < one:
-        return 0
-    return (1 + (budget - one) // max(per_image, 1)) * layout.devices
-
-
-def largest_tile(layout: StepLayout, budget: int) -> Optional[int]:
-    """The largest valid tile smaller than the layout's whose estimate fits: a binary search, since each
-    size is traced (about a second for the seed network) and memory grows with the tile."""
-    model, step = layout.model, 2**layout.model.depth
-    sizes = list(range(model.smallest_input_size, layout.tile_size, step))
-    low, high, found = 0, len(sizes) - 1, None
-    while low <= high:
-        middle = (low + high) // 2
-        if estimate(with_tile(layout, sizes[middle])).total <= budget:
-            found, low = sizes[middle], middle + 1
-        else:
-            high = middle - 1
-    return found
-
-
-def fewest_devices(layout: StepLayout, budget: int) -> Optional[int]:
-    """The fewest devices, more than now and dividing the batch, over which the step fits."""
-    for devices in range(layout.devices + 1, layout.batch_size + 1):
-        if layout.batch_size % devices == 0 and estimate(dataclasses.replace(layout, devices=devices)).total <= budget:
-            return devices
-    return None
-
-
 def layout_of(plan) -> StepLayout:
     """The step a `RunPlan` (`unet_jax.training.plan`) compiles, on its own devices."""
     parallel = plan.parallel
     platform = parallel.mesh.devices.flat[0].platform
     return StepLayout.of_run(plan.train, plan.compute.remat, parallel.device_count, parallel.fsdp, platform)
-
-
-def check_run(plan) -> MemoryCheck:
-    """The memory check of a `RunPlan`: its estimate against the budget of its first device."""
-    parallel = plan.parallel
-    device = parallel.mesh.devices.flat[0]
-    layout = layout_of(plan)
-    budget, source = device_budget(device)
-    if budget is not None and device.platform == "cpu" and source != f"${BUDGET_VARIABLE}" and parallel.local_device_count > 1:
-        budget //= parallel.local_device_count  # the CPU devices share the host
-        source += f", shared by {parallel.local_device_count} CPU devices"
-    available = sum(d.platform == device.platform for d in jax.devices())
-    return MemoryCheck(estimate(layout), budget, source, available)
 
 
 def compiled_bytes(compiled) -> Optional[int]:
