@@ -36,7 +36,8 @@ from unet_jax.config import UNetConfig
 from unet_jax.model.compute import REMAT_POLICIES
 from unet_jax.model.unet import UNet
 from unet_jax.training.losses import cross_entropy
-from unet_jax.training.step import loss_and_logits, make_train_step
+from unet_jax.training.memory_plan import residual_bytes
+from unet_jax.training.step import make_train_step
 
 GiB = 2**30
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -78,19 +79,7 @@ def _zeros_like_shapes(tree):
 
 def kept_for_backward_bytes(model: UNet, batch: int, size: int) -> int:
     """Bytes of the residuals `jax.vjp` of the train step's loss keeps (shapes only)."""
-    config = model.config
-    images = jax.ShapeDtypeStruct((batch, size, size, config.in_channels), jnp.float32)
-    masks = jax.ShapeDtypeStruct((batch, size, size), jnp.int32)
-    variables = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, size, size, config.in_channels), jnp.float32))
-
-    def residuals(variables, images, masks):
-        def loss(params):  # the train step's own loss (unet_jax.train_step.loss_and_logits)
-            return loss_and_logits(params, variables.get("batch_stats"), model.apply, images, masks, cross_entropy)[0]
-
-        return jax.vjp(loss, variables["params"])[1]
-
-    kept = jax.eval_shape(residuals, variables, images, masks)
-    return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(kept))
+    return residual_bytes(model, batch, size, size)
 
 
 def compiled_temp_bytes(model: UNet, batch: int, size: int) -> tuple[int, float]:

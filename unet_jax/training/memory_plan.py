@@ -151,28 +151,30 @@ def _state_bytes(model: UNetConfig, tile_size: int, dtype: str, optimizer: str) 
     return _bytes(state.params), _bytes(state.batch_stats), _bytes(state.opt_state)
 
 
-@functools.lru_cache(maxsize=64)
-def _kept_per_image(model: UNetConfig, tile_size: int, label_size: int, dtype: str, remat: str) -> int:
-    """Bytes of the residuals `jax.vjp` of the step's loss keeps, per image: traced at batches 1 and 2,
-    so that what does not grow with the batch (the weights the backward pass reads) drops out."""
-    net = UNet(model, dtype=jnp.dtype(dtype), remat=remat, batch_groups=1)
-    sample = jax.ShapeDtypeStruct((1, tile_size, tile_size, model.in_channels), jnp.float32)
+def residual_bytes(net: UNet, batch: int, tile_size: int, label_size: int) -> int:
+    """Bytes of the residuals `jax.vjp` of the step's loss keeps for `batch` tiles (shapes only, traced)."""
+    channels = net.config.in_channels
+    sample = jax.ShapeDtypeStruct((1, tile_size, tile_size, channels), jnp.float32)
     variables = jax.eval_shape(net.init, jax.random.key(0), sample)
+    images = jax.ShapeDtypeStruct((batch, tile_size, tile_size, channels), jnp.float32)
+    masks = jax.ShapeDtypeStruct((batch, label_size, label_size), jnp.int32)
     loss = make_loss("ce")
 
-    def kept(batch: int) -> int:
-        images = jax.ShapeDtypeStruct((batch, tile_size, tile_size, model.in_channels), jnp.float32)
-        masks = jax.ShapeDtypeStruct((batch, label_size, label_size), jnp.int32)
+    def residuals(variables, images, masks):
+        def of_params(params):
+            return loss_and_logits(params, variables.get("batch_stats"), net.apply, images, masks, loss)[0]
 
-        def residuals(variables, images, masks):
-            def of_params(params):
-                return loss_and_logits(params, variables.get("batch_stats"), net.apply, images, masks, loss)[0]
+        return jax.vjp(of_params, variables["params"])[1]
 
-            return jax.vjp(of_params, variables["params"])[1]
+    return _bytes(jax.eval_shape(residuals, variables, images, masks))
 
-        return _bytes(jax.eval_shape(residuals, variables, images, masks))
 
-    return kept(2) - kept(1)
+@functools.lru_cache(maxsize=64)
+def _kept_per_image(model: UNetConfig, tile_size: int, label_size: int, dtype: str, remat: str) -> int:
+    """Bytes of the residuals kept per image: traced at batches 1 and 2, so that what does not grow
+    with the batch (the weights the backward pass reads) drops out."""
+    net = UNet(model, dtype=jnp.dtype(dtype), remat=remat, batch_groups=1)
+    return residual_bytes(net, 2, tile_size, label_size) - residual_bytes(net, 1, tile_size, label_size)
 
 
 def estimate(layout: StepLayout) -> StepMemory:
