@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test test-fast parity-report mutation bench-quick gpu-parity gpu-bench gpu-import gpu-try clean
+.PHONY: install demo test test-fast parity-report mutation bench-quick gpu-parity gpu-bench gpu-import gpu-try gpu-aot clean
 
 # Pinned versions (constraints.txt) keep CI repeatable; pyproject.toml keeps ranges for users.
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -64,6 +64,21 @@ $(DEVICE_VENV)/.installed:
 
 gpu-try: $(DEVICE_VENV)/.installed
 	PYTHON=$(DEVICE_VENV)/bin/python OUT=/tmp/gpu-try-dev QUICK=1 bash scripts/gpu_check.sh all
+
+# The JAX train step compiled for an H200 without one (benchmarks/gpu_aot.py), in its own venv:
+# the CUDA plugin, on a machine without a GPU, logs an error at every JAX start.
+AOT_VENV ?= /tmp/venv-aot
+AOT_OUT ?= benchmarks/results/gpu-aot-h200
+
+$(AOT_VENV)/.installed:
+	$(DEVICE_PYTHON) -m venv $(AOT_VENV)
+	$(AOT_VENV)/bin/python -m pip install -q "jax[cuda13]==0.11.2" flax==0.12.10 optax==0.2.8 orbax-checkpoint \
+		numpy==2.5.2 scipy tifffile pillow matplotlib safetensors tqdm
+	touch $@
+
+gpu-aot: $(AOT_VENV)/.installed
+	PYTHONPATH=. $(AOT_VENV)/bin/python -m benchmarks.gpu_aot --out $(AOT_OUT) \
+		--compare benchmarks/results/nvidia-h200-fair/results.json benchmarks/results/nvidia-h200-sweep/results.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache runs
