@@ -1,0 +1,102 @@
+"""benchmarks.gpu_aot: its clear errors (here, without the CUDA plugin), its reading of XLA's
+HLO text and memory-usage report, and, where the plugin is installed, one small deviceless compile."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from benchmarks import gpu_aot
+
+# Two instructions of an optimized GPU module, in XLA's text form: a cuDNN convolution with its
+# bias and ReLU, and the backward fusion of a down block's second convolution, which reads the
+# skip connection's gradient, the block's output and the pool's gradient (a strided slice inside).
+HLO = """HloModule jit_train_step
+
+%fused_reduce_select.2 (param_0: bf16[2,4,4,8], param_1: bf16[2,8,8,8]) -> (bf16[16,8], bf16[2,8,8,8]) {
+  %param_1 = bf16[2,8,8,8]{3,2,1,0} parameter(1)
+  %slice.1 = bf16[2,4,4,8]{3,2,1,0} slice(%param_1), slice={[0:2:1], [0:8:2], [0:8:2], [0:8:1]}
+  %compare.1 = pred[2,8,8,8]{3,2,1,0} compare(%param_1, %param_1), direction=GT
+  %select.1 = bf16[2,8,8,8]{3,2,1,0} select(%compare.1, %param_1, %param_1)
+  %reduce.1 = bf16[16,8]{1,0} reduce(%select.1, %param_1), dimensions={1}, to_apply=%add
+  ROOT %tuple.1 = (bf16[16,8]{1,0}, bf16[2,8,8,8]{3,2,1,0}) tuple(%reduce.1, %select.1)
+}
+
+ENTRY %main.1 (images.1: bf16[2,10,10,1]) -> bf16[2,8,8,8] {
+  %images.1 = bf16[2,10,10,1]{3,2,1,0} parameter(0)
+  %cudnn-conv-bias-activation.7 = (bf16[2,8,8,8]{3,2,1,0}, u8[0]{0}) custom-call(%images.1), custom_call_target="__cudnn$convBiasActivationForward", backend_config={"cudnn_conv_backend_config":{"activation_mode":"kRelu"}}
+  %get-tuple-element.7 = bf16[2,8,8,8]{3,2,1,0} get-tuple-element(%cudnn-conv-bias-activation.7), index=0
+  %grad.1 = bf16[2,4,4,8]{3,2,1,0} parameter(1)
+  %input_reduce_select_fusion.2 = (bf16[16,8]{1,0}, bf16[2,8,8,8]{3,2,1,0}) fusion(%grad.1, %get-tuple-element.7), kind=kInput, calls=%fused_reduce_select.2, metadata={op_name="jit(train_step)/transpose(jvp(UNet))/UNet._network/down1/conv2/reduce_sum"}
+  ROOT %loop_add_fusion = bf16[2,8,8,8]{3,2,1,0} fusion(%get-tuple-element.7), kind=kLoop, calls=%fused_add
+}
+"""  # noqa: E501 (XLA writes an instruction on one line)
+
+REPORT = """Memory Space: default (color=0)
+Total bytes: 3072 (3.00KiB)
+  cumulative_size;       size;       offset; used_by_n_values; shapes_list
+  ------------------------------------------------------------
+    2.00KiB( 67%);    2.00KiB;            0;                1; bf16[2,8,8,8]
+    3.00KiB(100%);    1.00KiB;         2048;                2; bf16[2,4,4,8], 2×f32[16]
+"""
+
+
+def test_shape_bytes_adds_every_array_of_a_tuple():
+    assert gpu_aot.shape_bytes("(bf16[2,4]{1,0}, f32[8]{0}, u8[0]{0})") == 2 * 4 * 2 + 8 * 4
+    assert gpu_aot.shape_bytes("f32[]") == 4  # a scalar is one element
+
+
+def test_hlo_summary_reads_custom_calls_fusions_and_the_reduce_select_fusion():
+    summary = gpu_aot.hlo_summary(HLO)
+    assert summary["custom_calls"] == {"__cudnn$convBiasActivationForward": 1}
+    assert summary["conv_bias_activation_modes"] == {"kRelu": 1}
+    assert summary["fusion_kinds"] == {"input_reduce_select_fusion": 1, "loop_add_fusion": 1}
+    [fusion] = summary["input_reduce_select_fusions"]
+    assert fusion["layer"] == "down1/conv2"
+    assert fusion["max_pool_backward"] is True
+    assert fusion["bytes_read"] == (2 * 4 * 4 * 8 + 2 * 8 * 8 * 8) * 2
+    assert fusion["bytes_written"] == (16 * 8 + 2 * 8 * 8 * 8) * 2
+    assert fusion["ops"]["select"] == 1 and fusion["ops"]["reduce"] == 1
+
+
+def test_usage_summary_reads_the_total_and_the_largest_allocations():
+    summary = gpu_aot.usage_summary(REPORT)
+    assert summary["total_bytes"] == 3072
+    assert [row["values"] for row in summary["largest"]] == [1, 2]
+    assert summary["largest"][1]["shapes"] == "bf16[2,4,4,8], 2×f32[16]"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--variants", "jax-bf16-nonsense"], "--variants"),
+    (["--target", "no/such/target.txtpb"], "--target no/such/target.txtpb"),
+])
+def test_bad_arguments_exit_2_naming_the_argument(tmp_path, capsys, argv, message):
+    assert gpu_aot.main(["--out", str(tmp_path / "out"), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+HAS_CUDA_PLUGIN = any(importlib.util.find_spec(f"jax_plugins.xla_cuda{v}") for v in (12, 13)) \
+    if importlib.util.find_spec("jax_plugins") else False
+
+
+@pytest.mark.skipif(HAS_CUDA_PLUGIN, reason="the CUDA plugin is installed: the compile test below runs instead")
+def test_without_the_cuda_plugin_it_exits_2_saying_what_to_install(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")  # gpu_aot sets it for the plugin; not left behind
+    assert gpu_aot.main(["--out", str(tmp_path), "--variants", "jax-bf16", "--batch", "1", "--size", "44",
+                         "--features", "4", "--depth", "2"]) == 2
+    assert 'pip install "jax[cuda' in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_CUDA_PLUGIN, reason="needs the JAX CUDA plugin (pip install jax[cuda13]); CI has none")
+def test_a_small_step_compiles_for_the_h200_without_a_device(tmp_path, monkeypatch):
+    monkeypatch.setenv("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
+    assert gpu_aot.main(["--out", str(tmp_path), "--variants", "jax-bf16", "--batch", "1", "--size", "44",
+                         "--features", "4", "--depth", "2", "--what-if", "relu-output-barrier"]) == 0
+    rows = json.loads((tmp_path / "gpu_aot.json").read_text())["result"]["rows"]
+    assert [row["what_if"] for row in rows] == [None, "relu-output-barrier"]
+    for row in rows:
+        assert row["temp_bytes"] > 0 and row["hlo"]["custom_calls"].get("__cudnn$convBackwardFilter", 0) > 0
