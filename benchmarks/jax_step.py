@@ -170,7 +170,7 @@ def main() -> None:
     # The library's own grouping (`default_batch_groups`, which follows the XLA:CPU flags above): what `unet-jax train` runs.
     groups = variant.batch_groups or default_batch_groups(1, config.norm, train=variant.task == "train")
     model = UNet(config, dtype=jnp.bfloat16 if variant.dtype == "bf16" else jnp.float32, remat=variant.remat,
-                 batch_groups=groups)
+                 pin_relu_output=variant.pin_relu_output, batch_groups=groups)
     images, masks = synthetic_batch(config, args.batch, args.size)
     precision = jax.default_matmul_precision(variant.precision) if variant.precision else contextlib.nullcontext()
     with precision:  # a trace-time setting: it must wrap lower(), which it does

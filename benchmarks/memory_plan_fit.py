@@ -11,7 +11,10 @@ never used to fit, and tests/unit/test_memory_plan.py checks the estimate agains
 
 GPU: the committed H200 results (`benchmarks/results/nvidia-h200*/results.json`, the seed
 network's step as `benchmarks.jax_step` runs it: no augmentation, input-sized masks). The factor
-of a remat policy is fitted on its bfloat16 batch-16 row; the other rows are held out.
+of a remat policy is fitted on its bfloat16 batch-16 row; the other rows are held out. Where no
+device measured a setting (`--remat dots`, `--pin-relu-output`), the step compiled for an H200
+without a device (`benchmarks.gpu_aot`, results/gpu-aot-h200/: its temporaries were within 2% of
+the device's on the four jobs both have) stands in: fitted on bfloat16 batch 16, the rest held out.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from typing import Optional
 RESULTS = Path(__file__).resolve().parent / "results"
 GPU_RESULT_DIRS = ("nvidia-h200", "nvidia-h200-fair", "nvidia-h200-sweep", "nvidia-h200-sweep-extra")
 GPU_FIT = {("bfloat16", "none", 16), ("bfloat16", "blocks", 16)}  # (dtype, remat, batch) the GPU factors come from
+GPU_AOT = RESULTS / "gpu-aot-h200" / "gpu_aot.json"
+AOT_REMAT = {"jax-bf16": "none", "jax-fp32": "none", "jax-bf16-remat-dots": "dots", "jax-bf16-remat-blocks": "blocks"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +123,8 @@ def gpu_points() -> list[dict]:
             if row.get("precision") not in (None, "default") or row.get("variant_xla_flags"):
                 continue
             dtype = {"bf16": "bfloat16", "fp32": "float32"}[row["dtype"]]
-            key = (dtype, row.get("remat") or "none", row["batch"])
+            pinned = bool(row.get("pin_relu_output"))
+            key = (dtype, row.get("remat") or "none", row["batch"], pinned)
             compiled = row["compiled_temp_bytes"] + row["compiled_argument_bytes"] + row["compiled_output_bytes"] \
                 - row["compiled_alias_bytes"]
             peak, source = (compiled, "compiled")
@@ -127,11 +133,37 @@ def gpu_points() -> list[dict]:
             if key in points and points[key]["peak_source"] == "step peak":
                 continue  # the same job in another run's copy; a recorded step peak wins
             # benchmarks.jax_step's step: input-sized int32 masks, no augmentation, no weight maps.
-            layout = StepLayout(model, size, size, row["batch"], dtype, key[1], "adam", backend="gpu")
+            layout = StepLayout(model, size, size, row["batch"], dtype, key[1], "adam", backend="gpu", pin_relu_output=pinned)
             points[key] = {"layout": layout, "peak": peak, "peak_source": source, "temp": row["compiled_temp_bytes"],
-                           "fit": key in GPU_FIT, "file": str(path.relative_to(RESULTS.parent.parent)),
+                           "fit": key[:3] in GPU_FIT and not pinned, "file": str(path.relative_to(RESULTS.parent.parent)),
                            "device": result["device"]["name"], "jax": versions.get("jax")}
     return list(points.values())
+
+
+def gpu_compiled_points() -> list[dict]:
+    """The settings no device measured, from the step compiled for an H200 without one (GPU_AOT): their
+    compiled figure (temporaries + arguments + outputs not aliased); bfloat16 batch 16 fits each factor
+    that no device row gave."""
+    from unet_jax.config import UNetConfig
+    from unet_jax.training.memory_plan import StepLayout
+
+    result = json.loads(GPU_AOT.read_text())["result"]
+    if result["config"] != str(UNetConfig()):
+        raise ValueError(f"{GPU_AOT}: the seed network's step expected, found {result['config']}")
+    measured = {(p["layout"].dtype, p["layout"].remat, p["layout"].batch_size, p["layout"].pin_relu_output) for p in gpu_points()}
+    points = []
+    for row in result["rows"]:
+        remat, pinned = AOT_REMAT[row["variant"]], row["what_if"] == "relu-output-barrier"
+        dtype = "float32" if "fp32" in row["variant"] else "bfloat16"
+        if (dtype, remat, row["batch"], pinned) in measured:
+            continue  # measured on the device: gpu_points()
+        layout = StepLayout(UNetConfig(), result["size"], result["size"], row["batch"], dtype, remat,
+                            "adam", backend="gpu", pin_relu_output=pinned)
+        compiled = row["temp_bytes"] + row["argument_bytes"] + row["output_bytes"] - row["alias_bytes"]
+        fit = dtype == "bfloat16" and row["batch"] == 16 and (pinned or remat == "dots")
+        points.append({"layout": layout, "peak": compiled, "peak_source": "compiled without a device", "temp": row["temp_bytes"],
+                       "fit": fit, "file": str(GPU_AOT.relative_to(RESULTS.parent.parent))})
+    return points
 
 
 def cpu_committed_points() -> list[dict]:
@@ -173,7 +205,7 @@ def gpu_ratio(point: dict) -> float:
 def _describe(layout) -> str:
     model = layout.model
     return (f"f{model.features} d{model.depth} {model.padding} norm={model.norm} {layout.tile_size}px b{layout.batch_size} "
-            f"{layout.dtype} remat={layout.remat}")
+            f"{layout.dtype} remat={layout.remat}{' pinned' if layout.pin_relu_output else ''}")
 
 
 def main(argv=None) -> None:
@@ -186,7 +218,7 @@ def main(argv=None) -> None:
     from unet_jax.training.memory_plan import estimate
 
     print("GPU (committed results): fitted factor = (temporaries - gradients) / kept activations")
-    for point in sorted(gpu_points(), key=lambda p: (not p["fit"], _describe(p["layout"]))):
+    for point in sorted(gpu_points() + gpu_compiled_points(), key=lambda p: (not p["fit"], _describe(p["layout"]))):
         total = estimate(point["layout"]).total
         print(f"  {'fit ' if point['fit'] else 'held'} {_describe(point['layout']):<48} ratio {gpu_ratio(point):.3f}  "
               f"estimate {total / 2**30:7.3f} GiB  {point['peak_source']} {point['peak'] / 2**30:7.3f} GiB  "

@@ -24,6 +24,7 @@ class Variant:
     compile_mode: Optional[str] = None  # torch.compile mode; None = eager
     description: str = ""
     remat: str = "none"  # jax: UNet(remat=...), a memory/compute trade that keeps the function
+    pin_relu_output: bool = False  # jax: UNet(pin_relu_output=...), which buffers XLA keeps; the same function
     xla_flags: str = ""  # jax: appended to XLA_FLAGS in the job's process (a flag set to compare)
     batch_groups: Optional[int] = None  # jax: UNet(batch_groups=...); None: the library's default_batch_groups
     xla_cpu_flags: bool = True  # jax: unet_jax.runtime.xla_cpu.apply() in the job's process, as `unet-jax` does
@@ -104,6 +105,12 @@ _SWEEP_OPTIONS = (
     Variant("jax-bf16-remat-dots", "jax", "train", "bf16", "bf16", "NHWC", remat="dots",
             description="jax-bf16, UNet(remat='dots'): jax's dots_saveable, conv and matmul outputs kept, "
                         "ReLU, pooling and concatenation recomputed (not yet measured on a GPU)"),
+    Variant("jax-bf16-pinned-relu", "jax", "train", "bf16", "bf16", "NHWC", pin_relu_output=True,
+            description="jax-bf16, UNet(pin_relu_output=True): each ReLU's kept output behind an optimization barrier, "
+                        "so XLA keeps it instead of recomputing it and cuDNN fuses the ReLU (compiled without a device: "
+                        "-1.7 GiB of temporaries at batch 16)"),
+    Variant("jax-fp32-pinned-relu", "jax", "train", "fp32", "tf32", "NHWC", pin_relu_output=True,
+            description="jax-fp32, UNet(pin_relu_output=True)"),
     Variant("jax-bf16-no-autotune", "jax", "train", "bf16", "bf16", "NHWC", xla_flags="--xla_gpu_autotune_level=0",
             description="jax-bf16 without XLA's GPU autotuning (what autotuning buys, and costs in compile time)"),
     Variant("jax-bf16-no-command-buffers", "jax", "train", "bf16", "bf16", "NHWC",
@@ -176,15 +183,18 @@ CPU_PLAN = (
 # batch 16, JAX against the harness's best torch.compile step and the minimal step that checks
 # it; batch 1 (launch-bound), JAX against CUDA graphs; then CUDA graphs at batch 16 (compute-bound:
 # graphs are expected to matter little there) and mode default at batch 1; TF32 at batch 16;
-# max-autotune last (its autotuning alone may take the whole compile bound). Run with
+# max-autotune last (its autotuning alone may take the whole compile bound). JAX's pinned-ReLU option
+# (UNet.pin_relu_output, not yet timed on a device) follows each JAX row it may replace. Run with
 # `--shared-compile-cache` (gpu_check.sh fair): a torch.compile job reuses the kernels that earlier
 # ones compiled (the minimal step after the harness's, most of all), its compile time marked warm.
 FAIR_PLAN = (
     (("jax-bf16", "torch-compile-bf16-cl-fused", "torch-minimal-compile-bf16-cl"), (16,)),
+    (("jax-bf16-pinned-relu",), (16,)),
     (("jax-bf16", "torch-compile-cudagraphs-bf16-cl-fused"), (1,)),
     (("torch-compile-cudagraphs-bf16-cl-fused",), (16,)),
-    (("torch-compile-bf16-cl-fused",), (1,)),
+    (("torch-compile-bf16-cl-fused", "jax-bf16-pinned-relu"), (1,)),
     (("jax-fp32", "torch-compile-fp32-cl-fused"), (16,)),
+    (("jax-fp32-pinned-relu",), (16,)),
     (("torch-compile-autotune-bf16-cl-fused",), (16,)),
 )
 

@@ -22,6 +22,7 @@ from benchmarks.memory_plan_fit import (
     compiled_cpu_step,
     cpu_committed_points,
     cpu_layout,
+    gpu_compiled_points,
     gpu_points,
     step_buffers,
 )
@@ -130,6 +131,27 @@ def test_estimate_within_15_percent_of_the_committed_peak_h200(point):
     peak where the run recorded one, else the compiled figure. "fit" rows gave the GPU factors; the rest are held out."""
     total = estimate(point["layout"]).total
     assert abs(_relative(total, point["peak"])) <= BOUND, (total, point["peak"], point["peak_source"], point["file"])
+
+
+# Held-out points the estimate misses, by how much: on the safe side of the budget check (an overestimate).
+KNOWN_MISSES = {("bfloat16", "blocks", 1): "--remat blocks at batch 1 overestimated by 15.2% (pinned) and 15.6%: the factor comes "
+                "from batch 16, and the recomputation's buffers do not scale with the batch (benchmarks/NOTES.md)"}
+
+
+def _compiled_point(point):
+    layout = point["layout"]
+    name = (f"{'fit' if point['fit'] else 'held-out'}-{layout.dtype}-{layout.remat}-{'pinned-' if layout.pin_relu_output else ''}"
+            f"b{layout.batch_size}")
+    miss = KNOWN_MISSES.get((layout.dtype, layout.remat, layout.batch_size))
+    return pytest.param(point, id=name, marks=[pytest.mark.xfail(reason=miss, strict=True)] if miss else [])
+
+
+@pytest.mark.parametrize("point", [_compiled_point(p) for p in gpu_compiled_points()])
+def test_estimate_within_15_percent_of_the_step_compiled_for_an_h200_without_a_device(point):
+    """Settings no device measured (--remat dots, --pin-relu-output): the seed network's step compiled for an H200 on a
+    CPU (benchmarks/results/gpu-aot-h200/, a compile-time figure, no autotuning). "fit" rows gave their factors."""
+    total = estimate(point["layout"]).total
+    assert abs(_relative(total, point["peak"])) <= BOUND, (total, point["peak"], point["file"])
 
 
 def test_the_compiled_figure_costs_no_second_compile():

@@ -44,7 +44,7 @@ def test_a_plan_settles_shards_and_batch_groups_and_config_json_records_them(tmp
     run = RunDir(tmp_path)
     run.save_config(plan.train, plan.compute, plan.settled())
     stored = json.loads((tmp_path / "config.json").read_text())
-    assert stored["compute"] == {"remat": "none", "batch_groups": 0}
+    assert stored["compute"] == {"remat": "none", "pin_relu_output": False, "batch_groups": 0}
     assert stored["settled"] == {"batch_groups": 1, "devices": 1, "fsdp": False, "processes": 1, "loss_from_masks": False}
     assert run.load_config() == (plan.train, plan.compute)
 

@@ -38,6 +38,24 @@ def _relu_backward(y, dy):
 relu.defvjp(_relu_forward, _relu_backward)
 
 
+@jax.custom_vjp
+def relu_pinned(x):
+    """`relu` whose kept output XLA may not recompute (`UNet.pin_relu_output`): the same values and gradients."""
+    return relu(x)
+
+
+def _relu_pinned_forward(x):
+    # Without the barrier XLA:GPU recomputes the kept output from the convolution's output inside the
+    # backward pass's fusions, so both stay alive until then, and cuDNN cannot take the ReLU into the
+    # convolution (benchmarks/NOTES.md, "the H200 step compiled without a device": 7.38 -> 5.65 GiB of
+    # temporaries, seed network, 572 px, batch 16, bf16, compiled for an H200 without a device).
+    y = relu(x)
+    return y, lax.optimization_barrier(y)
+
+
+relu_pinned.defvjp(_relu_pinned_forward, _relu_backward)
+
+
 def _window_views(x):
     """The four strided views of 2x2 windows, in row-major window order: [N, H/2, W/2, C] each."""
     return x[:, 0::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 0::2], x[:, 1::2, 1::2]

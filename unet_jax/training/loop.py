@@ -162,7 +162,8 @@ def _run_steps_of(plan: RunPlan, data: TrainingData, run: RunDir, progress: bool
     weight_map_example = None if train_weights is None else (train_samples.images[0], train_samples.masks[0], train_weights[0])
     if plan.batch_groups > 1:
         log(f"the network runs on {plan.batch_groups} groups of each batch side by side (--batch-groups; 1: off)")
-    model = UNet(cfg.model, dtype=jnp.dtype(cfg.dtype), remat=plan.compute.remat, batch_groups=plan.batch_groups)
+    model = UNet(cfg.model, dtype=jnp.dtype(cfg.dtype), remat=plan.compute.remat, pin_relu_output=plan.compute.pin_relu_output,
+                 batch_groups=plan.batch_groups)
     template = create_train_state(model, make_optax_optimizer(cfg.optimizer, cfg.learning_rate, cfg.momentum),
                                   cfg.seed, cfg.tile_size)
     template = parallel.place_state(template)  # restores take this layout, whatever the checkpoint's

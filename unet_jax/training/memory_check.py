@@ -67,6 +67,8 @@ class MemoryCheck:
             fitting += self._if_fits("--dtype bfloat16", dataclasses.replace(layout, dtype="bfloat16"))
         if layout.remat == "none":
             fitting += self._if_fits("--remat blocks", dataclasses.replace(layout, remat="blocks"))
+        if not layout.pin_relu_output:
+            fitting += self._if_fits("--pin-relu-output", dataclasses.replace(layout, pin_relu_output=True))
         tile = largest_tile(layout, self.budget)
         if tile is not None:
             fitting += self._if_fits(f"--tile-size {tile}", with_tile(layout, tile))

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 
 from unet_jax.config import TrainConfig, UNetConfig
 from unet_jax.inference.tile_plan import activation_bytes
+from unet_jax.model.compute import Compute
 from unet_jax.model.unet import UNet
 from unet_jax.training.losses import make_loss, needs_weights
 from unet_jax.training.step import create_train_state, loss_and_logits, make_optax_optimizer
@@ -50,9 +51,16 @@ class Factor:
 # GPU, by --remat policy: one NVIDIA H200, jax/jaxlib 0.11.2, CUDA 13.0, cuDNN 9.19, the seed network at 572 px,
 # `python3 -m benchmarks.run --budget-s 334 --out $OUT/nvidia-h200-sweep ...` (benchmarks/results/nvidia-h200-sweep/):
 # (XLA temporaries - gradients) / kept activations of the bfloat16 batch-16 rows; batch 1 and float32 are held out.
-GPU_FACTORS: dict[str, Factor] = {
-    "none": Factor(1.508, "NVIDIA H200, jax 0.11.2, seed network 572 px, bfloat16 batch 16"),
-    "blocks": Factor(1.324, "NVIDIA H200, jax 0.11.2, seed network 572 px, bfloat16 batch 16, --remat blocks"),
+_AOT = ("compiled for an H200 without a device (benchmarks/results/gpu-aot-h200/, jax 0.11.2: within 2% of the "
+        "device's temporaries where both exist), seed network 572 px, bfloat16 batch 16")
+# By (--remat policy, --pin-relu-output).
+GPU_FACTORS: dict[tuple[str, bool], Factor] = {
+    ("none", False): Factor(1.508, "NVIDIA H200, jax 0.11.2, seed network 572 px, bfloat16 batch 16"),
+    ("blocks", False): Factor(1.324, "NVIDIA H200, jax 0.11.2, seed network 572 px, bfloat16 batch 16, --remat blocks"),
+    ("dots", False): Factor(0.900, f"--remat dots {_AOT}"),
+    ("none", True): Factor(1.127, f"--pin-relu-output {_AOT}"),
+    ("blocks", True): Factor(1.232, f"--remat blocks --pin-relu-output {_AOT}"),
+    ("dots", True): Factor(0.861, f"--remat dots --pin-relu-output {_AOT}"),
 }
 # CPU, by (dtype, norm): a 2-core AMD EPYC, jax/jaxlib 0.10.2 with the project's XLA:CPU flags, the median over
 # FIT_CONFIGS of benchmarks/memory_plan_fit.py of (temporaries - gradients) / feature maps; HELD_OUT_CONFIGS are
@@ -80,12 +88,14 @@ class StepLayout:
     devices: int = 1
     fsdp: bool = False  # parameters and optimizer state split over the devices
     backend: str = "cpu"  # jax.default_backend() of the devices: picks the factor
+    pin_relu_output: bool = False  # UNet.pin_relu_output: XLA:GPU keeps fewer temporaries
 
     @classmethod
-    def of_run(cls, train: TrainConfig, remat: str, devices: int, fsdp: bool, backend: str) -> "StepLayout":
+    def of_run(cls, train: TrainConfig, compute: Compute, devices: int, fsdp: bool, backend: str) -> "StepLayout":
         """The step `unet-jax train` compiles for this config (elastic deformation takes input-sized labels)."""
         return cls(train.model, train.tile_size, train.tile_size if train.elastic else train.label_size, train.batch_size,
-                   train.dtype, remat, train.optimizer, needs_weights(train.loss), devices, fsdp, backend)
+                   train.dtype, compute.remat, train.optimizer, needs_weights(train.loss), devices, fsdp, backend,
+                   compute.pin_relu_output)
 
     @property
     def per_device_batch(self) -> int:
@@ -95,10 +105,10 @@ class StepLayout:
         """The factor of this backend, dtype, norm and remat policy (module docstring: what it multiplies)."""
         if self.backend == "cpu":
             return CPU_FACTORS[(self.dtype, self.model.norm)]
-        factor = GPU_FACTORS.get(self.remat)
-        if factor is None:  # conv-outputs, dots: they keep more than "none", so none's factor on what they keep
-            factor = dataclasses.replace(GPU_FACTORS["none"], measured=GPU_FACTORS["none"].measured
-                                         + f"; --remat {self.remat} not measured, none's factor")
+        factor = GPU_FACTORS.get((self.remat, self.pin_relu_output))
+        if factor is None:  # conv-outputs: it keeps more than "none", so none's factor on what it keeps
+            none = GPU_FACTORS[("none", self.pin_relu_output)]
+            factor = dataclasses.replace(none, measured=none.measured + f"; --remat {self.remat} not measured, none's factor")
         if self.backend != "gpu":
             factor = dataclasses.replace(factor, measured=factor.measured + f"; never measured on {self.backend}")
         return factor
@@ -114,7 +124,7 @@ class StepMemory:
     gradients: int
     batch: int
     kept: int  # activations JAX keeps for the backward pass
-    temporaries: int  # XLA's buffers beyond them (fitted)
+    temporaries: int  # XLA's buffers beyond them (fitted; negative where XLA keeps less than them)
     factor: Factor
 
     @property
@@ -128,7 +138,8 @@ class StepMemory:
                 ("gradients", self.gradients, ""),
                 ("batch", self.batch, f"{layout.per_device_batch} tile(s) of {layout.tile_size} px, labels {layout.label_size} px"),
                 ("activations kept for backward", self.kept, f"{layout.dtype}, --remat {layout.remat}"),
-                ("temporaries", self.temporaries, f"fitted: {self.factor.measured}")]
+                ("temporaries", self.temporaries, f"fitted: {self.factor.measured}"
+                 + ("; negative: XLA keeps less than JAX's residuals count" if self.temporaries < 0 else ""))]
         width = max(len(name) for name, *_ in rows)
         said = [f"  {name:<{width}}  {gib(size):>10}  {note}".rstrip() for name, size, note in rows]
         return said + [f"  {'total (estimate)':<{width}}  {gib(self.total):>10}  per device"]
@@ -189,10 +200,10 @@ def estimate(layout: StepLayout) -> StepMemory:
     kept = batch * _kept_per_image(layout.model, layout.tile_size, layout.label_size, layout.dtype, layout.remat)
     factor = layout.factor()
     if layout.backend == "cpu":
-        basis = batch * activation_bytes(layout.model, layout.tile_size, jnp.dtype(layout.dtype).itemsize)
-    else:
-        basis = kept
-    buffers = max(round(factor.value * basis), kept)
+        maps = batch * activation_bytes(layout.model, layout.tile_size, jnp.dtype(layout.dtype).itemsize)
+        buffers = max(round(factor.value * maps), kept)
+    else:  # below 1 where XLA:GPU keeps less than JAX's residuals count (--remat dots, its outputs fused)
+        buffers = round(factor.value * kept)
     return StepMemory(layout, parameters, optimizer_state, gradients, batch_bytes, kept, buffers - kept, factor)
 
 
@@ -200,7 +211,7 @@ def layout_of(plan) -> StepLayout:
     """The step a `RunPlan` (`unet_jax.training.plan`) compiles, on its own devices."""
     parallel = plan.parallel
     platform = parallel.mesh.devices.flat[0].platform
-    return StepLayout.of_run(plan.train, plan.compute.remat, parallel.device_count, parallel.fsdp, platform)
+    return StepLayout.of_run(plan.train, plan.compute, parallel.device_count, parallel.fsdp, platform)
 
 
 def compiled_bytes(compiled) -> Optional[int]:
