@@ -1,4 +1,4 @@
-"""The paper's separation weight map and the one-pixel gap, against hand-made cases and brute force."""
+"""The paper's separation weight map and the gap between touching cells, against hand-made cases and brute force."""
 
 import numpy as np
 import pytest
@@ -59,14 +59,15 @@ def test_touching_objects_get_a_one_pixel_gap():
     np.testing.assert_array_equal(separate_touching(apart), apart)
 
 
-def _neighbour_pairs(labels):
-    """(a, b) label pairs of 8-neighbouring pixels, both objects, a != b: numpy shifts, no scipy."""
+def _neighbour_pairs(labels, reach=1):
+    """(a, b) label pairs of different objects with pixels within `reach` rows and columns (reach 1:
+    8-neighbours): numpy shifts, no scipy."""
     h, w = labels.shape
-    padded = np.pad(labels, 1)
+    padded = np.pad(labels, reach)
     pairs = set()
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            shifted = padded[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
+    for dy in range(-reach, reach + 1):
+        for dx in range(-reach, reach + 1):
+            shifted = padded[reach + dy : reach + dy + h, reach + dx : reach + dx + w]
             hit = (labels > 0) & (shifted > 0) & (labels != shifted)
             pairs |= set(zip(labels[hit].tolist(), shifted[hit].tolist()))
     return pairs
@@ -130,26 +131,14 @@ def test_separation_targets_are_the_gapped_mask_and_its_weights():
     np.testing.assert_allclose(weights[:, 4], 4 + 10 * np.exp(-4 / 50), rtol=1e-6)
 
 
-def _chebyshev_neighbour_pairs(labels, reach):
-    """(a, b) label pairs of different objects with pixels within `reach` rows and columns: numpy shifts, no scipy."""
-    h, w = labels.shape
-    padded = np.pad(labels, reach)
-    pairs = set()
-    for dy in range(-reach, reach + 1):
-        for dx in range(-reach, reach + 1):
-            shifted = padded[reach + dy : reach + dy + h, reach + dx : reach + dx + w]
-            hit = (labels > 0) & (shifted > 0) & (labels != shifted)
-            pairs |= set(zip(labels[hit].tolist(), shifted[hit].tolist()))
-    return pairs
-
 
 @pytest.mark.parametrize("width", [2, 3])
 def test_a_wider_gap_keeps_every_pair_of_synthetic_cells_that_far_apart(width):
     labels = make_cells(1, 96, seed=3).instances[0]
     separated = separate_touching(labels, width)
-    assert not _chebyshev_neighbour_pairs(separated, width)
+    assert not _neighbour_pairs(separated, width)
     # Not wider than asked: some pair is still within width + 1 (the gap's far side), and only objects gave up pixels.
-    assert _chebyshev_neighbour_pairs(separated, width + 1)
+    assert _neighbour_pairs(separated, width + 1)
     kept = separated > 0
     np.testing.assert_array_equal(separated[kept], labels[kept])
 
