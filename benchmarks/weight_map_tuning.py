@@ -19,7 +19,7 @@ import argparse
 from pathlib import Path
 
 from benchmarks.devices import write_measurement
-from benchmarks.instance_tuning import held_out_predictions, score, spread
+from benchmarks.instance_tuning import held_out_predictions, score, spread, spread_text, versions_line
 from unet_jax.inference.instances import InstanceRule
 from unet_jax.training.run_dir import RunDir
 
@@ -45,7 +45,7 @@ def to_markdown(report: dict) -> str:
     lines = [
         f"# {report['title']}: {report['device']['name']}",
         "",
-        f"Versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items() if v)}; measured {report['measured_utc']}.",
+        versions_line(report),
         f"Each run scored on its own held-out images, predicted once. Grown: the shipped defaults (growth "
         f"{rule['growth_distance']:g} px, min object size {rule['min_size']} px, extent threshold {rule['extent_threshold']:g}); "
         "raw: the connected components as predicted. Mean over the runs (min..max).",
@@ -56,7 +56,7 @@ def to_markdown(report: dict) -> str:
     ]
     for row in report["result"]:
         seeds = ", ".join(str(run["seed"]) for run in row["per_run"].values())
-        cells = [f"{row[k]['mean']:.3f} ({row[k]['min']:.3f}..{row[k]['max']:.3f})" for k in FIGURES]
+        cells = [spread_text(row[k]) for k in FIGURES]
         lines.append(f"| {row['w0']:g} | {row['sigma']:g} | {row['gap_width']} | {seeds} | " + " | ".join(cells) + " |")
     lines += ["", "Per run:", "", "| run | seed | w0 | sigma | gap | F1 (grown) | pixel IoU (grown) | F1 (raw) | pixel IoU (raw) |",
               "| :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
