@@ -16,6 +16,7 @@ separate set of runs (e.g. new seeds, for a test on images no choice was made on
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 
 from benchmarks.devices import write_measurement
@@ -85,7 +86,8 @@ def main(argv=None) -> int:
         rows.append(row)
     shipped = InstanceRule()
     rule = {"growth_distance": shipped.growth_distance, "min_size": shipped.min_size, "extent_threshold": shipped.extent_threshold}
-    command = f"python -m benchmarks.weight_map_tuning --out {args.out} --stem {args.stem} " + " ".join(map(str, args.runs))
+    title = f" --title {shlex.quote(args.title)}" if args.title != parser.get_default("title") else ""
+    command = f"python -m benchmarks.weight_map_tuning --out {args.out} --stem {args.stem}{title} " + " ".join(map(str, args.runs))
     write_measurement(args.out, args.stem, rows, to_markdown, title=args.title, rule=rule, command=command)
     return 0
 
