@@ -62,12 +62,21 @@ def spread(values: list[float]) -> dict:
     return {"mean": float(np.mean(values)), "min": float(np.min(values)), "max": float(np.max(values))}
 
 
+def spread_text(figure: dict) -> str:
+    """A `spread` as a table cell: mean (min..max)."""
+    return f"{figure['mean']:.3f} ({figure['min']:.3f}..{figure['max']:.3f})"
+
+
+def versions_line(report: dict) -> str:
+    return f"Versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items() if v)}; measured {report['measured_utc']}."
+
+
 def to_markdown(report: dict) -> str:
     runs = ", ".join(f"`{run}` (seed {config['seed']}, {config['loss']})" for run, config in report["runs"].items())
     lines = [
         f"# Growing predicted objects back over the gap: {report['device']['name']}",
         "",
-        f"Versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items() if v)}; measured {report['measured_utc']}.",
+        versions_line(report),
         f"Runs: {runs}; each scored on its own "
         "held-out images, predicted once; mean over the runs (min..max).",
         "",
@@ -75,7 +84,7 @@ def to_markdown(report: dict) -> str:
         "| ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in report["result"]:
-        cells = [f"{row[k]['mean']:.3f} ({row[k]['min']:.3f}..{row[k]['max']:.3f})" for k in ("f1", "pixel_iou", "mean_matched_iou")]
+        cells = [spread_text(row[k]) for k in ("f1", "pixel_iou", "mean_matched_iou")]
         lines.append(f"| {row['growth_distance']:g} | {row['min_size']} | {row['extent_threshold']:g} | " + " | ".join(cells) + " |")
     lines += ["", f"Command: `{report['command']}`", ""]
     return "\n".join(lines)

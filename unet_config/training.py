@@ -30,6 +30,7 @@ RESUMABLE_FIELDS = BOOKKEEPING_FIELDS + TRAJECTORY_FIELDS
 _POSITIVE_INTEGERS = (
     "tile_size", "batch_size", "steps", "cells_train_images", "cells_val_images", "cells_image_size",
     "eval_every", "val_tiles_per_image", "log_every", "checkpoint_every", "keep_checkpoints", "sampling_threads",
+    "target_gap_width",
 )
 _MIN_CELLS_IMAGE_SIZE = 8  # the synthetic cells need room for one cell
 MAX_SEED = 2**63 - 1  # JAX's random keys take a signed 64-bit seed; a larger one failed mid-run with an OverflowError
@@ -51,7 +52,18 @@ class TrainConfig:
         "weighted by the paper's separation weight map (needs instance masks; implies --target-gap)",
     )
     target_gap: bool = described(
-        False, "instance masks: train on targets with a one-pixel background gap between touching objects, as the paper"
+        False, "instance masks: train on targets with a background gap between touching objects, as the paper"
+    )
+    target_gap_width: int = described(
+        1, "pixels of background the target puts between touching objects, with --target-gap or --loss weighted-ce "
+        "(the paper's: 1)"
+    )
+    weight_w0: float = described(
+        10.0, "--loss weighted-ce: the separation weight map's w0, the extra weight on the gap between two cells (the paper's: 10)"
+    )
+    weight_sigma: float = described(
+        5.0, "--loss weighted-ce: the separation weight map's sigma, pixels: how fast the extra weight falls off away from "
+        "the gap (the paper's: 5)"
     )
     dtype: str = described("float32", "compute dtype; parameters stay float32")
     augment: bool = described(True, "random flips and 90-degree rotations, on the device")
@@ -112,6 +124,8 @@ class TrainConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{_name(name)} must be true or false, got {getattr(self, name)!r}")
         _check_range("elastic_sigma", self.elastic_sigma, 0, math.inf, low_open=False, high_open=True)
+        _check_range("weight_w0", self.weight_w0, 0, math.inf, low_open=False, high_open=True)
+        _check_range("weight_sigma", self.weight_sigma, 0, math.inf, low_open=True, high_open=True)
         for name in ("preset", "data", "val_data", "init_weights", "profile_steps"):
             value = getattr(self, name)
             if not (isinstance(value, str) or (value is None and name != "preset")):
@@ -139,7 +153,7 @@ class TrainConfig:
 
     @property
     def separates_touching(self) -> bool:
-        """Whether training targets get the one-pixel gap between touching objects (needs instance masks)."""
+        """Whether training targets get the gap between touching objects (needs instance masks)."""
         return self.target_gap or self.loss in WEIGHT_MAP_LOSSES
 
     def to_dict(self) -> dict:

@@ -167,6 +167,12 @@ def test_options_the_run_will_not_use_are_noted(tmp_path, monkeypatch, capsys):
         "--val-data is --data: the validation scores will measure the training images, not held-out ones"]
     sgd = resolve("demo", {**TINY, "optimizer": "sgd", "elastic": True})
     assert unused_options({"momentum": 0.9, "elastic_sigma": 5.0, "cells_image_size": 64}, sgd) == []
+    weight_map = {"weight_w0": 20.0, "weight_sigma": 3.0, "target_gap_width": 2}
+    assert unused_options(weight_map, resolve("demo", TINY)) == [
+        "--weight-sigma, --weight-w0: options of the separation weight map, unused without --loss weighted-ce",
+        "--target-gap-width has no effect without --target-gap or --loss weighted-ce"]
+    assert unused_options(weight_map, resolve("instances", TINY)) == []
+    assert unused_options({"target_gap_width": 2}, resolve("demo", {**TINY, "target_gap": True})) == []
 
     monkeypatch.setattr(loop, "run", lambda *_, **__: None)  # what the command line says before the run
     assert main(["train", "--run-dir", str(tmp_path / "run"), "--momentum", "0.5", "--no-progress"]) == 0

@@ -44,6 +44,11 @@ SMALL = dict(model=UNetConfig(features=4, depth=2), tile_size=60)
         ("target_gap", "no"),
         ("elastic_sigma", -1.0),
         ("elastic_sigma", math.inf),
+        ("weight_w0", -1.0),
+        ("weight_w0", math.nan),
+        ("weight_sigma", 0.0),  # exp(-d^2 / 0) is no weight map
+        ("target_gap_width", 0),
+        ("target_gap_width", 1.5),
         ("cells_layout", "dense"),
         ("data", 3),
     ],
@@ -113,3 +118,11 @@ def test_weighted_ce_and_the_gap_option_both_separate_touching_objects():
     assert TrainConfig(**SMALL, loss="weighted-ce").separates_touching
     assert TrainConfig(**SMALL, target_gap=True).separates_touching
     assert TrainConfig(**SMALL, elastic_sigma=0.0).elastic_sigma == 0.0  # no deformation, allowed
+
+
+def test_the_weight_map_options_survive_config_json_and_older_configs_get_the_papers_values():
+    cfg = TrainConfig(**SMALL, loss="weighted-ce", weight_w0=20.0, weight_sigma=3.0, target_gap_width=2)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    older = {k: v for k, v in cfg.to_dict().items() if k not in ("weight_w0", "weight_sigma", "target_gap_width")}
+    restored = TrainConfig.from_dict(older)  # a config.json written before these options existed trained with the paper's
+    assert (restored.weight_w0, restored.weight_sigma, restored.target_gap_width) == (10.0, 5.0, 1)

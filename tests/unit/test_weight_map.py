@@ -1,4 +1,4 @@
-"""The paper's separation weight map and the one-pixel gap, against hand-made cases and brute force."""
+"""The paper's separation weight map and the gap between touching cells, against hand-made cases and brute force."""
 
 import numpy as np
 import pytest
@@ -59,14 +59,15 @@ def test_touching_objects_get_a_one_pixel_gap():
     np.testing.assert_array_equal(separate_touching(apart), apart)
 
 
-def _neighbour_pairs(labels):
-    """(a, b) label pairs of 8-neighbouring pixels, both objects, a != b: numpy shifts, no scipy."""
+def _neighbour_pairs(labels, reach=1):
+    """(a, b) label pairs of different objects with pixels within `reach` rows and columns (reach 1:
+    8-neighbours): numpy shifts, no scipy."""
     h, w = labels.shape
-    padded = np.pad(labels, 1)
+    padded = np.pad(labels, reach)
     pairs = set()
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            shifted = padded[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
+    for dy in range(-reach, reach + 1):
+        for dx in range(-reach, reach + 1):
+            shifted = padded[reach + dy : reach + dy + h, reach + dx : reach + dx + w]
             hit = (labels > 0) & (shifted > 0) & (labels != shifted)
             pairs |= set(zip(labels[hit].tolist(), shifted[hit].tolist()))
     return pairs
@@ -128,3 +129,30 @@ def test_separation_targets_are_the_gapped_mask_and_its_weights():
     np.testing.assert_array_equal(mask[:, [0, 3, 5, 7]], 1)
     # The gap column: d1 = d2 = 1; 4 background of 32 pixels -> w_c = 32 / 8 = 4.
     np.testing.assert_allclose(weights[:, 4], 4 + 10 * np.exp(-4 / 50), rtol=1e-6)
+
+
+
+@pytest.mark.parametrize("width", [2, 3])
+def test_a_wider_gap_keeps_every_pair_of_synthetic_cells_that_far_apart(width):
+    labels = make_cells(1, 96, seed=3).instances[0]
+    separated = separate_touching(labels, width)
+    assert not _neighbour_pairs(separated, width)
+    # Not wider than asked: some pair is still within width + 1 (the gap's far side), and only objects gave up pixels.
+    assert _neighbour_pairs(separated, width + 1)
+    kept = separated > 0
+    np.testing.assert_array_equal(separated[kept], labels[kept])
+
+
+def test_two_touching_bars_get_a_gap_of_the_asked_width():
+    instances = np.zeros((4, 10), np.int32)
+    instances[:, :5] = 1
+    instances[:, 5:] = 2
+    for width in (1, 2, 3):
+        separated = separate_touching(instances, width)
+        np.testing.assert_array_equal(separated[0], [1] * 5 + [0] * width + [2] * (5 - width))  # the larger id gives up pixels
+
+
+@pytest.mark.parametrize("width", [0, -1, 1.5, True])
+def test_a_gap_width_that_is_not_a_positive_whole_number_is_refused(width):
+    with pytest.raises(ValueError, match="gap width"):
+        separate_touching(np.ones((3, 3), np.int32), width)

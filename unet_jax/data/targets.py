@@ -1,7 +1,8 @@
 """What a run trains against: the class masks as they are, or the paper's separated targets.
 
-With `--target-gap` or `--loss weighted-ce`, touching objects get a one-pixel background gap
-in the target, and `weighted-ce` weights every pixel by the separation weight map. Both come
+With `--target-gap` or `--loss weighted-ce`, touching objects get a background gap in the target
+(`--target-gap-width` pixels, the paper's 1), and `weighted-ce` weights every pixel by the
+separation weight map (`--weight-w0`, `--weight-sigma`). Both come
 from instance labels, computed once per image when the run starts and kept in memory for the
 run (a pure function of the masks, so a resumed run recomputes the same values); never per step.
 """
@@ -15,7 +16,7 @@ import numpy as np
 
 from unet_jax.data.errors import DataError
 from unet_jax.data.samples import NotRead, Samples
-from unet_jax.data.weight_map import separate_touching, separation_weights
+from unet_jax.data.weight_map import GAP_WIDTH, SIGMA, W0, separate_touching, separation_weights
 
 INSTANCE_MASKS = (
     "instance masks (0 background and one id per object, 1..N, saved as 16-bit or wider PNG/TIFF, "
@@ -34,16 +35,18 @@ def require_instances(samples: Samples, why: str, where: Optional[str]) -> None:
         )
 
 
-def separated_targets(samples: Samples, weight_map: bool) -> tuple[Samples, Optional[list[np.ndarray]]]:
-    """The samples with gapped class masks, and the weight map of each (if `weight_map`), float32 [H, W].
+def separated_targets(samples: Samples, weight_map: bool, w0: float = W0, sigma: float = SIGMA,
+                      gap_width: int = GAP_WIDTH) -> tuple[Samples, Optional[list[np.ndarray]]]:
+    """The samples with class masks gapped `gap_width` pixels between touching objects, and the weight
+    map (w0, sigma) of each if `weight_map`, float32 [H, W].
 
     Needs `samples.instances` (see `require_instances`). Samples not read here stay `NotRead`.
     """
-    gapped = [ids if isinstance(ids, NotRead) else separate_touching(ids) for ids in samples.instances]
+    gapped = [ids if isinstance(ids, NotRead) else separate_touching(ids, gap_width) for ids in samples.instances]
     masks = [labels if isinstance(labels, NotRead) else (labels > 0).astype(np.int32) for labels in gapped]
     if isinstance(samples.masks, np.ndarray):
         masks = np.stack(masks)
     weights = None
     if weight_map:
-        weights = [labels if isinstance(labels, NotRead) else separation_weights(labels) for labels in gapped]
+        weights = [labels if isinstance(labels, NotRead) else separation_weights(labels, w0, sigma) for labels in gapped]
     return dataclasses.replace(samples, masks=masks), weights

@@ -30,26 +30,30 @@ from scipy import ndimage
 
 W0 = 10.0  # the paper's w0
 SIGMA = 5.0  # the paper's sigma, in pixels
+GAP_WIDTH = 1  # the paper's gap between touching cells in the target, in pixels
 TOLERANCE = 1e-6  # separation terms below TOLERANCE * w0 are left out (far from any pair of objects)
-_EIGHT_NEIGHBOURS = np.ones((3, 3), bool)
 
 
-def separate_touching(instances: np.ndarray) -> np.ndarray:
-    """Instance labels [H, W] with a one-pixel background gap wherever two objects touched.
+def separate_touching(instances: np.ndarray, width: int = GAP_WIDTH) -> np.ndarray:
+    """Instance labels [H, W] with a background gap `width` pixels wide wherever two objects touched.
 
-    A pixel of object l becomes background when one of its 8 neighbours belongs to an object
-    with a smaller id. Only one side of each border gives up pixels, so the gap is one pixel
-    wide, and no two pixels of different objects remain 8-neighbours: the objects are apart
-    under either connectivity.
+    A pixel of object l becomes background when a pixel within `width` rows and columns of it
+    (for width 1: one of its 8 neighbours) belongs to an object with a smaller id. Only one side
+    of each border gives up pixels, so the gap is `width` pixels wide (the paper's: 1), and no
+    two pixels of different objects remain within `width` of each other: the objects are apart
+    under either connectivity. Objects closer than `width` without touching get the same gap.
     """
     instances = np.asarray(instances)
     if instances.ndim != 2:
         raise ValueError(f"instance labels must be [H, W], got shape {instances.shape}")
+    if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1:
+        raise ValueError(f"the gap width must be a positive whole number of pixels, got {width!r}")
     if instances.size == 0 or instances.max() <= 0:
         return instances.copy()
     # Background counts as "no smaller neighbour": give it an id above every object.
     above_all = np.where(instances > 0, instances, instances.max() + 1)
-    smallest_neighbour = ndimage.grey_erosion(above_all, footprint=_EIGHT_NEIGHBOURS, mode="nearest")  # [H, W]
+    around = np.ones((2 * width + 1, 2 * width + 1), bool)  # width 1: the 8 neighbours and the pixel itself
+    smallest_neighbour = ndimage.grey_erosion(above_all, footprint=around, mode="nearest")  # [H, W]
     return np.where((instances > 0) & (smallest_neighbour < instances), 0, instances).astype(instances.dtype)
 
 
@@ -87,11 +91,12 @@ def separation_weights(instances: np.ndarray, w0: float = W0, sigma: float = SIG
     return weights.astype(np.float32)
 
 
-def separation_targets(instances: np.ndarray, w0: float = W0, sigma: float = SIGMA) -> tuple[np.ndarray, np.ndarray]:
+def separation_targets(instances: np.ndarray, w0: float = W0, sigma: float = SIGMA,
+                       gap_width: int = GAP_WIDTH) -> tuple[np.ndarray, np.ndarray]:
     """(class mask int32 [H, W] with the gap between touching objects, its weight map float32 [H, W]).
 
-    The paper's recipe for one training image: separate touching objects by a one-pixel gap,
-    then weight the gaps (which are now background between two close objects) heavily.
+    The paper's recipe for one training image: separate touching objects by a gap (the paper's:
+    one pixel), then weight the gaps (which are now background between two close objects) heavily.
     """
-    separated = separate_touching(instances)
+    separated = separate_touching(instances, gap_width)
     return (separated > 0).astype(np.int32), separation_weights(separated, w0, sigma)

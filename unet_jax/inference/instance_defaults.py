@@ -5,7 +5,9 @@ Measured (benchmarks/results/instances-cpu-intel-xeon/instance_tuning.md): on th
 touching cells, the `--preset instances` network draws the gap between touching cells several
 pixels wide and leaves a foreground probability of about 0.05 to 0.5 on the trimmed edges;
 growing each object up to 4 pixels over background whose foreground probability exceeds 0.05,
-after dropping objects under 16 pixels, gave the best instance F1 and pixel IoU together.
+after dropping objects under 16 pixels, gave the best instance F1 and pixel IoU together. Chosen
+on seeds 0 and 1; on six more seeds' held-out images (`independent_test.md` there) they score
+instance F1 0.967 and pixel IoU 0.944, and are the best F1 of the same grid there too.
 """
 
 DEFAULT_GROWTH_DISTANCE = 4.0  # pixels each object may grow over the background next to it

@@ -195,9 +195,11 @@ def _targets(cfg: TrainConfig, train: Samples, val: Samples, log):
     if not cfg.separates_touching:
         return train, None, val, None
     started = time.perf_counter()
-    train, train_weights = separated_targets(train, needs_weights(cfg.loss))
-    val, val_weights = separated_targets(val, needs_weights(cfg.loss))
-    made = "targets with a one-pixel gap between touching objects" + (" and their weight maps" if train_weights else "")
+    recipe = dict(w0=cfg.weight_w0, sigma=cfg.weight_sigma, gap_width=cfg.target_gap_width)
+    train, train_weights = separated_targets(train, needs_weights(cfg.loss), **recipe)
+    val, val_weights = separated_targets(val, needs_weights(cfg.loss), **recipe)
+    made = f"targets with a {cfg.target_gap_width}-pixel gap between touching objects" + (
+        f" and their weight maps (w0 {cfg.weight_w0:g}, sigma {cfg.weight_sigma:g} px)" if train_weights else "")
     log(f"{made}: {time.perf_counter() - started:.1f} s for {len(train.held) + len(val.held)} images")
     return train, train_weights, val, val_weights
 

@@ -26,6 +26,7 @@ from unet_jax.model.compute import RESUMABLE_COMPUTE_FIELDS, Compute
 from unet_jax.model.unet import default_batch_groups
 from unet_jax.runtime.mesh import DataParallel, check_batch_size
 from unet_jax.runtime.processes import is_primary
+from unet_jax.training.losses import needs_weights
 from unet_jax.training.presets import resolve
 from unet_jax.training.run_dir import PATH_FIELDS, RunDir
 from unet_jax.training.sampling import settle_shards, sources_of
@@ -123,6 +124,11 @@ def unused_options(given: Mapping[str, Any], train: TrainConfig) -> list[str]:
         notes.append(f"--momentum is used by --optimizer sgd only; this run uses {train.optimizer}")
     if "elastic_sigma" in given and not train.elastic:
         notes.append("--elastic-sigma has no effect without --elastic")
+    weight_map = sorted("--" + k.replace("_", "-") for k in given if k in ("weight_w0", "weight_sigma"))
+    if weight_map and not needs_weights(train.loss):
+        notes.append(f"{', '.join(weight_map)}: options of the separation weight map, unused without --loss weighted-ce")
+    if "target_gap_width" in given and not train.separates_touching:
+        notes.append("--target-gap-width has no effect without --target-gap or --loss weighted-ce")
     cells = sorted("--" + k.replace("_", "-") for k in given if k.startswith("cells_"))
     if cells and train.data is not None:
         notes.append(f"{', '.join(cells)}: options of the built-in cells, unused with --data")
