@@ -176,3 +176,14 @@ def test_merge_keeps_the_earlier_rows_this_run_did_not_compile(tmp_path):
     merged = gpu_aot.merged_rows(tmp_path, new)
     assert [(row["batch"], row["what_if"], row["hlo"].get("new")) for row in merged] == [(1, None, None), (16, "x", None),
                                                                                           (16, None, True)]
+
+
+@pytest.mark.parametrize("name", sorted(set(gpu_what_ifs.POOL_FORMS) - {"pool-reduce-window"}))
+def test_the_custom_forms_send_a_nan_windows_gradient_where_the_pool_does(name):
+    # reduce_window's select-and-scatter sends it elsewhere (benchmarks/NOTES.md); these keep the custom VJP's choice.
+    x = jnp.asarray([[[[1.0], [np.nan]], [[3.0], [0.0]]]], jnp.float32)
+
+    def gradient(pool):
+        return np.asarray(jax.grad(lambda x: pool(x).sum())(x))
+
+    np.testing.assert_array_equal(gradient(gpu_what_ifs.POOL_FORMS[name]), gradient(cpu_kernels.max_pool_2x2))
