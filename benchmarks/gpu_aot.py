@@ -20,11 +20,17 @@ compiler. For each it records:
   its bias and ReLU?), fusions by kind, and every `input_reduce_select_fusion` (the layer it belongs
   to, its outputs and operands, the operations inside and the bytes it reads and writes).
 
-`--what-if relu-output-barrier` adds each job once more with one change that is not a model option:
-the ReLU's saved output (`unet_jax.model.cpu_kernels.relu`, whose backward reads its output) passed
-through `lax.optimization_barrier`, so that XLA cannot recompute it from the convolution's output
-inside the backward pass's fusions (same values; what it changes in the compiled step is in
-benchmarks/NOTES.md). A compile-only experiment: no default changes on its account.
+It also lists every kernel of the step that holds part of the max-pool's backward pass (the pool is
+traced inside a name scope, so its instructions are named wherever XLA fuses them): its kind, what it
+reads and writes, and whether the bias gradient's reduction shares it; and the bytes all the step's
+kernels read and write together (operands and results of each, as XLA's plan: a fusion's own reuse
+and caches unseen).
+
+`--what-if NAME ...` adds each job once more per change that is not a model option
+(benchmarks/gpu_what_ifs.py: the ReLU's saved output behind an optimization barrier, and forms of the
+max-pool's backward pass; the same function each). Compile-only experiments: no default changes on
+their account. `--merge` keeps the rows of an earlier gpu_aot.json in --out that this run does not
+compile again.
 
 CAVEAT: with no device, XLA cannot autotune: cuDNN convolution algorithms, Triton GEMM tilings and
 the fusion decisions that depend on them are XLA's defaults, not what a device compile picks, and
@@ -54,13 +60,12 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from benchmarks.devices import write_measurement
+from benchmarks.gpu_what_ifs import POOL_SCOPE, WHAT_IFS, what_if
 from benchmarks.jax_state import seed_train_state
 from benchmarks.variants import VARIANTS
 from unet_jax.config import UNetConfig
-from unet_jax.model import cpu_kernels
 from unet_jax.model.unet import UNet
 from unet_jax.training.losses import make_loss
 from unet_jax.training.step import make_train_step
@@ -73,33 +78,15 @@ CAVEAT = ("deviceless compile: no autotuning (cuDNN algorithms, Triton GEMM tili
 MEMORY_FIELDS = ("temp", "argument", "output", "alias", "generated_code")
 TOP_ALLOCATIONS = 12
 
-
-WHAT_IFS = ("relu-output-barrier",)
+# Entry instructions that are no kernel of their own (their bytes are counted where a kernel reads or writes them).
+NOT_KERNELS = ("parameter", "get-tuple-element", "tuple", "bitcast", "constant", "copy-start", "copy-done")
+# add_any, the sum of the gradients of a value with two consumers (the pool's input is the skip connection's too),
+# is the autodiff's, named after the scope that reads the value: not the pool's.
+POOL_BACKWARD = re.compile(r'op_name="[^"]*transpose\([^"]*/' + POOL_SCOPE + r'/(?!add_any")')
 
 
 class NoCudaPlugin(RuntimeError):
     pass
-
-
-def _relu_forward_behind_barrier(x):
-    y = cpu_kernels.relu(x)
-    return y, lax.optimization_barrier(y)
-
-
-@contextlib.contextmanager
-def what_if(name):
-    """The model as it is (None), or with one compile-only change (WHAT_IFS) while the job is traced."""
-    if name is None:
-        yield
-        return
-    assert name == "relu-output-barrier", name
-    relu = cpu_kernels.relu
-    saved = (relu.fwd, relu.bwd)
-    relu.defvjp(_relu_forward_behind_barrier, relu.bwd)
-    try:
-        yield
-    finally:
-        relu.defvjp(*saved)
 
 
 def compile_only_sharding(target_config: str):
@@ -133,7 +120,7 @@ def compile_job(variant_name: str, batch: int, config: UNetConfig, size: int, sh
         raise ValueError(f"{variant_name} sets XLA flags ({variant.xla_flags}): one process compiles every job here")
     # batch_groups=1: what default_batch_groups gives on a GPU (its groups exist for XLA:CPU only).
     model = UNet(config, dtype=jnp.bfloat16 if variant.dtype == "bf16" else jnp.float32, remat=variant.remat,
-                 batch_groups=variant.batch_groups or 1)
+                 pin_relu_output=variant.pin_relu_output, batch_groups=variant.batch_groups or 1)
     args = abstract_inputs(model, batch, size, sharding)
     precision = jax.default_matmul_precision(variant.precision) if variant.precision else contextlib.nullcontext()
     start = time.perf_counter()
@@ -200,17 +187,32 @@ def computations(hlo: str) -> dict:
     return found
 
 
+def _operands(match) -> list:
+    return [operand.strip().lstrip("%").split("#")[0] for operand in match["operands"].split(",") if operand.strip()]
+
+
+def _io_bytes(match, shapes: dict) -> tuple:
+    """(bytes read, bytes written) of one entry instruction: its operands' arrays and its result's."""
+    return sum(shape_bytes(shapes.get(operand, "")) for operand in _operands(match)), shape_bytes(match["shape"])
+
+
 def hlo_summary(hlo: str) -> dict:
-    """cuDNN/cuBLAS custom calls by target, fusions by kind, and each input_reduce_select_fusion."""
+    """cuDNN/cuBLAS custom calls by target, fusions by kind, each input_reduce_select_fusion, the kernels
+    that hold the max-pool's backward pass, and the bytes all kernels read and write."""
     bodies = computations(hlo)
     entry = re.search(r"^ENTRY %([\w.\-]+) ", hlo, re.M).group(1)
     shapes, custom_calls, fusion_kinds, reduce_selects = {}, collections.Counter(), collections.Counter(), []
     activations = collections.Counter()  # cuDNN forward convolutions by the activation fused into them
+    pool_kernels, kernel_bytes = [], 0
     for line in bodies[entry]:
         match = _INSTRUCTION.match(line)
         if not match:
             continue
         shapes[match["name"]] = match["shape"]
+        if match["op"] not in NOT_KERNELS:
+            kernel_bytes += sum(_io_bytes(match, shapes))
+            if _holds_pool_backward(line, bodies):
+                pool_kernels.append(pool_backward_kernel(match, line, shapes, bodies))
         target = re.search(r'custom_call_target="([^"]+)"', line)
         if target:
             custom_calls[target.group(1)] += 1
@@ -222,28 +224,55 @@ def hlo_summary(hlo: str) -> dict:
             reduce_selects.append((match, line))
     fusions = [reduce_select_fusion(match, line, shapes, bodies) for match, line in reduce_selects]
     return {"custom_calls": dict(custom_calls.most_common()), "conv_bias_activation_modes": dict(activations.most_common()),
-            "fusion_kinds": dict(fusion_kinds.most_common()),
-            "input_reduce_select_fusions": sorted(fusions, key=lambda f: -f["bytes_moved"])}
+            "fusion_kinds": dict(fusion_kinds.most_common()), "fusions": sum(fusion_kinds.values()),
+            "kernel_bytes_moved": kernel_bytes,
+            "input_reduce_select_fusions": sorted(fusions, key=lambda f: -f["bytes_moved"]),
+            "pool_backward_kernels": sorted(pool_kernels, key=lambda k: -k["bytes_moved"])}
+
+
+def _called_lines(line: str, bodies: dict) -> list:
+    """The instruction lines of the computation a fusion calls (none for an unfused instruction)."""
+    called = re.search(r"calls=%([\w.\-]+)", line)
+    return bodies.get(called.group(1), []) if called else []
+
+
+def _holds_pool_backward(line: str, bodies: dict) -> bool:
+    return any(POOL_BACKWARD.search(inner) for inner in [line, *_called_lines(line, bodies)])
+
+
+def _layer(line: str):
+    layer = re.search(r'op_name="[^"]*UNet\._network/([^"]+?)/[\w_]+"', line)
+    return layer.group(1) if layer else None
+
+
+def _body_ops(line: str, bodies: dict) -> collections.Counter:
+    ops = collections.Counter()
+    for body_line in _called_lines(line, bodies):
+        inner = _INSTRUCTION.match(body_line)
+        if inner:
+            ops[inner["op"]] += 1
+    return ops
+
+
+def pool_backward_kernel(match, line: str, shapes: dict, bodies: dict) -> dict:
+    """One kernel holding part of the max-pool's backward pass: what it is, reads, writes and holds."""
+    ops = _body_ops(line, bodies)
+    read, written = _io_bytes(match, shapes)
+    return {"name": match["name"], "op": match["op"], "layer": _layer(line), "outputs": match["shape"],
+            "ops": dict(ops.most_common()), "bias_gradient_reduction": ops["reduce"] > 0 or match["op"] == "reduce",
+            "bytes_read": read, "bytes_written": written, "bytes_moved": read + written}
 
 
 def reduce_select_fusion(match, line: str, shapes: dict, bodies: dict) -> dict:
     """One input_reduce_select_fusion: where it is, what it reads and writes, and what it holds."""
-    operands = [operand.strip().lstrip("%").split("#")[0] for operand in match["operands"].split(",") if operand.strip()]
-    layer = re.search(r'op_name="[^"]*UNet\._network/([^"]+?)/[\w_]+"', line)
-    called = re.search(r"calls=%([\w.\-]+)", line).group(1)
-    ops = collections.Counter()
-    strided_slices = 0
-    for body_line in bodies.get(called, ()):
-        inner = _INSTRUCTION.match(body_line)
-        if inner:
-            ops[inner["op"]] += 1
-            strided_slices += inner["op"] == "slice" and ":2]" in body_line
-    read = sum(shape_bytes(shapes.get(operand, "")) for operand in operands)
-    written = shape_bytes(match["shape"])
-    return {"name": match["name"], "layer": layer.group(1) if layer else None, "outputs": match["shape"],
-            "operands": {operand: shapes.get(operand) for operand in operands}, "ops": dict(ops.most_common()),
-            "max_pool_backward": strided_slices > 0, "bytes_read": read, "bytes_written": written,
-            "bytes_moved": read + written}
+    operands = _operands(match)
+    strided_slice = any(" slice(" in body_line and ":2]" in body_line for body_line in _called_lines(line, bodies))
+    read, written = _io_bytes(match, shapes)
+    return {"name": match["name"], "layer": _layer(line), "outputs": match["shape"],
+            "operands": {operand: shapes.get(operand) for operand in operands},
+            "ops": dict(_body_ops(line, bodies).most_common()),
+            "max_pool_backward": strided_slice or _holds_pool_backward(line, bodies),
+            "bytes_read": read, "bytes_written": written, "bytes_moved": read + written}
 
 
 def run_job(variant: str, batch: int, config: UNetConfig, size: int, sharding, out: Path, change=None) -> dict:
@@ -288,7 +317,8 @@ def to_markdown(report: dict) -> str:
     lines = [f"# The JAX train step compiled for {result['target_name']} without a device", "",
              f"{result['config']}, {result['size']} px; target `{result['target']}`; {versions}, "
              f"jax-cuda plugin {result['plugin']}; compiled on {report['device']['name']}, {report['measured_utc']}; "
-             f"`{report['command']}`.", "", f"**Caveat: {CAVEAT}.**", "",
+             + "; ".join(f"`{command}`" for command in result.get("commands", [report["command"]])) + ".", "",
+             f"**Caveat: {CAVEAT}.**", "",
              "| job | temporaries GiB | arguments GiB | outputs GiB (aliased) | buffer assignment total GiB "
              "| device-measured temporaries GiB | compile s (this CPU) |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in result["rows"]:
@@ -299,13 +329,15 @@ def to_markdown(report: dict) -> str:
                      f"{row['compile_s_this_cpu']} |")
     lines += ["", "Device-measured: `compiled.memory_analysis()` of the same step compiled on the device (with autotuning), "
               "from the results named in the JSON.", ""]
+    lines += pool_backward_table(result["rows"])
     for row in result["rows"]:
         hlo = row["hlo"]
         lines += [f"## {_job_label(row)}", "",
                   "custom calls: " + ", ".join(f"`{k}` {v}" for k, v in hlo["custom_calls"].items()), "",
                   "activation fused into cuDNN's conv+bias: "
                   + ", ".join(f"`{k}` {v}" for k, v in hlo["conv_bias_activation_modes"].items()), "",
-                  "fusions: " + ", ".join(f"`{k}` {v}" for k, v in hlo["fusion_kinds"].items()), "",
+                  f"fusions ({hlo.get('fusions', sum(hlo['fusion_kinds'].values()))}): "
+                  + ", ".join(f"`{k}` {v}" for k, v in hlo["fusion_kinds"].items()), "",
                   "| input_reduce_select_fusion | layer | outputs | MB read | MB written | max-pool backward inside |",
                   "| --- | --- | --- | ---: | ---: | --- |"]
         for fusion in hlo["input_reduce_select_fusions"]:
@@ -316,6 +348,51 @@ def to_markdown(report: dict) -> str:
         lines += [f"- {a['size']}; {a['values']}; `{a['shapes'][:160]}`" for a in row["buffer_assignment"]["largest"][:6]]
         lines.append("")
     return "\n".join(lines)
+
+
+def _gb(size) -> str:
+    return f"{size / 1e9:.2f}"
+
+
+def pool_backward_table(rows: list) -> list:
+    """Per job: fusions, the bytes every kernel reads and writes, and the kernels holding the pool's backward."""
+    lines = ["Where the max-pool's backward pass lands (kernels holding an instruction of the pool's backward, "
+             "by the name scope; `+ reduce`: the bias gradient's reduction shares the kernel), and the bytes all "
+             "kernels read and write (operands and results, as XLA plans them):", "",
+             "| job | temporaries GiB | fusions | all kernels GB read + written | pool-backward kernels: GB read + written |",
+             "| --- | ---: | ---: | ---: | --- |"]
+    for row in rows:
+        hlo = row["hlo"]
+        if "kernel_bytes_moved" not in hlo:
+            continue
+        kernels = hlo["pool_backward_kernels"]
+        said = "not named (HLO compiled before the pool's name scope)" if kernels is None else "; ".join(
+            f"`{k['name']}` {_gb(k['bytes_moved'])}" + (" + reduce" if k["bias_gradient_reduction"] else "") for k in kernels)
+        lines.append(f"| {_job_label(row)} | {_gib(row['temp_bytes'])} | {hlo['fusions']} | {_gb(hlo['kernel_bytes_moved'])} "
+                     f"| {said} |")
+    return lines + [""]
+
+
+def merged_rows(out: Path, rows: list) -> list:
+    """This run's rows after the rows of out/gpu_aot.json that it did not compile again; their HLO
+    accounts read anew from the HLO files they left (no compile)."""
+    earlier = out / "gpu_aot.json"
+    if not earlier.is_file():
+        return rows
+    done = {(row["variant"], row["batch"], row["what_if"]) for row in rows}
+    kept = []
+    for row in json.loads(earlier.read_text())["result"]["rows"]:
+        if (row["variant"], row["batch"], row["what_if"]) in done:
+            continue
+        job = f"{row['variant']}-b{row['batch']}" + (f"-{row['what_if']}" if row["what_if"] else "")
+        hlo_file = out / f"{job}.hlo.txt.gz"
+        if hlo_file.is_file():
+            with gzip.open(hlo_file, "rt") as f:
+                row["hlo"] = hlo_summary(f.read())
+            if not row["hlo"]["pool_backward_kernels"]:  # compiled before the pool had a name scope
+                row["hlo"]["pool_backward_kernels"] = None
+        kept.append(row)
+    return kept + rows
 
 
 def plugin_version() -> str:
@@ -341,6 +418,10 @@ def main(argv=None) -> int:
     parser.add_argument("--what-if", nargs="*", choices=WHAT_IFS, default=[],
                         help="each job once more with this compile-only change (see the module's docstring)")
     parser.add_argument("--compare", nargs="*", default=[], help="results.json files of device runs (benchmarks.run)")
+    parser.add_argument("--what-ifs-only", action="store_true", help="compile the --what-if rows only (with --merge: "
+                        "the jobs as they are kept from the earlier run)")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the rows of --out's earlier gpu_aot.json that this run does not compile again")
     args = parser.parse_args(argv)
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
@@ -363,15 +444,20 @@ def main(argv=None) -> int:
     seed_at_572 = (args.features, args.depth, args.size) == (64, 4, 572)  # what the device runs measured
     for variant in args.variants:
         for batch in args.batch:
-            for change in (None, *args.what_if):
+            for change in (() if args.what_ifs_only else (None,)) + tuple(args.what_if):
                 row = run_job(variant, batch, config, args.size, sharding, args.out, change)
                 row["device_measured"] = measured.get((variant, batch)) if seed_at_572 and change is None else None
                 rows.append(row)
+    command = "python -m benchmarks.gpu_aot " + " ".join(sys.argv[1:] if argv is None else argv)
+    commands = [command]
+    if args.merge and (args.out / "gpu_aot.json").is_file():
+        earlier = json.loads((args.out / "gpu_aot.json").read_text())
+        commands = [*earlier["result"].get("commands", [earlier["command"]]), command]
+        rows = merged_rows(args.out, rows)
     name = re.search(r'device_description_str: "([^"]+)"', target_config)
     result = {"target": os.path.relpath(args.target), "target_name": name.group(1) if name else str(args.target),
               "plugin": plugin_version(),
-              "config": str(config), "size": args.size, "caveat": CAVEAT, "rows": rows}
-    command = "python -m benchmarks.gpu_aot " + " ".join(sys.argv[1:] if argv is None else argv)
+              "config": str(config), "size": args.size, "caveat": CAVEAT, "commands": commands, "rows": rows}
     write_measurement(args.out, "gpu_aot", result, to_markdown, echo=False, command=command)
     print((args.out / "gpu_aot.md").read_text())
     return 0

@@ -6,9 +6,14 @@ from __future__ import annotations
 import importlib.util
 import json
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
-from benchmarks import gpu_aot
+from benchmarks import gpu_aot, gpu_what_ifs
+from unet_jax.model import cpu_kernels
+from unet_jax.model import unet as unet_module
 
 # Two instructions of an optimized GPU module, in XLA's text form: a cuDNN convolution with its
 # bias and ReLU, and the backward fusion of a down block's second convolution, which reads the
@@ -95,8 +100,90 @@ def test_without_the_cuda_plugin_it_exits_2_saying_what_to_install(tmp_path, cap
 def test_a_small_step_compiles_for_the_h200_without_a_device(tmp_path, monkeypatch):
     monkeypatch.setenv("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
     assert gpu_aot.main(["--out", str(tmp_path), "--variants", "jax-bf16", "--batch", "1", "--size", "44",
-                         "--features", "4", "--depth", "2", "--what-if", "relu-output-barrier"]) == 0
+                         "--features", "4", "--depth", "2", "--what-if", "relu-output-barrier", "pool-window-reshape"]) == 0
     rows = json.loads((tmp_path / "gpu_aot.json").read_text())["result"]["rows"]
-    assert [row["what_if"] for row in rows] == [None, "relu-output-barrier"]
+    assert [row["what_if"] for row in rows] == [None, "relu-output-barrier", "pool-window-reshape"]
     for row in rows:
         assert row["temp_bytes"] > 0 and row["hlo"]["custom_calls"].get("__cudnn$convBackwardFilter", 0) > 0
+        assert len(row["hlo"]["pool_backward_kernels"]) >= 2  # two pools at depth 2, wherever XLA fused them
+
+
+# The pool backward as its own loop fusion beside the bias gradient's reduction (what-if pool-backward-barrier):
+# instructions named in the pool's scope mark the kernel, add_any (autodiff's sum of two gradients) does not.
+POOL_HLO = """HloModule jit_train_step
+
+%fused_pool (param_0: bf16[2,4,4,8], param_1: bf16[2,8,8,8]) -> bf16[2,8,8,8] {
+  %param_0 = bf16[2,4,4,8]{3,2,1,0} parameter(0)
+  %param_1 = bf16[2,8,8,8]{3,2,1,0} parameter(1)
+  ROOT %pad.1 = bf16[2,8,8,8]{3,2,1,0} pad(%param_0, %param_1), padding=0_0x0_4x0_4x0_0, metadata={op_name="jit(train_step)/transpose(jvp(UNet))/UNet._network/max_pool_2x2/pad"}
+}
+
+%fused_reduce (param_0: bf16[2,8,8,8]) -> bf16[16,8] {
+  %param_0 = bf16[2,8,8,8]{3,2,1,0} parameter(0)
+  %add.1 = bf16[2,8,8,8]{3,2,1,0} add(%param_0, %param_0), metadata={op_name="jit(train_step)/transpose(jvp(UNet))/UNet._network/max_pool_2x2/add_any"}
+  ROOT %reduce.1 = bf16[16,8]{1,0} reduce(%add.1, %param_0), dimensions={1}, to_apply=%add
+}
+
+ENTRY %main.1 (dy.1: bf16[2,4,4,8], x.1: bf16[2,8,8,8]) -> bf16[16,8] {
+  %dy.1 = bf16[2,4,4,8]{3,2,1,0} parameter(0)
+  %x.1 = bf16[2,8,8,8]{3,2,1,0} parameter(1)
+  %loop_pad_fusion = bf16[2,8,8,8]{3,2,1,0} fusion(%dy.1, %x.1), kind=kLoop, calls=%fused_pool, metadata={op_name="jit(train_step)/transpose(jvp(UNet))/UNet._network/max_pool_2x2/pad"}
+  %opt-barrier.1 = bf16[2,8,8,8]{3,2,1,0} bitcast(%loop_pad_fusion)
+  ROOT %input_reduce_fusion = bf16[16,8]{1,0} fusion(%opt-barrier.1), kind=kInput, calls=%fused_reduce, metadata={op_name="jit(train_step)/transpose(jvp(UNet))/UNet._network/down1/conv2/reduce_sum"}
+}
+"""  # noqa: E501
+
+
+def test_hlo_summary_finds_the_kernels_of_the_pool_backward_and_counts_every_kernels_bytes():
+    summary = gpu_aot.hlo_summary(POOL_HLO)
+    assert summary["fusions"] == 2
+    [pool] = summary["pool_backward_kernels"]
+    assert pool["name"] == "loop_pad_fusion" and pool["bias_gradient_reduction"] is False
+    assert pool["bytes_read"] == (2 * 4 * 4 * 8 + 2 * 8 * 8 * 8) * 2 and pool["bytes_written"] == 2 * 8 * 8 * 8 * 2
+    # the pool's fusion, then the reduction (its operand 1 KiB, its result 16x8); the bitcast is no kernel
+    assert summary["kernel_bytes_moved"] == pool["bytes_moved"] + (2 * 8 * 8 * 8 + 16 * 8) * 2
+
+
+@pytest.mark.parametrize("name", sorted(gpu_what_ifs.POOL_FORMS))
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_every_pool_form_has_the_pools_values_and_gradients_with_ties(name, dtype):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.integers(-1, 2, (2, 6, 8, 3)), dtype)  # most windows hold ties
+    upstream = jnp.asarray(rng.standard_normal((2, 3, 4, 3)), dtype)
+
+    def gradient(pool):
+        return jax.jit(jax.grad(lambda x: (pool(x) * upstream).astype(jnp.float32).sum()))(x)
+
+    form = gpu_what_ifs.POOL_FORMS[name]
+    np.testing.assert_array_equal(np.asarray(form(x), np.float32), np.asarray(cpu_kernels.max_pool_2x2(x), np.float32))
+    np.testing.assert_array_equal(np.asarray(gradient(form), np.float32),
+                                  np.asarray(gradient(cpu_kernels.max_pool_2x2), np.float32))
+
+
+def test_a_what_if_changes_the_pool_while_it_lasts_only():
+    before = unet_module.max_pool_2x2
+    with gpu_what_ifs.what_if("pool-reduce-window"):
+        assert unet_module.max_pool_2x2 is not before
+    assert unet_module.max_pool_2x2 is before
+    with pytest.raises(ValueError, match="unknown what-if"), gpu_what_ifs.what_if("pool-nonsense"):
+        pass
+
+
+def test_merge_keeps_the_earlier_rows_this_run_did_not_compile(tmp_path):
+    rows = [{"variant": "jax-bf16", "batch": b, "what_if": w, "hlo": {}} for b, w in ((16, None), (1, None), (16, "x"))]
+    (tmp_path / "gpu_aot.json").write_text(json.dumps({"command": "earlier", "result": {"rows": rows}}))
+    new = [{"variant": "jax-bf16", "batch": 16, "what_if": None, "hlo": {"new": True}}]
+    merged = gpu_aot.merged_rows(tmp_path, new)
+    assert [(row["batch"], row["what_if"], row["hlo"].get("new")) for row in merged] == [(1, None, None), (16, "x", None),
+                                                                                          (16, None, True)]
+
+
+@pytest.mark.parametrize("name", sorted(set(gpu_what_ifs.POOL_FORMS) - {"pool-reduce-window"}))
+def test_the_custom_forms_send_a_nan_windows_gradient_where_the_pool_does(name):
+    # reduce_window's select-and-scatter sends it elsewhere (benchmarks/NOTES.md); these keep the custom VJP's choice.
+    x = jnp.asarray([[[[1.0], [np.nan]], [[3.0], [0.0]]]], jnp.float32)
+
+    def gradient(pool):
+        return np.asarray(jax.grad(lambda x: pool(x).sum())(x))
+
+    np.testing.assert_array_equal(gradient(gpu_what_ifs.POOL_FORMS[name]), gradient(cpu_kernels.max_pool_2x2))

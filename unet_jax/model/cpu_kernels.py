@@ -81,17 +81,22 @@ def _max_pool_forward(x):
     return max_pool_2x2(x), x
 
 
-def _max_pool_backward(x, dy):
-    # Which view holds the window's first maximum, from comparisons between the views alone.
-    # Not `view == pooled max`: with that form XLA:CPU's algebraic simplifier (jax 0.10.2)
-    # produced wrong float64 gradients in a BatchNorm U-Net (parity_tests/test_gradients.py).
-    top_left, top_right, bottom_left, bottom_right = _window_views(x)
-    firsts = (
+def first_maxima(top_left, top_right, bottom_left, bottom_right):
+    """For each view of the window (row-major order), where it holds the window's first maximum.
+
+    From comparisons between the views alone. Not `view == pooled max`: with that form XLA:CPU's
+    algebraic simplifier (jax 0.10.2) produced wrong float64 gradients in a BatchNorm U-Net
+    (parity_tests/test_gradients.py)."""
+    return (
         (top_left >= top_right) & (top_left >= bottom_left) & (top_left >= bottom_right),
         (top_right > top_left) & (top_right >= bottom_left) & (top_right >= bottom_right),
         (bottom_left > top_left) & (bottom_left > top_right) & (bottom_left >= bottom_right),
         (bottom_right > top_left) & (bottom_right > top_right) & (bottom_right > bottom_left),
     )
+
+
+def _max_pool_backward(x, dy):
+    firsts = first_maxima(*_window_views(x))
     zero = jnp.zeros((), dy.dtype)
     # Each view's gradient goes back to its strided positions: a pad with one zero between
     # elements (the transpose of a strided slice), shifted by the view's offset in the window.
