@@ -30,7 +30,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 GPU_RESULT_DIRS = ("nvidia-h200", "nvidia-h200-fair", "nvidia-h200-sweep", "nvidia-h200-sweep-extra")
 GPU_FIT = {("bfloat16", "none", 16), ("bfloat16", "blocks", 16)}  # (dtype, remat, batch) the GPU factors come from
 GPU_AOT = RESULTS / "gpu-aot-h200" / "gpu_aot.json"
-AOT_REMAT = {"jax-bf16": "none", "jax-fp32": "none", "jax-bf16-remat-dots": "dots", "jax-bf16-remat-blocks": "blocks"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +143,7 @@ def gpu_compiled_points() -> list[dict]:
     """The settings no device measured, from the step compiled for an H200 without one (GPU_AOT): their
     compiled figure (temporaries + arguments + outputs not aliased); bfloat16 batch 16 fits each factor
     that no device row gave."""
+    from benchmarks.variants import VARIANTS
     from unet_jax.config import UNetConfig
     from unet_jax.training.memory_plan import StepLayout
 
@@ -153,10 +153,14 @@ def gpu_compiled_points() -> list[dict]:
     measured = {(p["layout"].dtype, p["layout"].remat, p["layout"].batch_size, p["layout"].pin_relu_output) for p in gpu_points()}
     points = []
     for row in result["rows"]:
-        remat, pinned = AOT_REMAT[row["variant"]], row["what_if"] == "relu-output-barrier"
-        dtype = "float32" if "fp32" in row["variant"] else "bfloat16"
+        if row["what_if"] not in (None, "relu-output-barrier"):
+            continue  # a compile-only form of the network that no option builds
+        variant = VARIANTS[row["variant"]]
+        remat, pinned = variant.remat, variant.pin_relu_output or row["what_if"] == "relu-output-barrier"
+        dtype = {"bf16": "bfloat16", "fp32": "float32"}[variant.dtype]
         if (dtype, remat, row["batch"], pinned) in measured:
-            continue  # measured on the device: gpu_points()
+            continue  # measured on the device (gpu_points), or the same step compiled twice (variant or what-if)
+        measured.add((dtype, remat, row["batch"], pinned))
         layout = StepLayout(UNetConfig(), result["size"], result["size"], row["batch"], dtype, remat,
                             "adam", backend="gpu", pin_relu_output=pinned)
         compiled = row["temp_bytes"] + row["argument_bytes"] + row["output_bytes"] - row["alias_bytes"]
