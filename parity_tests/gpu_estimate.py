@@ -26,8 +26,8 @@ H200_RUN = "H200, 2026-12-04 16:55 UTC, commit e6dd4a0, jax 0.11.2, torch 2.11.0
 BUDGET_S = 240.0
 # Host work of a seed-network test at 572 px (its 31M-parameter state ported, compared and copied):
 # NOT added to the old tests' durations, which hold as much of it. Timed on this project's 2-core CPU
-# with both train steps replaced by stubs that return the same tensors (2026-12-04, same load,
-# interleaved; /tmp scripts, figures in docs/parity.md "Time on a GPU"): the old
+# (jax 0.10.2, torch 2.13.0+cpu) with both train steps replaced by stubs that return the same tensors
+# (parity_tests/studies/seed572_host_work.py; 2026-12-04, same load, interleaved): the old
 # test_adam_steps[seed572-strict] (e6dd4a0) 17.4 and 19.6 s; a new mode test before the cuts of
 # 2026-12-04 evening 15.6-25.5 s (mean 18.5), after them 10.5-13.9 s for the first mode (which rounds
 # the start for all three) and 7.9-9.5 s for the others; the float64 test 3.7-4.4 s before, 1.7-2.0 s
