@@ -30,9 +30,10 @@ BUDGET_S = 240.0
 # (parity_tests/studies/seed572_host_work.py; 2026-12-04, same load, interleaved): the old
 # test_adam_steps[seed572-strict] (e6dd4a0) 17.4 and 19.6 s; a new mode test before the cuts of
 # 2026-12-04 evening 15.6-25.5 s (mean 18.5), after them 10.5-13.9 s for the first mode (which rounds
-# the start for all three) and 7.9-9.5 s for the others; the float64 test 3.7-4.4 s before, 1.7-2.0 s
-# after. So each new test is priced at its old test's duration, host work included, which is at most
-# what it does now. (Until then 10 s per test were added on top: counted twice.)
+# the start for all three) and 7.9-9.5 s for the others (earlier, on a quieter machine: 7.0-8.2 s before,
+# 5.4-6.3 and 3.3-4.3 s after); the float64 test 3.7-4.4 s before, 1.7-2.0 s after (quieter). So each
+# new test is priced at its old test's duration, host work included, which is at most what it does now.
+# (Until then 10 s per test were added on top: counted twice.)
 # Float64 work of the seed network at 572 px, batch 2, in TFLOP: forward 0.6, gradients 1.8, an
 # Adam step 1.8. The old reference ran forward, gradients and 10 steps (20.4); the new one 2 steps
 # (the gradient check's reference is step 1's gradients); the float64 test's Flax run 1 step.
