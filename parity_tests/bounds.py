@@ -79,4 +79,8 @@ def weights_in_lr(torch_error: float, mode: str, weights_rms: float, learning_ra
 
 def rms(state: dict, keys) -> float:
     """Root-mean-square of every entry of `keys` in `state`."""
-    return (sum(float((np.asarray(state[k], np.float64) ** 2).sum()) for k in keys) / sum(state[k].size for k in keys)) ** 0.5
+    squares = 0.0
+    for key in keys:
+        values = np.asarray(state[key], np.float64).ravel()
+        squares += float(np.einsum("i,i->", values, values))
+    return (squares / sum(state[k].size for k in keys)) ** 0.5

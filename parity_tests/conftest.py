@@ -138,7 +138,8 @@ def pytest_collection_finish(session):
     here = Path(__file__).resolve().parent
     ours = [item for item in session.items if here in Path(item.path).resolve().parents]
     parity_report.COLLECTED[:] = [item.nodeid for item in ours]
-    parity_report.GPU_RUN[:] = [i.nodeid for i in ours if not i.get_closest_marker("slow") and not i.get_closest_marker("host")]
+    left_out = ("slow", "host", "cpu_only")  # what a GPU call does not run (cpu_only: skipped there)
+    parity_report.GPU_RUN[:] = [i.nodeid for i in ours if not any(i.get_closest_marker(m) for m in left_out)]
     parity_report.HOST[:] = [i.nodeid for i in ours if i.get_closest_marker("host") and not i.get_closest_marker("slow")]
     # Tests whose module can start slow work early (test_determinism's child processes) start it
     # now, to run beside the tests before them; skipped ones are left alone.

@@ -27,6 +27,7 @@ import torch
 
 import unet_torch
 from parity_tests.errors import (  # noqa: F401 (re-exported)
+    float64_differences,
     global_rel_error,
     max_rel_error,
     rel_error,
@@ -145,9 +146,15 @@ def reference_model(model: torch.nn.Module, device: str = "cpu") -> torch.nn.Mod
     return copy.deepcopy(model).to(device, torch.float64)
 
 
+def host_copy(tensor: torch.Tensor) -> np.ndarray:
+    """A numpy copy of `tensor` on the host: one copy from any device (`.cpu()` then `.copy()`
+    would copy a GPU tensor twice, which the seed network's 31M parameters make count)."""
+    return tensor.detach().to("cpu", copy=True).numpy()
+
+
 def torch_state(model: torch.nn.Module) -> dict[str, np.ndarray]:
     """state_dict as numpy arrays on the host (buffers included)."""
-    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+    return {k: host_copy(v) for k, v in model.state_dict().items()}
 
 
 @functools.cache
@@ -174,9 +181,8 @@ def torch_grads_as_flax(model: torch.nn.Module, config: UNetConfig) -> dict[str,
 
     The port is a permutation of entries, so gradients map by the same table as weights.
     """
-    state = torch_state(model)
-    for name, param in model.named_parameters():
-        state[name] = param.grad.detach().cpu().numpy()
+    params = dict(model.named_parameters())  # the port wants every key: buffers as they are, parameters' gradients
+    state = {k: host_copy(params[k].grad if k in params else v) for k, v in model.state_dict().items()}
     flat = flatten_variables(torch_to_flax(state, config))
     return {k: v for k, v in flat.items() if k.startswith("params/")}
 

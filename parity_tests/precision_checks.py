@@ -20,9 +20,13 @@ at 572 px, which costs ~3.6 TFLOP in float64 for its 2 Adam steps), computed onc
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
-from parity_tests import harness, training
+import torch
+
+import unet_torch
+from parity_tests import bounds, harness, training
 from unet_config import UNetConfig
 
 CHECKED_STEPS = (1, 2)
@@ -40,8 +44,6 @@ LOGITS_BUDGET = 1_000_000
 def reference(recipe: training.Recipe, device: str = "cpu") -> dict:
     """Float64 train-mode logits and gradients on the first batch, and the float64 Adam run's
     snapshots, computed on `device`; everything returned is on the host."""
-    import torch
-
     images, _ = training.batches(recipe)[0]
     logits = None
     if recipe.size ** 2 * recipe.config.features <= LOGITS_BUDGET:
@@ -49,12 +51,18 @@ def reference(recipe: training.Recipe, device: str = "cpu") -> dict:
     snapshots = training.reference_snapshots(recipe, device)  # step 1's gradients are the gradient check's reference
     if device == "cuda":  # hand the float64 activations' memory back before JAX needs it
         torch.cuda.empty_cache()
-    return {"logits": logits, "grads": snapshots[1].grads, "snapshots": snapshots}
+    # The start weights' rms sets the weight bounds' floor (parity_tests.bounds.weights_in_lr), the same for every mode.
+    weights_rms = bounds.rms(snapshots[0].state, parameter_keys(recipe))
+    return {"logits": logits, "grads": snapshots[1].grads, "snapshots": snapshots, "weights_rms": weights_rms}
 
 
-def parameter_keys(recipe: training.Recipe) -> list[str]:
-    """The trained tensors (torch naming): what Adam moves by ~lr per step."""
-    return [name for name, _ in training.start(recipe).named_parameters()]
+@functools.cache
+def parameter_keys(recipe: training.Recipe) -> tuple[str, ...]:
+    """The trained tensors (torch naming): what Adam moves by ~lr per step. Read from a model
+    without storage (the seed network's 31M weights need no drawing to be named)."""
+    with torch.device("meta"):
+        model = unet_torch.UNet(**dataclasses.asdict(recipe.config))
+    return tuple(name for name, _ in model.named_parameters())
 
 
 def measure(recipe: training.Recipe, mode: str, device: str = "cpu") -> dict[str, tuple[float, float, float]]:

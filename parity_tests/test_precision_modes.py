@@ -48,8 +48,7 @@ def reference_note(recipe: training.Recipe, note: str) -> str:
 def test_precision_mode_relative_to_torch(recipe, mode, parity):
     device = reference_device(recipe)
     figures = precision_checks.measure(recipe, mode, device)
-    snapshots = precision_checks.reference(recipe, device)["snapshots"]
-    weights_rms = bounds.rms(snapshots[0].state, precision_checks.parameter_keys(recipe))
+    weights_rms = precision_checks.reference(recipe, device)["weights_rms"]
     with parity.all_recorded():
         for quantity, (flax, torch, between) in figures.items():
             if quantity.endswith("weights"):
@@ -69,23 +68,32 @@ def test_precision_mode_relative_to_torch(recipe, mode, parity):
 FLOAT64_TOLERANCE = 1e-10
 
 
+# Which steps each network checks in float64. Step 2 is Adam from non-zero moments (bias
+# correction at count 2): elementwise code that no network size changes, checked on the small net
+# here and over 10 steps by test_adam_steps_float64_both_frameworks. The seed network at 572 px adds
+# what only it can show, its function (forward, loss, gradients, the first update), at step 1: its
+# second float64 step would cost ~4 s of an H200's float64 and its 31M weights' host work again.
+FLOAT64_STEPS = {SMALL.name: precision_checks.CHECKED_STEPS, SEED_572.name: (1,)}
+
+
 @pytest.mark.parametrize("recipe", [pytest.param(SMALL, id="small"), pytest.param(SEED_572, id="seed572", marks=GPU_ONLY)])
 def test_one_step_float64_both_frameworks(recipe, parity):
     """One Flax step in float64 from each float64 torch state, against torch's next state (and
-    step 1's gradients against torch's)."""
+    step 1's gradients against torch's, tensor by tensor: in float64 each tensor's own scale is
+    meaningful, as in test_gradients' float64 check, which a GPU run leaves to this one)."""
     device = reference_device(recipe)
     ref = precision_checks.reference(recipe, device)
     keys = precision_checks.parameter_keys(recipe)
     data = [(images.astype(np.float64), masks) for images, masks in training.batches(recipe)]
     with jax.enable_x64(True), parity.all_recorded():
-        for step in precision_checks.CHECKED_STEPS:
+        for step in FLOAT64_STEPS[recipe.name]:
             before, after = ref["snapshots"][step - 1], ref["snapshots"][step]
             loss, state, grads = training.one_step_flax(recipe, before, data[step - 1], jnp.float64, np.float64)
             assert all(state[k].dtype == np.float64 for k in keys)
             if grads is not None:  # step 1's, read back from Adam's first moment
-                parity.check(recipe.name, "float64", "gradients", FLOAT64_TOLERANCE,
-                             between=harness.global_rel_error(grads, ref["grads"]),
-                             note=reference_note(recipe, "Flax vs torch, one scale for all tensors"))
+                error, worst = harness.max_rel_error(grads, ref["grads"], harness.zero_to_rounding(ref["grads"]))
+                parity.check(recipe.name, "float64", "gradients", FLOAT64_TOLERANCE, between=error,
+                             note=reference_note(recipe, f"Flax vs torch, max over tensors (worst {worst})"))
             parity.check(recipe.name, "float64", f"step {step}: loss", FLOAT64_TOLERANCE,
                          between=abs(loss - after.loss) / abs(after.loss), note=reference_note(recipe, "Flax vs torch"))
             parity.check(recipe.name, "float64", f"step {step}: weights", FLOAT64_TOLERANCE,

@@ -177,6 +177,18 @@ def integer_buffers_equal(state, ref) -> bool:
 
 
 # ------------------------------------------------------------------------ one step from the float64 run
+@dataclasses.dataclass(frozen=True)
+class Rounded:
+    """A snapshot's weights, buffers and Adam moments rounded to one dtype, in both layouts (numpy,
+    host): what a one-step check starts from. Never handed to a step as it is (steps donate or
+    update their buffers in place): each step gets copies."""
+
+    torch_state: dict[str, np.ndarray]  # torch naming
+    torch_moments: tuple[dict, dict] | None  # (exp_avg, exp_avg_sq) per parameter name; None at step 0
+    flax_variables: dict  # unet_jax.weights.port.torch_to_flax of torch_state
+    flax_moments: tuple[dict, dict] | None  # (mu, nu) as Flax "params" trees; None at step 0
+
+
 @dataclasses.dataclass
 class Snapshot:
     """The float64 torch run after `step` Adam steps: weights and buffers (torch naming), Adam's
@@ -187,7 +199,25 @@ class Snapshot:
     exp_avg: dict[str, np.ndarray]
     exp_avg_sq: dict[str, np.ndarray]
     loss: float | None
-    grads: dict[str, np.ndarray] | None = None  # the step's gradients, Flax layout (the float64 reference's)
+    grads: dict[str, np.ndarray] | None = None  # step 1's gradients, Flax layout (the gradient check's reference)
+    _rounded: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+    def rounded(self, config: UNetConfig, dtype) -> Rounded:
+        """This snapshot rounded to `dtype` and ported, made once per dtype: the three precision
+        modes start from the same float32 rounding, so the seed network's 31M-parameter state and
+        moments are rounded and ported once for all three, not once per mode and framework."""
+        key = np.dtype(dtype).name
+        if key not in self._rounded:
+            def cast(values: dict) -> dict:
+                return {k: v.astype(dtype) if np.issubdtype(v.dtype, np.floating) else v for k, v in values.items()}
+
+            state = cast(self.state)
+            torch_moments = flax_moments = None
+            if self.step:
+                torch_moments = (cast(self.exp_avg), cast(self.exp_avg_sq))
+                flax_moments = tuple(torch_to_flax({**state, **m}, config)["params"] for m in torch_moments)
+            self._rounded[key] = Rounded(state, torch_moments, torch_to_flax(state, config), flax_moments)
+        return self._rounded[key]
 
 
 def reference_snapshots(recipe: Recipe, device: str = "cpu") -> list[Snapshot]:
@@ -200,11 +230,13 @@ def reference_snapshots(recipe: Recipe, device: str = "cpu") -> list[Snapshot]:
 
     def snapshot(step: int, loss: float | None) -> Snapshot:
         moments = {names[id(p)]: s for p, s in optimizer.state.items()}
-        zeros = {n: np.zeros(p.shape) for n, p in model.named_parameters()}
+
+        def moment(name: str, which: str) -> np.ndarray:
+            return harness.host_copy(moments[name][which]) if name in moments else np.zeros(model.get_parameter(name).shape)
+
         return Snapshot(step, harness.torch_state(model),
-                        {n: moments[n]["exp_avg"].cpu().numpy().copy() if n in moments else zeros[n] for n in zeros},
-                        {n: moments[n]["exp_avg_sq"].cpu().numpy().copy() if n in moments else zeros[n] for n in zeros},
-                        loss, harness.torch_grads_as_flax(model, recipe.config) if step else None)
+                        {n: moment(n, "exp_avg") for n in names.values()}, {n: moment(n, "exp_avg_sq") for n in names.values()},
+                        loss, harness.torch_grads_as_flax(model, recipe.config) if step == 1 else None)
 
     snapshots = [snapshot(0, None)]
     for images, masks in batches(recipe):
@@ -213,27 +245,30 @@ def reference_snapshots(recipe: Recipe, device: str = "cpu") -> list[Snapshot]:
     return snapshots
 
 
-def one_step_torch(recipe: Recipe, before: Snapshot, batch, prec: harness.Precision) -> tuple[float, dict, dict]:
+def one_step_torch(recipe: Recipe, before: Snapshot, batch, prec: harness.Precision) -> tuple[float, dict, dict | None]:
     """(loss, state after, the step's gradients in Flax layout) of one `unet_torch.train_step` in
     float32 (autocast per `prec`) from the float64 run's state `before`, its weights and Adam
-    moments rounded to float32."""
+    moments rounded to float32. The gradients after step 1 only (as `one_step_flax`'s): later
+    steps' are not checked, and reading back 31M of them costs the seed network seconds."""
+    start = before.rounded(recipe.config, np.float32)
+
+    def on_device(values: dict) -> dict:  # copies: the step updates its tensors in place
+        return {k: torch.from_numpy(v).to(harness.TORCH_DEVICE, copy=True) for k, v in values.items()}
+
     with torch.device("meta"):  # no initialisation to pay for: every tensor comes from `before`
         model = unet_torch.UNet(**dataclasses.asdict(recipe.config))
-    state = {k: torch.from_numpy(v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v)
-             for k, v in before.state.items()}
-    model.load_state_dict(state, assign=True)
-    model = model.to(harness.TORCH_DEVICE)
+    model.load_state_dict(on_device(start.torch_state), assign=True)
     optimizer = unet_torch.make_torch_optimizer(model.parameters(), "adam", recipe.learning_rate)
-    if before.step:
+    if start.torch_moments is not None:
+        exp_avg, exp_avg_sq = (on_device(m) for m in start.torch_moments)
         for name, param in model.named_parameters():
-            optimizer.state[param] = {
-                "step": torch.tensor(float(before.step)),
-                "exp_avg": torch.from_numpy(before.exp_avg[name]).to(param.device, param.dtype),
-                "exp_avg_sq": torch.from_numpy(before.exp_avg_sq[name]).to(param.device, param.dtype)}
+            optimizer.state[param] = {"step": torch.tensor(float(before.step)), "exp_avg": exp_avg[name],
+                                      "exp_avg_sq": exp_avg_sq[name]}
     images, masks = batch
     loss = unet_torch.train_step(model, optimizer, harness.torch_input(images, model),
                                  torch.from_numpy(masks).to(harness.TORCH_DEVICE), autocast_dtype=prec.autocast_dtype)
-    return float(loss), harness.torch_state(model), harness.torch_grads_as_flax(model, recipe.config)
+    grads = harness.torch_grads_as_flax(model, recipe.config) if before.step == 0 else None
+    return float(loss), harness.torch_state(model), grads
 
 
 def one_step_flax(recipe: Recipe, before: Snapshot, batch, dtype, weights_dtype=np.float32) -> tuple[float, dict, dict]:
@@ -246,17 +281,13 @@ def one_step_flax(recipe: Recipe, before: Snapshot, batch, dtype, weights_dtype=
     an H200), and checks the gradients the product's train step computed. Rounding of that
     product: 1 unit of the moments' dtype. After later steps None (the moment mixes steps)."""
     config = recipe.config
-
-    def ported(values: dict) -> dict:
-        state = {k: v.astype(weights_dtype) if np.issubdtype(v.dtype, np.floating) else v for k, v in values.items()}
-        return jax.tree.map(jnp.asarray, torch_to_flax(state, config))
-
-    variables = ported(before.state)
+    start = before.rounded(config, weights_dtype)
+    variables = jax.tree.map(jnp.array, start.flax_variables)  # copies: the step donates its state
     tx = flax_optimizer("adam", recipe.learning_rate)
     state = state_from_variables(harness.flax_model(config, dtype), tx, variables, jax.random.key(0))
-    if before.step:
+    if start.flax_moments is not None:
         adam = state.opt_state[0]
-        mu, nu = (ported({**before.state, **moments})["params"] for moments in (before.exp_avg, before.exp_avg_sq))
+        mu, nu = (jax.tree.map(jnp.array, m) for m in start.flax_moments)
         state = state.replace(step=before.step,
                               opt_state=(adam._replace(count=jnp.asarray(before.step, jnp.int32), mu=mu, nu=nu),
                                          *state.opt_state[1:]))
@@ -266,7 +297,7 @@ def one_step_flax(recipe: Recipe, before: Snapshot, batch, dtype, weights_dtype=
     grads = None
     if before.step == 0:
         decay = float(ADAM_B1)
-        grads = {f"params/{k}": np.asarray(v).astype(np.float64) / (1.0 - decay)
+        grads = {f"params/{k}": np.divide(np.asarray(v), 1.0 - decay, dtype=np.float64)
                  for k, v in flatten_variables(state.opt_state[0].mu).items()}
     return float(metrics["loss"]), flax_to_torch(jax.tree.map(np.asarray, final), config), grads
 
@@ -275,8 +306,12 @@ def step_error_in_lr(state, ref, learning_rate: float, keys) -> tuple[float, flo
     """(root-mean-square, largest) of |w - w_ref| over every entry of `keys`, in units of lr.
 
     Adam's step is ~lr per weight whatever the gradient's size, so lr is the natural unit: a
-    weight whose (tiny) gradient's sign rounding flips is off by 2 lr, whatever the network."""
-    squares = sum(float(((state[k].astype(np.float64) - ref[k]) ** 2).sum()) for k in keys)
-    count = sum(ref[k].size for k in keys)
-    largest = max(float(np.abs(state[k].astype(np.float64) - ref[k]).max()) for k in keys)
+    weight whose (tiny) gradient's sign rounding flips is off by 2 lr, whatever the network.
+    One pass over the differences serves both figures (the seed network's 31M weights)."""
+    squares, largest, count = 0.0, 0.0, 0
+    for key in keys:
+        for diff in harness.float64_differences(state[key], ref[key]):
+            squares += float(np.einsum("i,i->", diff, diff))  # not np.dot: BLAS threads on a busy CPU took 10x as long
+            largest = max(largest, float(np.abs(diff, out=diff).max()))
+            count += diff.size
     return (squares / count) ** 0.5 / learning_rate, largest / learning_rate
