@@ -87,7 +87,8 @@ _TORCH_LABEL_CROP = Edit(
 )
 # The bottleneck's second ReLU left out.
 _FLAX_NO_RELU = Edit(
-    FLAX_MODEL, "x = relu(x)", 'x = x if (self.name == "bottom" and i == 2) else relu(x)'
+    FLAX_MODEL, "x = (relu_pinned if self.pin_relu_output else relu)(x)",
+    'x = x if (self.name == "bottom" and i == 2) else (relu_pinned if self.pin_relu_output else relu)(x)'
 )
 _TORCH_NO_RELU = Edit(
     TORCH_MODEL,
