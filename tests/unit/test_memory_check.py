@@ -65,3 +65,13 @@ def test_more_gpu_devices_are_advised_only_where_they_fit():
     assert "--devices 2; this machine has 1" in MemoryCheck(memory, on_two, "test", 1).advice()
     on_all = estimate(dataclasses.replace(layout, devices=16)).total  # one image per device: the most devices can do
     assert "--devices" not in MemoryCheck(memory, on_all - 1, "test", 1).advice()
+
+
+def test_a_pinned_relu_output_is_advised_on_a_gpu_where_it_fits_and_never_on_the_cpu():
+    gpu = StepLayout(TINY, 60, 20, 16, dtype="bfloat16", backend="gpu")
+    pinned = estimate(dataclasses.replace(gpu, pin_relu_output=True)).total
+    assert pinned < estimate(gpu).total  # the compile-only factor of the pinned step is the smaller
+    assert "--pin-relu-output" in MemoryCheck(estimate(gpu), pinned, "test").advice()
+    assert "--pin-relu-output" not in MemoryCheck(estimate(gpu), pinned - 1, "test").advice()
+    cpu = dataclasses.replace(gpu, backend="cpu")
+    assert "--pin-relu-output" not in MemoryCheck(estimate(cpu), estimate(cpu).total - 1, "test").advice()

@@ -2,9 +2,9 @@
 (`unet_jax.runtime.memory`): what `unet-jax plan` prints, and the one message of a run that `unet-jax
 train` refuses before compiling, with what would fit by the same estimate.
 
-The advice tries one change at a time: the largest batch, `--dtype bfloat16`, `--remat blocks`, the
-largest smaller tile, more devices (never on the CPU, whose devices share the host's memory). Each is
-offered only where its own estimate fits.
+The advice tries one change at a time: the largest batch, `--dtype bfloat16`, `--remat blocks`,
+`--pin-relu-output` (it changes only a GPU's figure), the largest smaller tile, more devices (never
+on the CPU, whose devices share the host's memory). Each is offered only where its own estimate fits.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ class MemoryCheck:
         """What `unet-jax plan` prints: the layout, the breakdown, the budget and, over it, what would fit."""
         layout = self.memory.layout
         head = (f"memory plan: {layout.model}, tile {layout.tile_size} px, batch {layout.batch_size} over {layout.devices} "
-                f"{layout.backend} device(s){' (FSDP)' if layout.fsdp else ''}, {layout.dtype}, --remat {layout.remat}; "
+                f"{layout.backend} device(s){' (FSDP)' if layout.fsdp else ''}, {layout.dtype}, --remat {layout.remat}"
+                f"{', --pin-relu-output' if layout.pin_relu_output else ''}; "
                 "estimated before compiling")
         if self.budget is None:
             verdict = f"budget: unknown ({self.budget_source}), nothing checked"

@@ -48,12 +48,12 @@ class Factor:
 
 
 # Fitted by `python -m benchmarks.memory_plan_fit [--cpu]`, which prints every point, fitted or held out, and its error.
-# GPU, by --remat policy: one NVIDIA H200, jax/jaxlib 0.11.2, CUDA 13.0, cuDNN 9.19, the seed network at 572 px,
-# `python3 -m benchmarks.run --budget-s 334 --out $OUT/nvidia-h200-sweep ...` (benchmarks/results/nvidia-h200-sweep/):
-# (XLA temporaries - gradients) / kept activations of the bfloat16 batch-16 rows; batch 1 and float32 are held out.
+# GPU, by (--remat policy, --pin-relu-output): (XLA temporaries - gradients) / kept activations of the bfloat16 batch-16
+# rows, batch 1 and float32 held out. Measured on one NVIDIA H200 (jax/jaxlib 0.11.2, CUDA 13.0, cuDNN 9.19, the seed
+# network at 572 px, `python3 -m benchmarks.run --budget-s 334 --out $OUT/nvidia-h200-sweep ...`) where a device ran
+# the setting; otherwise from the same step compiled for an H200 on a CPU (`_AOT`).
 _AOT = ("compiled for an H200 without a device (benchmarks/results/gpu-aot-h200/, jax 0.11.2: within 2% of the "
         "device's temporaries where both exist), seed network 572 px, bfloat16 batch 16")
-# By (--remat policy, --pin-relu-output).
 GPU_FACTORS: dict[tuple[str, bool], Factor] = {
     ("none", False): Factor(1.508, "NVIDIA H200, jax 0.11.2, seed network 572 px, bfloat16 batch 16"),
     ("blocks", False): Factor(1.324, "NVIDIA H200, jax 0.11.2, seed network 572 px, bfloat16 batch 16, --remat blocks"),
