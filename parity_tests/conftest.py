@@ -129,8 +129,15 @@ def pytest_sessionstart(session):
 
 def pytest_collection_modifyitems(config, items):
     """Cases marked `gpu` (GPU-only, the most informative of a GPU run) run first: a run cut
-    off by its time cap has then measured them. Elsewhere they are skips; their place is moot."""
+    off by its time cap has then measured them. Elsewhere they are skips; their place is moot.
+    Cases marked `cpu_only` are skipped on a GPU."""
     items[:] = [i for i in items if i.get_closest_marker("gpu")] + [i for i in items if not i.get_closest_marker("gpu")]
+    from parity_tests import harness
+
+    for item in items:  # `cpu_only(reason=...)`: the reason names the test that checks more on a GPU
+        marker = item.get_closest_marker("cpu_only")
+        if marker is not None and harness.ON_GPU:
+            item.add_marker(pytest.mark.skip(reason=f"on a GPU: {marker.kwargs['reason']}"))
 
 
 def pytest_collection_finish(session):

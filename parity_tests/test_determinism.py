@@ -82,9 +82,8 @@ def tolerance(deterministic: bool):
 # settings, the seed network at 188 px) with nothing asserted (tolerance None there), and that case
 # also checks the backend, the flags and the loss its run used: it checks strictly more, so a GPU run
 # leaves this one out (~15 s on the H200). On a CPU it is the bit-identity check of default settings.
-@pytest.mark.cpu_only
-@pytest.mark.skipif(harness.ON_GPU, reason="on a GPU: test_same_step_twice_in_a_fresh_process[default-settings] "
-                    "runs the same steps with the same settings and checks more")
+@pytest.mark.cpu_only(reason="test_same_step_twice_in_a_fresh_process[default-settings] runs the same steps with the "
+                      "same settings and checks more")
 def test_same_step_twice_in_process(parity):
     result = determinism_child.run_twice()
     parity.check(CONFIG, "default", "spread of two identical runs, this process", tolerance(False),

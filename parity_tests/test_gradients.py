@@ -53,8 +53,7 @@ GRAD_CASES = list(harness.CASES)
 # The seed network's float64 check on a GPU is test_precision_modes' test_one_step_float64_both_frameworks
 # [seed572]: the same tensor-by-tensor gradient check and bound, through the product's train step, at
 # 572 px and batch 2, plus the loss and the first update; this one at 188 px would add ~9 s there.
-LEFT_TO_THE_SEED_572 = [pytest.mark.cpu_only, pytest.mark.skipif(
-    harness.ON_GPU, reason="on a GPU: test_one_step_float64_both_frameworks[seed572] checks more")]
+LEFT_TO_THE_SEED_572 = pytest.mark.cpu_only(reason="test_one_step_float64_both_frameworks[seed572] checks more")
 FLOAT64_CASES = [pytest.param(name, marks=LEFT_TO_THE_SEED_572) if name == "seed" else name for name in GRAD_CASES]
 
 
