@@ -87,6 +87,8 @@ _TABLE = (
             description="predict-jax-fp32 under jaxlib's own XLA:CPU defaults"),
     Variant("predict-jax-bf16", "jax", "predict", "bf16", "bf16", "NHWC", description="jit(model.apply), bf16 compute"),
     Variant("predict-torch-fp32", "torch", "predict", "fp32", "tf32", "NCHW", description="inference_mode, TF32"),
+    Variant("predict-torch-fp32-cl", "torch", "predict", "fp32", "tf32", "channels_last",
+            description="inference_mode, TF32, channels_last"),
     Variant("torch-fp32-hugepages", "torch", "train", "fp32", "tf32", "NCHW", hugepages=True,
             description="torch-fp32 with glibc's huge-page tunable, as `unet-jax` runs"),
     Variant("predict-torch-fp32-hugepages", "torch", "predict", "fp32", "tf32", "NCHW", hugepages=True,
@@ -168,13 +170,14 @@ UNPLANNED = ("jax-bf16-no-autotune",)
 # minutes of C++ builds on two cores. XLA:CPU ignores the GPU flags, which is what lets this run.
 SWEEP_QUICK_PLAN = ((("jax-fp32", "torch-fp32", "jax-fp32-remat-blocks"), (1,)),)
 
-# The CPU standing (README, benchmarks/results/cpu-amd-epyc-demo/): the JAX step against PyTorch
-# eager as its users run it and with the same huge-page tunable as `unet-jax` (the standing takes
-# the faster), and JAX under jaxlib's own XLA:CPU flags, in one run
-# (`--plan cpu --features 16 --depth 3 --size 124`).
+# The CPU standing (README, benchmarks/results/cpu-*-demo/): the JAX step against PyTorch eager as
+# its users run it, with the same huge-page tunable as `unet-jax`, and channels_last (oneDNN's
+# fastest layout on AVX-512 CPUs: 62 against 71 ms on the 2026-12-04 Intel Xeon; torch.compile was
+# slower there than eager, 79.6 ms, so it is left out); the standing takes the fastest. JAX also
+# runs under jaxlib's own XLA:CPU flags. One run: `--plan cpu --features 16 --depth 3 --size 124`.
 CPU_PLAN = (
-    (("jax-fp32", "jax-fp32-jaxlib-flags", "torch-fp32", "torch-fp32-hugepages", "predict-jax-fp32",
-      "predict-jax-fp32-jaxlib-flags", "predict-torch-fp32", "predict-torch-fp32-hugepages"), (8,)),
+    (("jax-fp32", "jax-fp32-jaxlib-flags", "torch-fp32", "torch-fp32-hugepages", "torch-fp32-cl", "predict-jax-fp32",
+      "predict-jax-fp32-jaxlib-flags", "predict-torch-fp32", "predict-torch-fp32-hugepages", "predict-torch-fp32-cl"), (8,)),
 )
 
 # The fair comparison (GPU, one device call of ~240 s): JAX against PyTorch as a performance
