@@ -17,6 +17,7 @@ import unet_torch
 from unet_jax.cli import build_parser, main
 from unet_jax.config import CELLS_LAYOUTS, DTYPES, LOSSES, OPTIMIZERS, PADDINGS, UPSAMPLES
 from unet_jax.data import make_cells
+from unet_jax.runtime.memory import BUDGET_VARIABLE
 from unet_jax.training.presets import PRESETS
 
 TINY = ["--features", "4", "--depth", "2", "--tile-size", "60", "--batch-size", "2", "--eval-every", "2",
@@ -170,15 +171,19 @@ def test_tile_size_far_beyond_the_image_is_capped(run_dir, folder, tmp_path):
 
 
 def test_a_tile_size_over_the_memory_budget_is_refused_with_the_number(run_dir, tmp_path, monkeypatch, capsys):
-    import unet_jax.inference.tile_plan
-
-    monkeypatch.setattr(unet_jax.inference.tile_plan, "CPU_MEMORY_BUDGET", 2**20)  # a machine with 1 MiB to spare
+    # UNET_JAX_MEMORY_BUDGET, the setting training's memory check reads, sets predict's budget too
+    # (half of it for the activations, as of a GPU's free memory): a machine with 2 MiB to spare.
+    monkeypatch.setenv(BUDGET_VARIABLE, "2MiB")
     Image.fromarray(np.zeros((300, 300), np.uint8)).save(tmp_path / "big.png")
     assert main(["predict", "--weights", str(run_dir), str(tmp_path / "big.png"), "--output", str(tmp_path / "out"),
                  "--tile-size", "240"]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "big.png: tile size 240 needs about" in error and "budget of 0.00 GiB" in error
     assert not (tmp_path / "out" / "big_mask.png").exists()
+    monkeypatch.setenv(BUDGET_VARIABLE, "8GiB")  # the same tile within a larger budget
+    assert main(["predict", "--weights", str(run_dir), str(tmp_path / "big.png"), "--output", str(tmp_path / "out"),
+                 "--tile-size", "240"]) == 0
+    assert (tmp_path / "out" / "big_mask.png").exists()
 
 
 def test_architecture_options_that_contradict_the_weights_are_an_error(run_dir, folder, capsys):

@@ -32,7 +32,7 @@ import math
 from typing import Iterator, Optional
 
 from unet_jax.config import ConfigError, UNetConfig
-from unet_jax.runtime.memory import device_memory_stats
+from unet_jax.runtime.memory import budget_override, device_memory_stats
 
 DEFAULT_BATCH_SIZE = 4
 MEMORY_FRACTION = 0.5  # of the accelerator's free memory that the activation estimate may use
@@ -122,7 +122,12 @@ def activation_bytes(config: UNetConfig, tile_size: int, bytes_per_value: int = 
 
 
 def memory_budget_bytes(device=None) -> int:
-    """`MEMORY_FRACTION` of the device's free memory, or `CPU_MEMORY_BUDGET` where it reports none."""
+    """`MEMORY_FRACTION` of the device's free memory, or of `UNET_JAX_MEMORY_BUDGET` where it is set
+    (the same figure training's memory check takes: one setting for both), or `CPU_MEMORY_BUDGET`
+    where the device reports no memory."""
+    override = budget_override()
+    if override is not None:
+        return int(MEMORY_FRACTION * override)
     import jax  # here, not at the top: the command line reads DEFAULT_BATCH_SIZE without starting JAX
 
     stats = device_memory_stats(device or jax.devices()[0])
