@@ -184,6 +184,9 @@ def test_a_tile_size_over_the_memory_budget_is_refused_with_the_number(run_dir, 
     assert main(["predict", "--weights", str(run_dir), str(tmp_path / "big.png"), "--output", str(tmp_path / "out"),
                  "--tile-size", "240"]) == 0
     assert (tmp_path / "out" / "big_mask.png").exists()
+    monkeypatch.setenv(BUDGET_VARIABLE, "lots")
+    assert main(["predict", "--weights", str(run_dir), str(tmp_path / "big.png"), "--output", str(tmp_path / "again")]) == 2
+    assert f"{BUDGET_VARIABLE}='lots' is not a size" in capsys.readouterr().err
 
 
 def test_architecture_options_that_contradict_the_weights_are_an_error(run_dir, folder, capsys):
