@@ -34,7 +34,7 @@ from unet_jax.inference.instance_defaults import DEFAULT_EXTENT_THRESHOLD, DEFAU
 from unet_jax.inference.tile_plan import DEFAULT_BATCH_SIZE
 from unet_jax.model.compute import REMAT_POLICIES, Compute
 from unet_jax.runtime import hugepages, xla_cpu
-from unet_jax.training.errors import OutOfMemory, OverMemoryBudget, TrainingInterrupted
+from unet_jax.training.errors import OutOfMemory, TrainingInterrupted
 from unet_jax.training.presets import PRESETS
 from unet_jax.weights.namings import DIRECTIONS, NAMINGS
 
@@ -66,14 +66,14 @@ def cmd_train(args) -> int:
 
     plan, run_dir = _run_plan(args)
     if args.plan or not args.no_memory_check:
-        from unet_jax.training.memory_check import check_run
+        from unet_jax.training.memory_check import RefusedInEveryProcess, check_run
 
         check = check_run(plan)
         if args.plan:
             print(check.report())
             return 0
         if not check.fits:
-            raise OverMemoryBudget(check.refusal())
+            raise RefusedInEveryProcess(check.refusal())
     try:
         run(plan, run_dir, progress=not args.no_progress)
     except (MemoryError, RuntimeError) as error:

@@ -121,9 +121,9 @@ TINY = ["--features", "4", "--depth", "2", "--tile-size", "60", "--batch-size", 
         "--eval-every", "3", "--checkpoint-every", "2", "--steps", "3", "--no-progress", "--norm", "batch"]
 
 
-def launch(args, devices):
-    return subprocess.Popen([sys.executable, "-m", "unet_jax.cli", "train", *TINY, *args], cwd=REPO, env=child_env(devices),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def launch(args, devices, **environment):
+    return subprocess.Popen([sys.executable, "-m", "unet_jax.cli", "train", *TINY, *args], cwd=REPO,
+                            env={**child_env(devices), **environment}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def finish(process, timeout=CHILD_TIMEOUT_S):
@@ -235,6 +235,22 @@ def test_a_bad_file_in_one_process_share_stops_both_naming_it(tmp_path):
     for code, text in results:
         assert code == 2, text[-3000:]
         assert f"error: process 1 of 2: {damaged}: cannot be read" in text, text[-3000:]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_process_whose_budget_is_too_small_stops_every_process_with_the_same_refusal(tmp_path):
+    """Each host measures its own memory budget; the run is refused in every process, naming the
+    process whose budget is the smallest, instead of that one leaving and the others waiting."""
+    address = f"127.0.0.1:{free_port()}"
+    common = ["--run-dir", str(tmp_path / "run"), "--coordinator-address", address, "--num-processes", "2",
+              "--coordinator-timeout", "60"]
+    processes = [launch([*common, "--process-id", "0"], devices=1),
+                 launch([*common, "--process-id", "1"], devices=1, UNET_JAX_MEMORY_BUDGET="1MiB")]
+    results = [finish(p, timeout=180) for p in processes]
+    for code, text in results:
+        assert code == 2, text[-3000:]
+        assert "over the budget of 1.0 MiB ($UNET_JAX_MEMORY_BUDGET, process 1 of 2: the smallest" in text, text[-3000:]
     assert not (tmp_path / "run").exists()
 
 

@@ -10,12 +10,20 @@ on the CPU, whose devices share the host's memory). Each is offered only where i
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Optional
 
 import jax
 
 from unet_jax.runtime.memory import BUDGET_VARIABLE, device_budget
+from unet_jax.runtime.processes import EveryProcessError, gather_text
+from unet_jax.training.errors import OverMemoryBudget
 from unet_jax.training.memory_plan import StepLayout, StepMemory, estimate, gib, layout_of
+
+
+class RefusedInEveryProcess(OverMemoryBudget, EveryProcessError):
+    """The refusal of `check_run`'s verdict, which every process of a run reaches alike (they decide
+    on the same, smallest budget), so that they leave together."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,5 +141,20 @@ def check_run(plan) -> MemoryCheck:
     if budget is not None and device.platform == "cpu" and source != f"${BUDGET_VARIABLE}" and parallel.local_device_count > 1:
         budget //= parallel.local_device_count  # the CPU devices share the host
         source += f", shared by {parallel.local_device_count} CPU devices"
+    budget, source = tightest_budget(budget, source)
     available = sum(d.platform == device.platform for d in jax.devices())
     return MemoryCheck(estimate(layout), budget, source, available)
+
+
+def tightest_budget(budget: Optional[int], source: str) -> tuple[Optional[int], str]:
+    """The smallest budget over the run's processes (this one's alone outside a multi-process run).
+
+    Each host measures its own (free memory differs from host to host, and so may
+    UNET_JAX_MEMORY_BUDGET), but the run fits only where it fits on every one: deciding on the
+    smallest, every process refuses or goes on alike, instead of one leaving the others to wait."""
+    reports = [json.loads(text) for text in gather_text(json.dumps([budget, source]))]
+    known = [(figure, process, where) for process, (figure, where) in enumerate(reports) if figure is not None]
+    if len(reports) == 1 or not known:
+        return budget, source
+    figure, process, where = min(known)
+    return figure, f"{where}, process {process} of {len(reports)}: the smallest of the run's processes"
