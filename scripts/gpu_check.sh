@@ -98,8 +98,8 @@ case "$MODE" in
     # PARITY_S (300) s in all: SIGTERM to the suite 20 s before the end, SIGKILL 10 s later. Left out: the
     # `host` tests (text, flags, exact copies: nothing a GPU changes) and the `slow` tests, which run the same on any device (a float64 numpy forward at 572 px, the
     # mutation checker's and test_gpu_run's subprocess runs); CI runs them. The GPU-only cases
-    # (marker `gpu`) run first. The image's pytest plugins (xdist, timeout, cov, ...) are not
-    # the project's: not loaded.
+    # (marker `gpu`) run first. The image's pytest plugins (timeout, cov, ...) are not the project's,
+    # and xdist (`make test`'s two workers) would share the one GPU and its budget: none is loaded.
     PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 timeout -k 10 $(( $(left "${PARITY_S:-300}") - 20 )) \
         "$PY" -m parity_tests.run_report --out "$DEST" -- -m "not slow and not host" -p no:cacheprovider "${@:2}"
     status=$?
