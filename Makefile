@@ -18,7 +18,8 @@ demo: install
 	$(VENV)/bin/unet-jax train --preset demo
 
 # Two workers, whole files each (module fixtures stay in one process): on 2 cores the suite's
-# single-threaded parts (tracing, XLA compiles, process start-ups) overlap, 899 -> 729 s.
+# single-threaded parts (tracing, XLA compiles, process start-ups) overlap: 899 -> 711-758 s on a
+# 2-core Intel Xeon (docs/development.md).
 test: install
 	$(PY) -m pytest -q -n 2 --dist loadfile --durations=10
 
